@@ -1,0 +1,208 @@
+"""`python -m runtime ...`: check the manifest, run a consumer, enqueue and inspect jobs.
+
+Exit codes: 0 ok, 1 the operation failed, 2 bad input or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import sys
+from typing import Any, Callable
+
+from runtime.errors import B3JobsError, InvalidState, JobNotFound, ManifestError, PayloadError, UnknownJob
+from runtime.manifest import Manifest, load_manifest
+from runtime.records import STATES
+from runtime.settings import Settings, SettingsError
+
+OK, FAILURE, BAD_INPUT = 0, 1, 2
+
+
+def _trigger(job: Any) -> str:
+    if job.spec.cron:
+        return "cron %s %s" % (job.spec.cron, job.spec.timezone)
+    return "on demand"
+
+
+def _retries(job: Any) -> str:
+    spec = job.spec
+    if not spec.retries:
+        return "none"
+    if spec.backoff not in ("fixed", "exponential"):
+        return "%d × %s" % (spec.retries, spec.backoff)
+    cap = " ≤%gs" % spec.max_retry_delay if spec.backoff == "exponential" else ""
+    jitter = " jitter %g" % spec.jitter if spec.jitter else ""
+    return "%d × %s %gs%s%s" % (spec.retries, spec.backoff, spec.retry_delay, cap, jitter)
+
+
+def _limits(job: Any) -> str:
+    spec = job.spec
+    parts = []
+    if spec.priority:
+        parts.append("priority %d" % spec.priority)
+    if spec.expires:
+        parts.append("expires %gs" % spec.expires)
+    parts.append("keep %s/%s" % (spec.keep_completed.count, spec.keep_failed.count))
+    if not spec.enabled:
+        parts.append("DISABLED")
+    return ", ".join(parts)
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
+    manifest = load_manifest(settings.manifest)
+    rows = [["JOB", "TRIGGER", "RETRIES/BACKOFF", "TIMEOUT", "LIMITS"]]
+    for job in manifest.jobs.values():
+        timeout = "%gs" % job.spec.timeout if job.spec.timeout else "none"
+        rows.append([job.name, _trigger(job), _retries(job), timeout, _limits(job)])
+    print(_table(rows))
+    print("\n%d job(s) in %s: ok" % (len(manifest.jobs), manifest.path))
+    return OK
+
+
+def _runtime(settings: Settings, manifest: Manifest | None = None) -> Any:
+    from runtime.engine import Runtime
+
+    return Runtime(settings, manifest)
+
+
+def cmd_consumer(args: argparse.Namespace, settings: Settings) -> int:
+    from runtime.consumer import B3Consumer
+
+    runtime = _runtime(settings)
+    consumer = B3Consumer(runtime, workers=args.workers, worker_type=args.worker_type, cron=not args.no_cron)
+    logging.getLogger("b3jobs").info(
+        "consumer: %d %s worker(s) on %s, jobs: %s",
+        args.workers,
+        args.worker_type,
+        settings.backend,
+        ", ".join(runtime.manifest.jobs),
+    )
+    consumer.run()
+    return OK
+
+
+def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        payload = json.loads(args.payload)
+    except json.JSONDecodeError as exc:
+        print("payload: not valid JSON: %s" % exc, file=sys.stderr)
+        return BAD_INPUT
+    runtime = _runtime(settings)
+    record, created = runtime.enqueue(args.job, payload, delay=args.delay, priority=args.priority, job_id=args.job_id)
+    if not created:
+        print("deduplicated: job %s already exists (%s)" % (record.id, record.state), file=sys.stderr)
+    print(record.id)
+    return OK
+
+
+def cmd_job(args: argparse.Namespace, settings: Settings) -> int:
+    record = _runtime(settings).get(args.id)
+    print(json.dumps(record.to_dict(), indent=2, ensure_ascii=False))
+    return OK
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    counts = _runtime(settings).counts()
+    rows = [["JOB", *(s.upper() for s in STATES)]]
+    for name, by_state in counts.items():
+        rows.append([name, *(str(by_state[s]) for s in STATES)])
+    print(_table(rows))
+    return OK
+
+
+def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
+    runtime = _runtime(settings)
+    if args.failed:
+        print("%d failed %s job(s) queued again" % (runtime.retry_failed(args.failed), args.failed))
+    elif args.id:
+        record = runtime.retry(args.id)
+        print("%s queued again (%s)" % (record.id, record.state))
+    else:
+        print("retry: give a job ID or --failed JOB", file=sys.stderr)
+        return BAD_INPUT
+    return OK
+
+
+def cmd_schedules(args: argparse.Namespace, settings: Settings) -> int:
+    runtime = _runtime(settings)
+    now = dt.datetime.now(dt.timezone.utc)
+    rows = [["JOB", "CRON", "TIMEZONE", "NEXT RUN", "LAST RUN"]]
+    for job in runtime.manifest.jobs.values():
+        if job.cron is None:
+            continue
+        nxt = job.cron.next_after(now, job.tz).astimezone(job.tz).isoformat(timespec="minutes")
+        last = runtime.store.last_tick(job.name)
+        last_text = dt.datetime.fromtimestamp(last, job.tz).isoformat(timespec="minutes") if last else "never"
+        rows.append([job.name, job.spec.cron or "", job.spec.timezone, nxt if job.spec.enabled else "disabled", last_text])
+    print(_table(rows) if len(rows) > 1 else "no cron jobs in the manifest")
+    return OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m runtime", description="b3-jobs: run and inspect jobs")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR (default INFO)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("check", help="validate the manifest and print the job table")
+    p = sub.add_parser("consumer", help="run jobs")
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--worker-type", choices=["thread", "process"], default="thread")
+    p.add_argument("--no-cron", action="store_true", help="do not enqueue cron jobs from this consumer")
+    p = sub.add_parser("enqueue", help="enqueue a job; prints its id")
+    p.add_argument("job")
+    p.add_argument("payload", nargs="?", default="{}", help="the payload as JSON (default {})")
+    p.add_argument("--delay", type=float, help="seconds to wait before it may run")
+    p.add_argument("--priority", type=int, help="1 = most urgent")
+    p.add_argument("--job-id", help="your own id; an existing id returns that job")
+    p = sub.add_parser("job", help="print a job's record as JSON")
+    p.add_argument("id")
+    sub.add_parser("status", help="counts per job and state")
+    p = sub.add_parser("retry", help="run a failed job again")
+    p.add_argument("id", nargs="?")
+    p.add_argument("--failed", metavar="JOB", help="retry every failed job of this name")
+    sub.add_parser("schedules", help="cron jobs with their next and last run")
+    return parser
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
+    "check": cmd_check,
+    "consumer": cmd_consumer,
+    "enqueue": cmd_enqueue,
+    "job": cmd_job,
+    "status": cmd_status,
+    "retry": cmd_retry,
+    "schedules": cmd_schedules,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    try:
+        settings = Settings.from_env()
+        return COMMANDS[args.command](args, settings)
+    except ManifestError as exc:
+        print("manifest %s has %d problem(s):" % (Settings.from_env().manifest, len(exc.problems)), file=sys.stderr)
+        for problem in exc.problems:
+            print("  " + problem, file=sys.stderr)
+        return BAD_INPUT
+    except PayloadError as exc:
+        print("invalid input for %s:" % exc.job, file=sys.stderr)
+        for err in exc.errors:
+            print("  %s: %s" % (err["loc"] or "payload", err["msg"]), file=sys.stderr)
+        return BAD_INPUT
+    except (SettingsError, UnknownJob) as exc:
+        print(str(exc), file=sys.stderr)
+        return BAD_INPUT
+    except (JobNotFound, InvalidState) as exc:
+        print(str(exc), file=sys.stderr)
+        return FAILURE
+    except B3JobsError as exc:
+        print(str(exc), file=sys.stderr)
+        return FAILURE

@@ -1,0 +1,154 @@
+"""The runtime: manifest jobs as Huey tasks, their records, and the operations on them."""
+
+from __future__ import annotations
+
+import re
+import time
+import types
+import uuid
+from typing import Any
+
+from pydantic import ValidationError
+
+from runtime.errors import B3JobsError, JobNotFound, PayloadError
+from runtime.events import EventSink, LogSink
+from runtime.executor import Executor, huey_priority, naive_utc
+from runtime.hueyapp import build_huey
+from runtime.manifest import MAX_PRIORITY, Manifest, load_manifest
+from runtime.records import DELAYED, FAILED, WAITING, JobRecord
+from runtime.settings import Settings
+from runtime.store.base import JobStore, Outbound
+from runtime.store.redis import RedisJobStore
+from runtime.store.sqlite import SqliteJobStore
+
+JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+
+
+def _dispatched_by_executor(*args: Any) -> None:
+    """Placeholder body of every Huey task: b3-jobs' executor calls the manifest's handler instead."""
+    raise RuntimeError("b3-jobs tasks are run by runtime.executor.Executor")
+
+
+class Runtime:
+    """Everything a process needs to enqueue, run and inspect jobs, on the configured backend."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        manifest: Manifest | None = None,
+        events: EventSink | None = None,
+        services: Any = None,
+    ):
+        self.settings = settings or Settings.from_env()
+        self.manifest = manifest or load_manifest(self.settings.manifest)
+        self.events: EventSink = events or LogSink()
+        self.huey = build_huey(self.settings)
+        self.store: JobStore = (
+            RedisJobStore(self.huey, self.settings.namespace) if self.settings.redis_url else SqliteJobStore(self.huey)
+        )
+        self.tasks = {name: self.huey.task(name=name)(_dispatched_by_executor) for name in self.manifest.jobs}
+        self.executor = Executor(self.huey, self.store, self.manifest, self.events, services or types.SimpleNamespace())
+        self.huey.executor = self.executor
+
+    # -- enqueue -------------------------------------------------------------------------------
+
+    def enqueue(
+        self,
+        name: str,
+        payload: Any,
+        *,
+        delay: float | None = None,
+        priority: int | None = None,
+        job_id: str | None = None,
+    ) -> tuple[JobRecord, bool]:
+        """Validate and enqueue a job; returns (record, created). An existing job_id returns that job."""
+        job = self.manifest.job(name)
+        problems = []
+        if delay is not None and not (0 <= delay <= 366 * 86400):
+            problems.append({"loc": "delay", "msg": "must be between 0 and 31622400 seconds, got %r" % delay, "type": "delay"})
+        if priority is not None and not (1 <= priority <= MAX_PRIORITY):
+            problems.append({"loc": "priority", "msg": "must be 1 (most urgent) to %d, got %r" % (MAX_PRIORITY, priority), "type": "priority"})
+        if job_id is not None and not JOB_ID.match(job_id):
+            problems.append({"loc": "job_id", "msg": "must be 1-128 of A-Z a-z 0-9 _ . : - (starting alphanumeric), got %r" % job_id, "type": "job_id"})
+        try:
+            model = job.payload_model.model_validate(payload)
+        except ValidationError as exc:
+            problems.extend(
+                {"loc": ".".join(str(p) for p in e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()
+            )
+        if problems:
+            raise PayloadError(name, problems)
+        priority = priority if priority is not None else job.spec.priority
+        now = time.time()
+        run_at = now + delay if delay else None
+        task = self.tasks[name].s(model.model_dump(mode="json"))
+        task.id = job_id or uuid.uuid4().hex
+        task.revoke_id = "r:%s" % task.id
+        task.priority = huey_priority(priority)
+        task.eta = naive_utc(run_at) if run_at else None
+        if job.spec.expires:
+            task.expires_resolved = naive_utc(now + job.spec.expires)
+        record = JobRecord(
+            id=task.id,
+            name=name,
+            state=DELAYED if run_at else WAITING,
+            payload=task.args[0],
+            max_attempts=job.max_attempts,
+            priority=priority,
+            created_at=now,
+            run_at=run_at,
+        )
+        message = Outbound(self.huey.serialize_task(task), task.priority, run_at)
+        record, created = self.store.create(record, message)
+        if created:
+            data = {"run_at": run_at, "reason": "delay"} if run_at else {}
+            self.events.emit("job:delayed" if run_at else "job:waiting", (record.id, name), data)
+        return record, created
+
+    # -- inspect -------------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> JobRecord:
+        record = self.store.get(job_id)
+        if record is None:
+            raise JobNotFound(job_id)
+        return record
+
+    def list(self, state: str | None = None, name: str | None = None, offset: int = 0, limit: int = 50) -> list[JobRecord]:
+        return self.store.list(state, name, offset, limit)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        return self.store.counts(sorted(self.manifest.jobs))
+
+    # -- control -------------------------------------------------------------------------------
+
+    def retry(self, job_id: str) -> JobRecord:
+        """Run a failed job again, with a fresh set of attempts."""
+        record = self.get(job_id)
+        if record.name not in self.manifest.jobs:
+            raise B3JobsError("job %s is a %r, which this manifest does not declare" % (job_id, record.name))
+        task = self.tasks[record.name].s(record.payload)
+        task.id = record.id
+        task.priority = huey_priority(record.priority)
+        message = Outbound(self.huey.serialize_task(task), task.priority)
+        record = self.store.requeue_failed(job_id, message, time.time())
+        self.events.emit("job:waiting", (record.id, record.name), {"retried": True})
+        return record
+
+    def retry_failed(self, name: str) -> int:
+        """Retry every failed job of one name; returns how many were queued again."""
+        self.manifest.job(name)
+        retried = 0
+        for job_id in self.store.ids_in_state(name, FAILED):
+            try:
+                self.retry(job_id)
+                retried += 1
+            except B3JobsError:
+                continue  # removed or retried by someone else meanwhile
+        return retried
+
+    def remove(self, job_id: str) -> None:
+        if not self.store.remove(job_id):
+            raise JobNotFound(job_id)
+
+    def close(self) -> None:
+        self.store.close()

@@ -1,0 +1,58 @@
+"""The job record: what b3-jobs knows about one job, in the shape scripts rely on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+WAITING, DELAYED, ACTIVE, WAITING_CHILDREN, COMPLETED, FAILED = (
+    "waiting",
+    "delayed",
+    "active",
+    "waiting-children",
+    "completed",
+    "failed",
+)
+STATES = (WAITING, DELAYED, ACTIVE, WAITING_CHILDREN, COMPLETED, FAILED)
+FINISHED = (COMPLETED, FAILED)
+
+
+class JobRecord(msgspec.Struct, kw_only=True):
+    """One job. Times are epoch seconds (float); `error` is the failure reason, `traceback` its stack."""
+
+    id: str
+    name: str
+    state: str
+    payload: dict[str, Any]
+    attempts: int = 0
+    max_attempts: int = 1
+    progress: Any = None
+    result: Any = None
+    error: str | None = None
+    traceback: str | None = None
+    priority: int | None = None
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    run_at: float | None = None  # when a delayed job becomes due
+    parent_id: str | None = None
+    children: list[str] = []
+
+    def to_dict(self) -> dict[str, Any]:
+        return msgspec.to_builtins(self)  # type: ignore[no-any-return]
+
+
+def encode_json(value: Any) -> bytes:
+    """Encode a handler's result or progress; pydantic models and dataclasses become plain JSON."""
+    return msgspec.json.encode(value, enc_hook=_enc_hook)
+
+
+def _enc_hook(value: Any) -> Any:
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        return dump(mode="json")
+    raise TypeError("cannot encode %s as JSON" % type(value).__name__)
+
+
+decode_json = msgspec.json.decode

@@ -1,0 +1,59 @@
+"""Huey's serializer, replaced: messages are msgspec JSON, so a crafted message cannot run code."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Union
+
+import msgspec
+from huey.registry import Message
+from huey.serializer import Serializer
+
+
+class WireMessage(msgspec.Struct, array_like=True, tag="m"):
+    """Huey's Message, with the fields b3-jobs uses; pipelines and chords are not carried."""
+
+    id: str
+    name: str
+    eta: dt.datetime | None
+    priority: int | None
+    args: tuple[Any, ...]
+    expires_resolved: dt.datetime | None = None
+
+
+class WireValue(msgspec.Struct, array_like=True, tag="v"):
+    """Anything else Huey stores through its serializer (counters, flags), as plain JSON."""
+
+    value: Any
+
+
+_decoder = msgspec.json.Decoder(Union[WireMessage, WireValue])
+
+
+class MsgspecSerializer(Serializer):
+    """Huey serializer over msgspec JSON; refuses what it cannot encode instead of pickling it."""
+
+    def _serialize(self, data: Any) -> bytes:
+        if isinstance(data, Message):
+            if data.on_complete or data.on_error or data.chord_config:
+                raise TypeError("b3-jobs messages do not carry Huey pipelines or chords")
+            return msgspec.json.encode(
+                WireMessage(data.id, data.name, data.eta, data.priority, tuple(data.args or ()), data.expires_resolved)
+            )
+        return msgspec.json.encode(WireValue(data))
+
+    def _deserialize(self, data: bytes) -> Any:
+        decoded = _decoder.decode(data)
+        if isinstance(decoded, WireMessage):
+            return Message(
+                id=decoded.id,
+                name=decoded.name,
+                eta=decoded.eta,
+                retries=0,
+                retry_delay=0,
+                priority=decoded.priority,
+                args=decoded.args,
+                kwargs={},
+                expires_resolved=decoded.expires_resolved,
+            )
+        return decoded.value

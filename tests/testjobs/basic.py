@@ -1,0 +1,90 @@
+"""Handlers used only by the tests: each shows one behaviour of the runtime."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+from pydantic import BaseModel, Field
+
+from runtime import JobContext, Retry, UnrecoverableError
+
+
+class Empty(BaseModel):
+    pass
+
+
+def noop(payload: Empty, ctx: JobContext) -> None:
+    return None
+
+
+class Echo(BaseModel):
+    text: str = Field(min_length=1)
+    times: int = Field(default=1, ge=1, le=10)
+
+
+def echo(payload: Echo, ctx: JobContext) -> dict[str, object]:
+    ctx.progress(50)
+    ctx.emit("test:echoed", {"text": payload.text})
+    return {"echo": payload.text * payload.times, "attempt": ctx.attempt}
+
+
+class Flaky(BaseModel):
+    fail_times: int = Field(ge=0)
+
+
+def flaky(payload: Flaky, ctx: JobContext) -> dict[str, object]:
+    """Fails its first `fail_times` attempts, then succeeds, noting when each attempt started."""
+    ctx.log.info("attempt %d at %.3f", ctx.attempt, time.time())
+    if ctx.attempt <= payload.fail_times:
+        raise ConnectionError("upstream down (attempt %d)" % ctx.attempt)
+    return {"attempt": ctx.attempt}
+
+
+class Sleep(BaseModel):
+    seconds: float = Field(ge=0)
+
+
+def sleepy(payload: Sleep, ctx: JobContext) -> str:
+    time.sleep(payload.seconds)
+    return "slept"
+
+
+def sleepy_cooperative(payload: Sleep, ctx: JobContext) -> str:
+    deadline = time.monotonic() + payload.seconds
+    while time.monotonic() < deadline:
+        ctx.progress(round(100 * (1 - (deadline - time.monotonic()) / payload.seconds)))
+        time.sleep(0.05)
+    return "slept"
+
+
+async def async_sleepy(payload: Sleep, ctx: JobContext) -> str:
+    await asyncio.sleep(payload.seconds)
+    return "slept async"
+
+
+class Message(BaseModel):
+    message: str
+
+
+def always_fails(payload: Message, ctx: JobContext) -> None:
+    raise ValueError(payload.message)
+
+
+def gives_up(payload: Message, ctx: JobContext) -> None:
+    raise UnrecoverableError(payload.message)
+
+
+def asks_retry(payload: Sleep, ctx: JobContext) -> int:
+    if ctx.attempt == 1:
+        raise Retry("not yet", delay=payload.seconds)
+    return ctx.attempt
+
+
+def pid(payload: Empty, ctx: JobContext) -> int:
+    return os.getpid()
+
+
+def backoff_squares(attempt: int) -> float:
+    return 0.1 * attempt * attempt
