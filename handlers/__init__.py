@@ -1,0 +1,1 @@
+"""The platform's jobs: one module per job, each with a `Payload` model and `handle(payload, ctx)`."""

@@ -1,0 +1,104 @@
+"""Everything in one process on the embedded defaults, for development.
+
+  python local_runner.py                                  consumer threads + cron scheduler (SQLite under ./var)
+  python local_runner.py invoke JOB --data '{"k": "v"}'   run one handler once, here, and print its result
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import types
+import uuid
+
+from runtime.consumer import B3Consumer
+from runtime.context import JobContext
+from runtime.engine import Runtime
+from runtime.errors import B3JobsError, ManifestError, UnknownJob
+from runtime.executor import call_handler
+from runtime.manifest import load_manifest
+from runtime.records import encode_json
+from runtime.settings import Settings
+
+log = logging.getLogger("b3jobs.local")
+
+
+class PrintSink:
+    """Shows the events an invoked handler emits, one JSON line each, on stderr."""
+
+    def emit(self, event: str, job: tuple[str, str] | None, data: dict[str, object]) -> None:
+        print("event %s %s" % (event, encode_json(data).decode()), file=sys.stderr)
+
+
+def invoke(settings: Settings, job_name: str, data: str) -> int:
+    """Run one handler once in this process, like `serverless invoke local`."""
+    manifest = load_manifest(settings.manifest)
+    job = manifest.job(job_name)
+    try:
+        payload = job.payload_model.model_validate_json(data)
+    except ValueError as exc:
+        print("invalid --data for %s:\n%s" % (job_name, exc), file=sys.stderr)
+        return 2
+    ctx = JobContext(
+        job_id="invoke-%s" % uuid.uuid4().hex[:8],
+        job=job_name,
+        attempt=1,
+        max_attempts=1,
+        timeout_s=job.spec.timeout,
+        services=types.SimpleNamespace(),
+        events=PrintSink(),
+    )
+    try:
+        result = call_handler(job, payload, ctx)
+    except Exception as exc:
+        log.exception("%s failed", job_name)
+        print("%s failed: %s: %s" % (job_name, type(exc).__name__, exc), file=sys.stderr)
+        return 1
+    print(json.dumps(json.loads(encode_json(result)), indent=2, ensure_ascii=False))
+    return 0
+
+
+def serve(settings: Settings, workers: int) -> int:
+    runtime = Runtime(settings)
+    consumer = B3Consumer(runtime, workers=workers, worker_type="thread")
+    log.info(
+        "b3-jobs local runner: %d worker(s), %s at %s, jobs: %s. Ctrl-C stops.",
+        workers,
+        settings.backend,
+        settings.redis_url or settings.sqlite_path,
+        ", ".join(runtime.manifest.jobs) or "none",
+    )
+    consumer.run()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="b3-jobs in one process")
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command")
+    p = sub.add_parser("invoke", help="run one handler once and print its result")
+    p.add_argument("job")
+    p.add_argument("--data", default="{}", help="the payload as JSON")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    try:
+        settings = Settings.from_env()
+        if args.command == "invoke":
+            return invoke(settings, args.job, args.data)
+        return serve(settings, args.workers)
+    except ManifestError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except UnknownJob as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except B3JobsError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""The CLI and local_runner as a newcomer uses them, in subprocesses, on a project of their own."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REDIS_URL, ROOT, require_redis, wait_for
+
+PYTHON = sys.executable
+
+NEW_JOB = textwrap.dedent(
+    """
+    from pydantic import BaseModel, Field
+    from runtime import JobContext
+
+    class Payload(BaseModel):
+        ticker: str = Field(pattern=r"^[A-Z]{4}\\d{1,2}$")
+
+    def handle(payload: Payload, ctx: JobContext) -> dict[str, str]:
+        ctx.progress(100)
+        return {"ticker": payload.ticker, "status": "priced"}
+    """
+)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+def project(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
+    """A fresh project: the real manifest's defaults, plus one job added the documented way."""
+    (tmp_path / "handlers").mkdir()
+    (tmp_path / "handlers" / "__init__.py").write_text("")
+    (tmp_path / "schedules.toml").write_text((ROOT / "schedules.toml").read_text())
+    env = {
+        "PATH": os.environ["PATH"],
+        "B3JOBS_MANIFEST": str(tmp_path / "schedules.toml"),
+        "B3JOBS_DATA_DIR": str(tmp_path / "var"),
+        "B3JOBS_NAMESPACE": "cli%d" % os.getpid(),
+        "PYTHONPATH": str(ROOT),
+    }
+    if request.param == "redis":
+        env["REDIS_URL"] = require_redis()
+    yield env
+    if request.param == "redis":
+        import redis
+
+        r = redis.Redis.from_url(REDIS_URL)
+        for pattern in ("%s:*" % env["B3JOBS_NAMESPACE"], "huey.*.%s" % env["B3JOBS_NAMESPACE"]):
+            keys = list(r.scan_iter(match=pattern))
+            if keys:
+                r.delete(*keys)
+
+
+def cli(env: dict[str, str], *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PYTHON, "-m", "runtime", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+def test_a_new_job_is_one_file_and_one_table(project: dict[str, str]) -> None:
+    root = Path(project["B3JOBS_MANIFEST"]).parent
+    # Given a handler file and a manifest table, and nothing else
+    (root / "handlers" / "price_check.py").write_text(NEW_JOB)
+    with open(root / "schedules.toml", "a") as manifest:
+        manifest.write('\n[jobs.price-check]\nhandler = "handlers.price_check:handle"\n'
+                       'payload = "handlers.price_check:Payload"\nretries = 1\n')
+    # Then check lists it
+    checked = cli(project, "check", cwd=root)
+    assert checked.returncode == 0, checked.stderr
+    assert "price-check" in checked.stdout
+    # And enqueue prints an id, the consumer runs it, and `job` shows it completed with its value
+    enqueued = cli(project, "enqueue", "price-check", '{"ticker": "PETR4"}', cwd=root)
+    assert enqueued.returncode == 0, enqueued.stderr
+    job_id = enqueued.stdout.strip()
+    consumer = subprocess.Popen([PYTHON, "-m", "runtime", "consumer", "--workers", "2"], env=project, cwd=root,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        def completed() -> dict[str, object] | None:
+            shown = cli(project, "job", job_id, cwd=root)
+            record = json.loads(shown.stdout) if shown.returncode == 0 else {}
+            return record if record.get("state") == "completed" else None
+
+        record = wait_for(completed, timeout=30, interval=0.3, what="price-check to complete")
+    finally:
+        consumer.send_signal(signal.SIGINT)
+        _, err = consumer.communicate(timeout=20)
+    assert consumer.returncode == 0, err
+    assert record["result"] == {"ticker": "PETR4", "status": "priced"}
+    assert (record["attempts"], record["progress"], record["name"]) == (1, 100, "price-check")
+    status = cli(project, "status", cwd=root)
+    assert status.returncode == 0 and "price-check" in status.stdout
+
+
+def test_bad_input_exits_2_and_unknown_ids_exit_1(project: dict[str, str]) -> None:
+    root = Path(project["B3JOBS_MANIFEST"]).parent
+    (root / "handlers" / "price_check.py").write_text(NEW_JOB)
+    with open(root / "schedules.toml", "a") as manifest:
+        manifest.write('\n[jobs.price-check]\nhandler = "handlers.price_check:handle"\n'
+                       'payload = "handlers.price_check:Payload"\n')
+    bad = cli(project, "enqueue", "price-check", '{"ticker": "petrobras"}', cwd=root)
+    assert bad.returncode == 2
+    assert "ticker: String should match pattern" in bad.stderr
+    assert cli(project, "enqueue", "price-check", "{not json", cwd=root).returncode == 2
+    assert cli(project, "enqueue", "no-such-job", cwd=root).returncode == 2
+    missing = cli(project, "job", "does-not-exist", cwd=root)
+    assert missing.returncode == 1 and "no job with id 'does-not-exist'" in missing.stderr
+    assert cli(project, "retry", "does-not-exist", cwd=root).returncode == 1
+    assert "no status" not in cli(project, "status", cwd=root).stderr
+
+
+def test_local_runner_invoke_runs_one_handler_here(tmp_path: Path) -> None:
+    env = {"PATH": os.environ["PATH"], "B3JOBS_MANIFEST": str(ROOT / "tests" / "schedules.toml"),
+           "B3JOBS_DATA_DIR": str(tmp_path / "var")}
+    done = subprocess.run([PYTHON, str(ROOT / "local_runner.py"), "invoke", "echo", "--data", '{"text": "oi"}'],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"echo": "oi", "attempt": 1}
+    assert 'event test:echoed {"text":"oi"}' in done.stderr
+    bad = subprocess.run([PYTHON, str(ROOT / "local_runner.py"), "invoke", "echo", "--data", '{"text": ""}'],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "text" in bad.stderr
+
+
+def test_local_runner_starts_on_defaults_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+    runner = subprocess.Popen([PYTHON, str(ROOT / "local_runner.py")], cwd=ROOT, env={**env, "B3JOBS_DATA_DIR": str(tmp_path / "var")},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(2)
+    assert runner.poll() is None, runner.stdout.read() if runner.stdout else ""
+    runner.send_signal(signal.SIGINT)
+    out, _ = runner.communicate(timeout=20)
+    assert runner.returncode == 0, out
+    assert "b3-jobs local runner" in out and "Consumer exiting" in out
+    assert (tmp_path / "var" / "b3jobs.sqlite3").exists()
