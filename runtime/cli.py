@@ -12,7 +12,7 @@ import logging
 import sys
 from typing import Any, Callable
 
-from runtime.errors import B3JobsError, InvalidState, JobNotFound, ManifestError, PayloadError, UnknownJob
+from runtime.errors import B3JobsError, InvalidArgument, InvalidState, JobNotFound, ManifestError, PayloadError, UnknownJob
 from runtime.manifest import Manifest, load_manifest
 from runtime.records import STATES
 from runtime.settings import Settings, SettingsError
@@ -66,16 +66,28 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     return OK
 
 
-def _runtime(settings: Settings, manifest: Manifest | None = None) -> Any:
+def _runtime(settings: Settings, manifest: Manifest | None = None, bus: bool = False) -> Any:
+    """A runtime; with bus=True its events go out on BUS_URL (else REDIS_URL, else memory://)."""
     from runtime.engine import Runtime
 
-    return Runtime(settings, manifest)
+    events = None
+    if bus:
+        from bus.publisher import KombuPublisher
+        from runtime.web import bus_url
+
+        url = bus_url(settings)
+        if url.startswith("memory://"):
+            logging.getLogger("b3jobs").warning(
+                "BUS_URL is memory:// in a separate process: its events reach no web process. "
+                "Set BUS_URL (or REDIS_URL) to publish them.")
+        events = KombuPublisher(url)
+    return Runtime(settings, manifest, events=events)
 
 
 def cmd_consumer(args: argparse.Namespace, settings: Settings) -> int:
     from runtime.consumer import B3Consumer
 
-    runtime = _runtime(settings)
+    runtime = _runtime(settings, bus=True)
     consumer = B3Consumer(runtime, workers=args.workers, worker_type=args.worker_type, cron=not args.no_cron)
     logging.getLogger("b3jobs").info(
         "consumer: %d %s worker(s) on %s, jobs: %s",
@@ -94,11 +106,18 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
     except json.JSONDecodeError as exc:
         print("payload: not valid JSON: %s" % exc, file=sys.stderr)
         return BAD_INPUT
-    runtime = _runtime(settings)
+    runtime = _runtime(settings, bus=True)
     record, created = runtime.enqueue(args.job, payload, delay=args.delay, priority=args.priority, job_id=args.job_id)
     if not created:
         print("deduplicated: job %s already exists (%s)" % (record.id, record.state), file=sys.stderr)
     print(record.id)
+    return OK
+
+
+def cmd_web(args: argparse.Namespace, settings: Settings) -> int:
+    from runtime.web import serve
+
+    serve(settings)
     return OK
 
 
@@ -154,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--worker-type", choices=["thread", "process"], default="thread")
     p.add_argument("--no-cron", action="store_true", help="do not enqueue cron jobs from this consumer")
+    sub.add_parser("web", help="serve the HTTP API and /ws on B3JOBS_HOST:B3JOBS_PORT")
     p = sub.add_parser("enqueue", help="enqueue a job; prints its id")
     p.add_argument("job")
     p.add_argument("payload", nargs="?", default="{}", help="the payload as JSON (default {})")
@@ -173,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "check": cmd_check,
     "consumer": cmd_consumer,
+    "web": cmd_web,
     "enqueue": cmd_enqueue,
     "job": cmd_job,
     "status": cmd_status,
@@ -197,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         for err in exc.errors:
             print("  %s: %s" % (err["loc"] or "payload", err["msg"]), file=sys.stderr)
         return BAD_INPUT
-    except (SettingsError, UnknownJob) as exc:
+    except (SettingsError, UnknownJob, InvalidArgument) as exc:
         print(str(exc), file=sys.stderr)
         return BAD_INPUT
     except (JobNotFound, InvalidState) as exc:

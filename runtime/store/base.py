@@ -16,6 +16,9 @@ from runtime.manifest import Keep
 from runtime.records import JobRecord
 
 
+PARKED = -2  # activate(): the job's name is paused; its message was set aside
+
+
 @dataclass(frozen=True)
 class Outbound:
     """A Huey message ready to go on the queue (run_at None) or the schedule (run_at set)."""
@@ -39,8 +42,31 @@ class JobStore(ABC):
         """A delayed job's time has come: move it to waiting and queue it. False if it is gone or not delayed."""
 
     @abstractmethod
-    def activate(self, job_id: str, now: float) -> int | None:
-        """Mark a dequeued job active and count the attempt; None when the job is gone or not runnable."""
+    def activate(self, job_id: str, now: float, message: Outbound) -> int | None:
+        """Mark a dequeued job active and count the attempt.
+
+        Returns the attempt number; None when the job is gone or not waiting (a stale message);
+        PARKED when its job name is paused: the message is set aside until `resume`.
+        """
+
+    @abstractmethod
+    def promote(self, job_id: str, message: Outbound, now: float) -> JobRecord:
+        """Run a delayed job now (raises JobNotFound / InvalidState)."""
+
+    @abstractmethod
+    def clean(self, name: str, state: str, older_than: float, limit: int) -> int:
+        """Delete up to `limit` records of a job name in a state that entered it before `older_than`."""
+
+    @abstractmethod
+    def pause(self, name: str) -> bool:
+        """Stop every consumer from starting jobs of this name; False if it was paused already."""
+
+    @abstractmethod
+    def resume(self, name: str) -> int:
+        """Let jobs of this name start again; returns how many set-aside messages went back on the queue."""
+
+    @abstractmethod
+    def paused(self) -> set[str]: ...
 
     @abstractmethod
     def set_progress(self, job_id: str, progress_json: bytes) -> None:

@@ -22,7 +22,7 @@ from huey.storage import PriorityRedisStorage
 from runtime.errors import InvalidState, JobNotFound
 from runtime.manifest import Keep
 from runtime.records import DELAYED, FAILED, STATES, WAITING, JobRecord, decode_json, encode_json
-from runtime.store.base import JobStore, Outbound
+from runtime.store.base import PARKED, JobStore, Outbound
 
 # Moves the job from its current index to another; shared by the scripts below.
 _LUA_MOVE = """
@@ -62,22 +62,59 @@ return 1
 """
 
 # KEYS: job, queue. ARGV: ns, id, now, member, member score
+# A schedule entry left behind by `promote` must not make a later delay end early: check run_at.
 MAKE_DUE = _LUA_MOVE + """
-local s = redis.call('HMGET', KEYS[1], 'state', 'name')
-if s[1] ~= 'delayed' then return 0 end
+local s = redis.call('HMGET', KEYS[1], 'state', 'name', 'run_at')
+if s[1] ~= 'delayed' or tonumber(s[3] or '0') > tonumber(ARGV[3]) + 0.5 then return 0 end
 move(ARGV[1], ARGV[2], s[2], 'delayed', 'waiting', ARGV[3])
 redis.call('HSET', KEYS[1], 'state', 'waiting', 'run_at', '')
 redis.call('ZADD', KEYS[2], ARGV[5], ARGV[4])
 return 1
 """
 
-# KEYS: job. ARGV: ns, id, now
+# KEYS: job, paused set. ARGV: ns, id, now, queue member, member score
 ACTIVATE = _LUA_MOVE + """
 local s = redis.call('HMGET', KEYS[1], 'state', 'name')
-if s[1] ~= 'waiting' and s[1] ~= 'delayed' then return -1 end
-move(ARGV[1], ARGV[2], s[2], s[1], 'active', ARGV[3])
-redis.call('HSET', KEYS[1], 'state', 'active', 'started_at', ARGV[3], 'run_at', '')
+if s[1] ~= 'waiting' then return -1 end
+if redis.call('SISMEMBER', KEYS[2], s[2]) == 1 then
+  redis.call('ZADD', ARGV[1] .. ':parked:' .. s[2], ARGV[5], ARGV[4])
+  return -2
+end
+move(ARGV[1], ARGV[2], s[2], 'waiting', 'active', ARGV[3])
+redis.call('HSET', KEYS[1], 'state', 'active', 'started_at', ARGV[3])
 return redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+"""
+
+# KEYS: job, queue. ARGV: ns, id, now, member, member score
+PROMOTE = _LUA_MOVE + """
+local s = redis.call('HMGET', KEYS[1], 'state', 'name')
+if not s[1] then return false end
+if s[1] ~= 'delayed' then return s[1] end
+move(ARGV[1], ARGV[2], s[2], 'delayed', 'waiting', ARGV[3])
+redis.call('HSET', KEYS[1], 'state', 'waiting', 'run_at', '')
+redis.call('ZADD', KEYS[2], ARGV[5], ARGV[4])
+return 'ok'
+"""
+
+# KEYS: index. ARGV: ns, cutoff, limit
+CLEAN = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, id in ipairs(ids) do
+  redis.call('DEL', ARGV[1] .. ':job:' .. id)
+  redis.call('ZREM', KEYS[1], id)
+end
+return #ids
+"""
+
+# KEYS: paused set, parked zset, queue. ARGV: name
+RESUME = """
+redis.call('SREM', KEYS[1], ARGV[1])
+local parked = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
+for i = 1, #parked, 2 do
+  redis.call('ZADD', KEYS[3], parked[i + 1], parked[i])
+end
+redis.call('DEL', KEYS[2])
+return #parked / 2
 """
 
 # KEYS: job. ARGV: ns, id, final state, now, keep count (-1 none), keep age (-1 none), fields...
@@ -170,6 +207,10 @@ class RedisJobStore(JobStore):
         self._requeue_failed = self.r.register_script(REQUEUE_FAILED)
         self._remove = self.r.register_script(REMOVE)
         self._progress = self.r.register_script(PROGRESS)
+        self._promote = self.r.register_script(PROMOTE)
+        self._clean = self.r.register_script(CLEAN)
+        self._resume = self.r.register_script(RESUME)
+        self._paused_key = "%s:paused" % namespace
 
     def _key(self, job_id: str) -> str:
         return "%s:job:%s" % (self.ns, job_id)
@@ -213,9 +254,36 @@ class RedisJobStore(JobStore):
             self._make_due(keys=[self._key(job_id), self.storage.queue_key], args=[self.ns, job_id, time.time(), member, score])
         )
 
-    def activate(self, job_id: str, now: float) -> int | None:
-        attempts = self._activate(keys=[self._key(job_id)], args=[self.ns, job_id, now])
+    def activate(self, job_id: str, now: float, message: Outbound) -> int | None:
+        member, score = self._queue_member(message)
+        attempts = self._activate(keys=[self._key(job_id), self._paused_key], args=[self.ns, job_id, now, member, score])
+        if attempts == PARKED:
+            return PARKED
         return None if attempts < 0 else int(attempts)
+
+    def promote(self, job_id: str, message: Outbound, now: float) -> JobRecord:
+        member, score = self._queue_member(message)
+        outcome = self._promote(keys=[self._key(job_id), self.storage.queue_key], args=[self.ns, job_id, now, member, score])
+        if outcome is None:
+            raise JobNotFound(job_id)
+        if outcome != b"ok":
+            raise InvalidState(job_id, outcome.decode(), "promote", (DELAYED,))
+        record = self.get(job_id)
+        assert record is not None
+        return record
+
+    def clean(self, name: str, state: str, older_than: float, limit: int) -> int:
+        return int(self._clean(keys=[self._idx(name, state)], args=[self.ns, older_than, limit]))
+
+    def pause(self, name: str) -> bool:
+        return bool(self.r.sadd(self._paused_key, name))
+
+    def resume(self, name: str) -> int:
+        parked = "%s:parked:%s" % (self.ns, name)
+        return int(self._resume(keys=[self._paused_key, parked, self.storage.queue_key], args=[name]))
+
+    def paused(self) -> set[str]:
+        return {n.decode() for n in self.r.smembers(self._paused_key)}
 
     def set_progress(self, job_id: str, progress_json: bytes) -> None:
         self._progress(keys=[self._key(job_id)], args=[progress_json])

@@ -16,7 +16,7 @@ from huey.storage import SqliteStorage
 from runtime.errors import InvalidState, JobNotFound
 from runtime.manifest import Keep
 from runtime.records import ACTIVE, COMPLETED, DELAYED, FAILED, STATES, WAITING, JobRecord, decode_json, encode_json
-from runtime.store.base import JobStore, Outbound
+from runtime.store.base import PARKED, JobStore, Outbound
 
 _COLUMNS = (
     "id", "name", "state", "payload", "attempts", "max_attempts", "progress", "result", "error",
@@ -38,6 +38,9 @@ class B3SqliteStorage(SqliteStorage):
         "create index if not exists b3_jobs_name_state_ts on b3_jobs (name, state, state_ts)",
         "create index if not exists b3_jobs_state_ts on b3_jobs (state, state_ts)",
         "create table if not exists b3_ticks (name text not null, tick real not null, primary key (name, tick))",
+        "create table if not exists b3_paused (name text primary key)",
+        "create table if not exists b3_parked (id integer primary key, name text not null, data blob not null,"
+        " priority real not null)",
     ]
 
 
@@ -92,23 +95,80 @@ class SqliteJobStore(JobStore):
 
     def make_due(self, job_id: str, message: Outbound) -> bool:
         with self._tx() as curs:
+            now = time.time()
+            # A schedule entry left behind by `promote` must not end a later delay early.
             curs.execute(
-                "update b3_jobs set state = 'waiting', run_at = null, state_ts = ? where id = ? and state = 'delayed'",
-                (time.time(), job_id),
+                "update b3_jobs set state = 'waiting', run_at = null, state_ts = ?"
+                " where id = ? and state = 'delayed' and run_at <= ?",
+                (now, job_id, now + 0.5),
             )
             if curs.rowcount != 1:
                 return False
             self._place(curs, message)
             return True
 
-    def activate(self, job_id: str, now: float) -> int | None:
+    def activate(self, job_id: str, now: float, message: Outbound) -> int | None:
         with self._tx() as curs:
             row = curs.execute(
-                "update b3_jobs set state = 'active', started_at = ?, run_at = null, state_ts = ?,"
-                " attempts = attempts + 1 where id = ? and state in ('waiting', 'delayed') returning attempts",
+                "select name from b3_jobs where id = ? and state = 'waiting'", (job_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            if curs.execute("select 1 from b3_paused where name = ?", (row[0],)).fetchone():
+                curs.execute(
+                    "insert into b3_parked (name, data, priority) values (?, ?, ?)", (row[0], message.data, message.priority)
+                )
+                return PARKED
+            attempts = curs.execute(
+                "update b3_jobs set state = 'active', started_at = ?, state_ts = ?, attempts = attempts + 1"
+                " where id = ? returning attempts",
                 (now, now, job_id),
             ).fetchone()
-        return row[0] if row else None
+        return int(attempts[0])
+
+    def promote(self, job_id: str, message: Outbound, now: float) -> JobRecord:
+        with self._tx() as curs:
+            state = self._state_of(curs, job_id)
+            if state is None:
+                raise JobNotFound(job_id)
+            if state != DELAYED:
+                raise InvalidState(job_id, state, "promote", (DELAYED,))
+            curs.execute(
+                "update b3_jobs set state = 'waiting', run_at = null, state_ts = ? where id = ?", (now, job_id)
+            )
+            self._place(curs, message)
+        record = self.get(job_id)
+        assert record is not None
+        return record
+
+    def clean(self, name: str, state: str, older_than: float, limit: int) -> int:
+        with self._tx() as curs:
+            curs.execute(
+                "delete from b3_jobs where id in (select id from b3_jobs where name = ? and state = ? and state_ts < ?"
+                " order by state_ts limit ?)",
+                (name, state, older_than, limit),
+            )
+            return curs.rowcount
+
+    def pause(self, name: str) -> bool:
+        with self._tx() as curs:
+            curs.execute("insert or ignore into b3_paused (name) values (?)", (name,))
+            return curs.rowcount == 1
+
+    def resume(self, name: str) -> int:
+        with self._tx() as curs:
+            curs.execute("delete from b3_paused where name = ?", (name,))
+            curs.execute(
+                "insert into task (queue, data, priority) select ?, data, priority from b3_parked where name = ?"
+                " order by id",
+                (self.queue, name),
+            )
+            moved = curs.rowcount
+            curs.execute("delete from b3_parked where name = ?", (name,))
+            return moved
+
+    def paused(self) -> set[str]:
+        return {r[0] for r in self.storage.sql("select name from b3_paused", results=True)}
 
     def set_progress(self, job_id: str, progress_json: bytes) -> None:
         with self._tx() as curs:
@@ -233,5 +293,7 @@ class SqliteJobStore(JobStore):
         with self._tx() as curs:
             curs.execute("delete from b3_jobs")
             curs.execute("delete from b3_ticks")
+            curs.execute("delete from b3_paused")
+            curs.execute("delete from b3_parked")
             for table in ("task", "schedule", "kv", "counter"):
                 curs.execute("delete from %s where queue = ?" % table, (self.queue,))

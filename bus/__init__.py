@@ -1,0 +1,1 @@
+"""The event bus: one envelope, a Kombu topic exchange, and the websocket relay."""

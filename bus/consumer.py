@@ -1,0 +1,66 @@
+"""Receives every event from the Kombu topic exchange on a thread, for a web process's relay.
+
+Each web process gets its own exclusive auto-delete queue bound to `#`, so every process sees
+every event; the relay filters per subscriber. Kombu has no asyncio: the thread hands raw bodies
+to the caller (the relay bridges them into its loop with call_soon_threadsafe).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from typing import Any, Callable
+
+from kombu import Connection, Queue
+from kombu.mixins import ConsumerMixin
+
+from bus.publisher import exchange, transport_options
+
+logger = logging.getLogger("b3jobs.bus")
+
+
+class BusBridge(ConsumerMixin):
+    def __init__(self, url: str, on_raw: Callable[[bytes], None]):
+        self.url = url
+        self.on_raw = on_raw
+        self.connection = Connection(url, transport_options=transport_options(url), connect_timeout=2)
+        self.queue = Queue(
+            "b3.relay.%s.%d.%s" % (socket.gethostname(), os.getpid(), uuid.uuid4().hex[:8]),
+            exchange=exchange(),
+            routing_key="#",
+            durable=False,
+            exclusive=url.startswith(("amqp://", "pyamqp://")),
+            auto_delete=True,
+            expires=60,  # Redis: a dead relay's list disappears instead of growing forever
+        )
+        self.received = 0
+        self._thread: threading.Thread | None = None
+
+    def get_consumers(self, Consumer: Any, channel: Any) -> list[Any]:
+        return [Consumer(queues=[self.queue], on_message=self._on_message, accept=["application/json"], no_ack=True)]
+
+    def _on_message(self, message: Any) -> None:
+        self.received += 1
+        body = message.body
+        try:
+            self.on_raw(body.encode() if isinstance(body, str) else body)
+        except Exception:
+            logger.exception("relay rejected an event")
+
+    def on_connection_error(self, exc: Exception, interval: float) -> None:
+        logger.error("bus %s: %s; reconnecting in %.0fs", self.url, exc, interval)
+
+    def on_consume_ready(self, connection: Any, channel: Any, consumers: Any, **kwargs: Any) -> None:
+        logger.info("bus %s: receiving events on %s", self.url, self.queue.name)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="bus-consumer", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 3.0) -> None:
+        self.should_stop = True
+        if self._thread is not None:
+            self._thread.join(timeout)

@@ -1,0 +1,121 @@
+"""The HTTP API's request and response models; the OpenAPI document is generated from these."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from runtime.manifest import MAX_PRIORITY
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EnqueueBody(Strict):
+    payload: dict[str, Any] = Field(default_factory=dict, description="the job's payload, validated against its model")
+    delay: float | None = Field(default=None, ge=0, description="seconds to wait before it may run")
+    priority: int | None = Field(default=None, ge=1, le=MAX_PRIORITY, description="1 = most urgent")
+    job_id: str | None = Field(default=None, description="your own id; an existing one returns that job")
+
+
+class Job(BaseModel):
+    """A job record (epoch-second times)."""
+
+    id: str
+    name: str
+    state: Literal["waiting", "delayed", "active", "waiting-children", "completed", "failed"]
+    payload: dict[str, Any]
+    attempts: int
+    max_attempts: int
+    progress: Any = None
+    result: Any = None
+    error: str | None = None
+    traceback: str | None = None
+    priority: int | None = None
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    run_at: float | None = None
+    parent_id: str | None = None
+    children: list[str] = []
+    deduplicated: bool | None = Field(default=None, description="present on enqueue: true when the job existed")
+
+
+class JobPage(BaseModel):
+    jobs: list[Job]
+    offset: int
+    limit: int
+
+
+class JobsQuery(Strict):
+    state: Literal["waiting", "delayed", "active", "waiting-children", "completed", "failed"] | None = None
+    name: str | None = None
+    offset: int = Field(default=0, ge=0)
+    limit: int = Field(default=50, ge=1, le=500)
+
+
+class Counts(BaseModel):
+    waiting: int
+    delayed: int
+    active: int
+    waiting_children: int = Field(alias="waiting-children")
+    completed: int
+    failed: int
+
+
+class Queue(BaseModel):
+    name: str
+    paused: bool
+    counts: Counts
+
+
+class Queues(BaseModel):
+    queues: list[Queue]
+
+
+class CleanBody(Strict):
+    state: Literal["waiting", "delayed", "completed", "failed"] = "completed"
+    age: float = Field(default=0, ge=0, description="only records older than this many seconds")
+    limit: int = Field(default=1000, ge=1, le=100_000)
+
+
+class Cleaned(BaseModel):
+    name: str
+    state: str
+    removed: int
+
+
+class PauseResult(BaseModel):
+    name: str
+    paused: bool
+    changed: bool
+    released: int | None = None
+
+
+class RetryAllResult(BaseModel):
+    name: str
+    retried: int
+
+
+class Removed(BaseModel):
+    id: str
+    removed: bool
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    backend: str
+    bus: str
+    store: str
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    details: Any = None
+
+
+class Error(BaseModel):
+    error: ErrorDetail

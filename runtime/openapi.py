@@ -1,0 +1,66 @@
+"""The OpenAPI 3.1 document, generated from the route table and its pydantic models."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from runtime.api import Route
+
+REF = "#/components/schemas/{model}"
+
+
+def _models(routes: list[Route]) -> list[type[BaseModel]]:
+    seen: list[type[BaseModel]] = []
+    for route in routes:
+        for model in [route.body, *route.responses.values()]:
+            if model is not None and model not in seen:
+                seen.append(model)
+    return seen
+
+
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": REF.format(model=model.__name__)}
+
+
+def _operation(route: Route) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": route.summary, "operationId": route.handler.__name__, "responses": {}}
+    params = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in re.findall(r"{(\w+)}", route.path)
+    ]
+    if route.query is not None:
+        schema = route.query.model_json_schema(ref_template=REF)
+        for name, prop in schema.get("properties", {}).items():
+            params.append({"name": name, "in": "query", "required": name in schema.get("required", []), "schema": prop})
+    if params:
+        op["parameters"] = params
+    if route.body is not None:
+        op["requestBody"] = {"required": False, "content": {"application/json": {"schema": _ref(route.body)}}}
+    for status, model in sorted(route.responses.items()):
+        response: dict[str, Any] = {"description": model.__doc__.strip().splitlines()[0] if model and model.__doc__ else str(status)}
+        if model is not None:
+            response["content"] = {"application/json": {"schema": _ref(model)}}
+        op["responses"][str(status)] = response
+    if route.auth:
+        op["security"] = [{"bearer": []}]
+    return op
+
+
+def document(routes: list[Route], title: str = "b3-jobs", version: str = "1") -> dict[str, Any]:
+    _, schemas = models_json_schema([(model, "serialization") for model in _models(routes)], ref_template=REF, by_alias=True)
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": version, "description": "Jobs, queues and events of the B3 platform"},
+        "paths": paths,
+        "components": {
+            "schemas": schemas.get("$defs", {}),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }

@@ -1,0 +1,164 @@
+"""The web process: the HTTP API, the OpenAPI document and the `/ws` relay, in one aiohttp app."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import logging
+from typing import Any, AsyncIterator
+
+import redis
+from aiohttp import web
+
+from runtime import api_models as m
+from runtime.api import RUNTIME, ROUTES, respond
+from runtime.engine import Runtime
+from runtime.errors import (
+    B3JobsError, InvalidArgument, InvalidState, JobNotFound, PayloadError, UnknownJob,
+)
+from runtime.openapi import document
+from runtime.settings import Settings
+
+logger = logging.getLogger("b3jobs.web")
+
+MAX_BODY_BYTES = 1024 * 1024
+OPEN_PATHS = ("/healthz", "/api/openapi.json")
+
+
+def error(status: int, code: str, message: str, details: Any = None) -> web.Response:
+    body = m.Error(error=m.ErrorDetail(code=code, message=message, details=details))
+    return respond(body, status)
+
+
+def _error_for(exc: Exception) -> web.Response:
+    if isinstance(exc, PayloadError):
+        return error(422, "invalid_payload", str(exc), exc.errors)
+    if isinstance(exc, (UnknownJob, JobNotFound)):
+        return error(404, "not_found", str(exc))
+    if isinstance(exc, InvalidState):
+        return error(409, "invalid_state", str(exc), {"state": exc.state})
+    if isinstance(exc, InvalidArgument):
+        return error(400, "bad_request", str(exc), {"field": exc.field})
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, ConnectionError)):
+        return error(503, "store_unavailable", "the job store is unreachable: %s" % exc)
+    return error(400, "bad_request", str(exc))
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(exc.status, "http_error")
+        return error(exc.status, code, exc.reason if exc.status != 413 else exc.text or "request body too large")
+    except (B3JobsError, redis.RedisError, ConnectionError) as exc:
+        return _error_for(exc)
+    except Exception:
+        logger.exception("unhandled error on %s %s", request.method, request.path)
+        return error(500, "internal", "internal error; see the web process log")
+
+
+@web.middleware
+async def body_limit_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    # Refuse by the declared length before reading a byte; aiohttp's client_max_size covers chunked bodies.
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        return error(413, "body_too_large", "request body is %d bytes; the limit is %d" % (request.content_length, MAX_BODY_BYTES))
+    return await handler(request)
+
+
+def auth_middleware(token: str | None) -> Any:
+    @web.middleware
+    async def check(request: web.Request, handler: Any) -> web.StreamResponse:
+        if token is None or request.path in OPEN_PATHS or request.path == "/ws" or not request.path.startswith("/api/"):
+            return await handler(request)
+        given = request.headers.get("Authorization", "")
+        if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), token.encode())):
+            return error(401, "unauthorized", "missing or wrong bearer token (Authorization: Bearer <B3JOBS_TOKEN>)")
+        return await handler(request)
+
+    return check
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(request.app[OPENAPI])
+
+
+OPENAPI: web.AppKey[dict[str, Any]] = web.AppKey("openapi", dict)
+
+
+def create_app(runtime: Runtime, relay: Any = None, *, token: str | None = None) -> web.Application:
+    """The app factory, used by `python -m runtime web`, local_runner.py and the tests."""
+    app = web.Application(
+        middlewares=[errors_middleware, body_limit_middleware, auth_middleware(token)],
+        client_max_size=MAX_BODY_BYTES,
+    )
+    app[RUNTIME] = runtime
+    app[OPENAPI] = document(ROUTES)
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, route.handler)
+    app.router.add_get("/api/openapi.json", openapi)
+    if relay is not None:
+        app.router.add_get("/ws", relay.handle)
+        app.cleanup_ctx.append(relay.context)
+    return app
+
+
+def require_safe_bind(settings: Settings) -> None:
+    """Without a token, only loopback may be served: an open job API on a network is a remote shell."""
+    if settings.token:
+        return
+    try:
+        loopback = ipaddress.ip_address(settings.host).is_loopback
+    except ValueError:
+        loopback = settings.host == "localhost"
+    if not loopback:
+        raise InvalidArgument(
+            "B3JOBS_HOST", "refusing to serve %s without B3JOBS_TOKEN; set a token or bind 127.0.0.1" % settings.host
+        )
+
+
+def bus_url(settings: Settings, default: str | None = None) -> str:
+    """BUS_URL, else REDIS_URL, else memory:// (events stay inside this process)."""
+    return settings.bus_url or settings.redis_url or default or "memory://"
+
+
+def bridge_context(url: str, relay: Any) -> Any:
+    """cleanup_ctx: a Kombu consumer thread feeding the relay on this app's loop."""
+    from bus.consumer import BusBridge
+
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        bridge = BusBridge(url, lambda raw: loop.call_soon_threadsafe(relay.ingest_raw, raw))
+        bridge.start()
+        yield
+        await loop.run_in_executor(None, bridge.stop)
+
+    return context
+
+
+def build_web(settings: Settings, runtime: Runtime | None = None, *, url: str | None = None) -> web.Application:
+    """The full web app for a process: runtime publishing on the bus, relay fed from the bus."""
+    from bus.publisher import KombuPublisher
+    from bus.relay import Relay
+
+    url = url or bus_url(settings)
+    if runtime is None:
+        runtime = Runtime(settings, events=KombuPublisher(url))
+    relay = Relay(token=settings.token)
+    app = create_app(runtime, relay, token=settings.token)
+    app.cleanup_ctx.append(bridge_context(url, relay))
+    return app
+
+
+def serve(settings: Settings) -> None:
+    require_safe_bind(settings)
+    url = bus_url(settings)
+    if url.startswith("memory://"):
+        logger.warning("BUS_URL is memory:// in a separate web process: it will only see events published by itself. "
+                       "Set BUS_URL (or REDIS_URL) to share events with consumers.")
+    app = build_web(settings, url=url)
+    web.run_app(app, host=settings.host, port=settings.port, print=lambda text: logger.info(text.strip()))
+

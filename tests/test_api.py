@@ -1,0 +1,200 @@
+"""Every HTTP route, its success and its errors, on SQLite and on Redis."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import pytest
+from openapi_spec_validator import validate
+
+from runtime.engine import Runtime
+from runtime.errors import InvalidArgument
+from runtime.settings import Settings
+from runtime.store.base import Outbound
+from runtime.web import create_app, require_safe_bind
+
+
+@pytest.fixture
+async def api(runtime: Runtime, aiohttp_client: Callable[..., Any]) -> Any:
+    return await aiohttp_client(create_app(runtime))
+
+
+async def make_failed(runtime: Runtime) -> str:
+    record, _ = runtime.enqueue("echo", {"text": "x"})
+    runtime.store.activate(record.id, time.time(), Outbound(b"x", 0))
+    runtime.store.fail(record.id, "ValueError: boom", "Traceback ...", time.time(), runtime.manifest.job("echo").spec.keep_failed)
+    return record.id
+
+
+async def test_enqueue_returns_202_with_the_record(api: Any) -> None:
+    resp = await api.post("/api/v1/jobs/echo", json={"payload": {"text": "PETR4"}, "priority": 2})
+    assert resp.status == 202
+    body = await resp.json()
+    assert (body["name"], body["state"], body["payload"], body["priority"], body["deduplicated"]) == (
+        "echo", "waiting", {"text": "PETR4", "times": 1}, 2, False)
+
+
+async def test_enqueue_with_an_existing_job_id_returns_200_deduplicated(api: Any) -> None:
+    first = await api.post("/api/v1/jobs/echo", json={"payload": {"text": "a"}, "job_id": "nightly-2026-11-28"})
+    again = await api.post("/api/v1/jobs/echo", json={"payload": {"text": "b"}, "job_id": "nightly-2026-11-28"})
+    assert (first.status, again.status) == (202, 200)
+    body = await again.json()
+    assert body["deduplicated"] is True and body["payload"]["text"] == "a"
+
+
+async def test_enqueue_delayed(api: Any) -> None:
+    resp = await api.post("/api/v1/jobs/noop", json={"delay": 60})
+    body = await resp.json()
+    assert resp.status == 202 and body["state"] == "delayed" and body["run_at"] > time.time() + 50
+
+
+async def test_invalid_payload_is_422_with_every_field_and_nothing_enqueued(api: Any, runtime: Runtime) -> None:
+    resp = await api.post("/api/v1/jobs/echo", json={"payload": {"text": "", "times": 50}, "priority": 0})
+    assert resp.status == 422
+    error = (await resp.json())["error"]
+    assert error["code"] == "invalid_payload"
+    assert {d["loc"] for d in error["details"]} == {"text", "times", "priority"}
+    assert sum(runtime.counts()["echo"].values()) == 0
+
+
+async def test_unknown_body_keys_and_bad_json(api: Any) -> None:
+    resp = await api.post("/api/v1/jobs/echo", json={"payload": {"text": "a"}, "delay_s": 5})
+    assert resp.status == 422
+    assert (await resp.json())["error"]["details"][0]["loc"] == "delay_s"
+    resp = await api.post("/api/v1/jobs/echo", data=b"{nope", headers={"Content-Type": "application/json"})
+    assert resp.status == 400
+    assert "not valid JSON" in (await resp.json())["error"]["message"]
+
+
+async def test_unknown_job_is_404(api: Any) -> None:
+    resp = await api.post("/api/v1/jobs/no-such-job", json={})
+    assert resp.status == 404
+    assert "unknown job 'no-such-job'" in (await resp.json())["error"]["message"]
+
+
+async def test_a_2mb_body_is_413_before_parsing(api: Any, runtime: Runtime) -> None:
+    resp = await api.post("/api/v1/jobs/echo", data=b"{" + b" " * (2 * 1024 * 1024) + b"}",
+                          headers={"Content-Type": "application/json"})
+    assert resp.status == 413
+    assert (await resp.json())["error"]["code"] == "body_too_large"
+    assert sum(runtime.counts()["echo"].values()) == 0
+
+
+async def test_get_and_list_jobs(api: Any, runtime: Runtime) -> None:
+    ids = [runtime.enqueue("noop", {})[0].id for _ in range(5)]
+    runtime.enqueue("echo", {"text": "x"})
+    resp = await api.get("/api/v1/jobs/%s" % ids[0])
+    assert resp.status == 200 and (await resp.json())["id"] == ids[0]
+    assert (await api.get("/api/v1/jobs/missing")).status == 404
+    page = await (await api.get("/api/v1/jobs", params={"state": "waiting", "name": "noop", "limit": "2", "offset": "1"})).json()
+    assert [j["id"] for j in page["jobs"]] == [ids[3], ids[2]]
+    assert (page["offset"], page["limit"]) == (1, 2)
+    everything = await (await api.get("/api/v1/jobs")).json()
+    assert len(everything["jobs"]) == 6
+
+
+async def test_list_rejects_bad_filters(api: Any) -> None:
+    resp = await api.get("/api/v1/jobs", params={"state": "running", "limit": "9999"})
+    assert resp.status == 422
+    assert {d["loc"] for d in (await resp.json())["error"]["details"]} == {"state", "limit"}
+    assert (await api.get("/api/v1/jobs", params={"name": "nope"})).status == 404
+
+
+async def test_remove(api: Any, runtime: Runtime) -> None:
+    waiting = runtime.enqueue("noop", {})[0].id
+    active = runtime.enqueue("noop", {})[0].id
+    runtime.store.activate(active, time.time(), Outbound(b"x", 0))
+    resp = await api.delete("/api/v1/jobs/%s" % waiting)
+    assert resp.status == 200 and (await resp.json()) == {"id": waiting, "removed": True}
+    assert (await api.delete("/api/v1/jobs/%s" % waiting)).status == 404
+    conflict = await api.delete("/api/v1/jobs/%s" % active)
+    assert conflict.status == 409 and (await conflict.json())["error"]["details"] == {"state": "active"}
+
+
+async def test_retry_one_and_all(api: Any, runtime: Runtime) -> None:
+    failed = await make_failed(runtime)
+    resp = await api.post("/api/v1/jobs/%s/retry" % failed)
+    assert resp.status == 200 and (await resp.json())["state"] == "waiting"
+    assert (await api.post("/api/v1/jobs/%s/retry" % failed)).status == 409
+    assert (await api.post("/api/v1/jobs/missing/retry")).status == 404
+    await make_failed(runtime)
+    await make_failed(runtime)
+    resp = await api.post("/api/v1/queues/echo/retry")
+    assert resp.status == 200 and (await resp.json()) == {"name": "echo", "retried": 2}
+    assert (await api.post("/api/v1/queues/nope/retry")).status == 404
+
+
+async def test_promote(api: Any, runtime: Runtime) -> None:
+    delayed = runtime.enqueue("noop", {}, delay=3600)[0].id
+    resp = await api.post("/api/v1/jobs/%s/promote" % delayed)
+    assert resp.status == 200 and (await resp.json())["state"] == "waiting"
+    assert (await api.post("/api/v1/jobs/%s/promote" % delayed)).status == 409
+    assert (await api.post("/api/v1/jobs/missing/promote")).status == 404
+
+
+async def test_queues_counts_and_pause_resume(api: Any, runtime: Runtime) -> None:
+    runtime.enqueue("noop", {})
+    runtime.enqueue("noop", {}, delay=60)
+    resp = await api.post("/api/v1/queues/noop/pause")
+    assert resp.status == 200 and (await resp.json()) == {"name": "noop", "paused": True, "changed": True, "released": None}
+    queues = {q["name"]: q for q in (await (await api.get("/api/v1/queues")).json())["queues"]}
+    assert queues["noop"]["paused"] is True and queues["echo"]["paused"] is False
+    assert queues["noop"]["counts"] == {"waiting": 1, "delayed": 1, "active": 0, "waiting-children": 0, "completed": 0, "failed": 0}
+    resp = await api.post("/api/v1/queues/noop/resume")
+    assert resp.status == 200 and (await resp.json())["changed"] is True
+    assert (await api.post("/api/v1/queues/nope/pause")).status == 404
+    assert (await api.post("/api/v1/queues/nope/resume")).status == 404
+
+
+async def test_clean(api: Any, runtime: Runtime) -> None:
+    for _ in range(3):
+        await make_failed(runtime)
+    resp = await api.post("/api/v1/queues/echo/clean", json={"state": "failed", "limit": 2})
+    assert resp.status == 200 and (await resp.json()) == {"name": "echo", "state": "failed", "removed": 2}
+    bad = await api.post("/api/v1/queues/echo/clean", json={"state": "active"})
+    assert bad.status == 422
+    assert (await api.post("/api/v1/queues/nope/clean", json={})).status == 404
+
+
+async def test_healthz_and_unknown_routes(api: Any) -> None:
+    resp = await api.get("/healthz")
+    body = await resp.json()
+    assert resp.status == 200 and body["status"] == "ok" and body["store"] == "ok"
+    missing = await api.get("/api/v1/nothing")
+    assert missing.status == 404 and (await missing.json())["error"]["code"] == "not_found"
+    wrong = await api.put("/api/v1/queues")
+    assert wrong.status == 405 and (await wrong.json())["error"]["code"] == "method_not_allowed"
+
+
+async def test_openapi_document_validates_and_matches_the_routes(api: Any) -> None:
+    resp = await api.get("/api/openapi.json")
+    doc = await resp.json()
+    validate(doc)
+    served = {
+        (r.method, r.resource.canonical)
+        for r in api.server.app.router.routes()
+        if r.method != "HEAD" and r.resource is not None and r.resource.canonical.startswith(("/api/v1", "/healthz"))
+    }
+    documented = {(method.upper(), path) for path, ops in doc["paths"].items() for method in ops}
+    assert documented == served
+    enqueue = doc["paths"]["/api/v1/jobs/{name}"]["post"]
+    assert set(enqueue["responses"]) >= {"202", "200", "404", "413", "422"}
+
+
+async def test_with_a_token_every_api_call_needs_it(runtime: Runtime, aiohttp_client: Callable[..., Any]) -> None:
+    api = await aiohttp_client(create_app(runtime, token="s3cret"))
+    assert (await api.get("/api/v1/queues")).status == 401
+    assert (await api.get("/api/v1/queues", headers={"Authorization": "Bearer wrong"})).status == 401
+    assert (await api.post("/api/v1/jobs/noop", json={})).status == 401
+    assert sum(runtime.counts()["noop"].values()) == 0
+    ok = await api.get("/api/v1/queues", headers={"Authorization": "Bearer s3cret"})
+    assert ok.status == 200
+    assert (await api.get("/healthz")).status == 200
+
+
+def test_without_a_token_only_loopback_may_be_served() -> None:
+    require_safe_bind(Settings(host="127.0.0.1"))
+    require_safe_bind(Settings(host="0.0.0.0", token="t"))
+    with pytest.raises(InvalidArgument, match="refusing to serve 0.0.0.0 without B3JOBS_TOKEN"):
+        require_safe_bind(Settings(host="0.0.0.0"))
