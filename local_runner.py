@@ -16,11 +16,13 @@ import uuid
 from runtime.consumer import B3Consumer
 from runtime.context import JobContext
 from runtime.engine import Runtime
-from runtime.errors import B3JobsError, ManifestError, UnknownJob
+from runtime.errors import B3JobsError, InvalidArgument, ManifestError, UnknownJob
 from runtime.executor import call_handler
 from runtime.manifest import load_manifest
 from runtime.records import encode_json
 from runtime.settings import Settings
+from runtime.web import WebThread, build_web, require_safe_bind
+from bus.publisher import KombuPublisher
 
 log = logging.getLogger("b3jobs.local")
 
@@ -61,16 +63,27 @@ def invoke(settings: Settings, job_name: str, data: str) -> int:
 
 
 def serve(settings: Settings, workers: int) -> int:
-    runtime = Runtime(settings)
+    """Consumer threads + cron in the main thread, the API and /ws on a web thread, events on memory://."""
+    require_safe_bind(settings)
+    url = settings.bus_url or "memory://"
+    events = KombuPublisher(url, namespace=settings.namespace)
+    runtime = Runtime(settings, events=events)
+    web_thread = WebThread(build_web(settings, runtime, url=url), settings.host, settings.port).start()
     consumer = B3Consumer(runtime, workers=workers, worker_type="thread")
     log.info(
-        "b3-jobs local runner: %d worker(s), %s at %s, jobs: %s. Ctrl-C stops.",
+        "b3-jobs local runner: %d worker(s), %s at %s, API and /ws on http://%s:%d, jobs: %s. Ctrl-C stops.",
         workers,
         settings.backend,
         settings.redis_url or settings.sqlite_path,
+        settings.host,
+        web_thread.port,
         ", ".join(runtime.manifest.jobs) or "none",
     )
-    consumer.run()
+    try:
+        consumer.run()
+    finally:
+        web_thread.stop()
+        events.close()
     return 0
 
 
@@ -92,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     except ManifestError as exc:
         print(exc, file=sys.stderr)
         return 2
-    except UnknownJob as exc:
+    except (UnknownJob, InvalidArgument) as exc:
         print(exc, file=sys.stderr)
         return 2
     except B3JobsError as exc:

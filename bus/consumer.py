@@ -23,10 +23,10 @@ logger = logging.getLogger("b3jobs.bus")
 
 
 class BusBridge(ConsumerMixin):
-    def __init__(self, url: str, on_raw: Callable[[bytes], None]):
+    def __init__(self, url: str, on_raw: Callable[[bytes], None], *, namespace: str = "b3jobs"):
         self.url = url
         self.on_raw = on_raw
-        self.connection = Connection(url, transport_options=transport_options(url), connect_timeout=2)
+        self.connection = Connection(url, transport_options=transport_options(url, namespace), connect_timeout=2)
         self.queue = Queue(
             "b3.relay.%s.%d.%s" % (socket.gethostname(), os.getpid(), uuid.uuid4().hex[:8]),
             exchange=exchange(),

@@ -23,12 +23,17 @@ logger = logging.getLogger("b3jobs.bus")
 _STOP = object()
 
 
-def transport_options(url: str) -> dict[str, Any]:
-    """Short timeouts so an unreachable broker is noticed in seconds, not minutes."""
+def transport_options(url: str, namespace: str = "b3jobs") -> dict[str, Any]:
+    """Short timeouts so an unreachable broker is noticed in seconds; Redis keys under the namespace."""
     if url.startswith("memory://"):
         return {"polling_interval": 0.005}
     if url.startswith(("redis://", "rediss://")):
-        return {"socket_timeout": 3, "socket_connect_timeout": 2, "visibility_timeout": 3600}
+        return {
+            "socket_timeout": 3,
+            "socket_connect_timeout": 2,
+            "visibility_timeout": 3600,
+            "global_keyprefix": "%s:bus:" % namespace,
+        }
     return {}
 
 
@@ -39,8 +44,9 @@ def exchange() -> Exchange:
 class KombuPublisher:
     """An EventSink on Kombu. `published`, `dropped` count what happened to emitted events."""
 
-    def __init__(self, url: str, *, max_queue: int = 10_000):
+    def __init__(self, url: str, *, namespace: str = "b3jobs", max_queue: int = 10_000):
         self.url = url
+        self.namespace = namespace
         self.published = 0
         self.dropped = 0
         self._max_queue = max_queue
@@ -90,7 +96,8 @@ class KombuPublisher:
         backoff = 0.5
         while not self._stopped.is_set():
             try:
-                with Connection(self.url, transport_options=transport_options(self.url), connect_timeout=2) as conn:
+                options = transport_options(self.url, self.namespace)
+                with Connection(self.url, transport_options=options, connect_timeout=2) as conn:
                     conn.ensure_connection(max_retries=1)
                     if self._down:
                         logger.warning("bus %s reachable again; %d event(s) were dropped meanwhile", self.url, self.dropped)
@@ -156,7 +163,7 @@ class FanoutSink:
             sink.emit(event, job, data)
 
 
-def wait_reachable(url: str, timeout: float = 5.0) -> bool:
+def wait_reachable(url: str, timeout: float = 5.0) -> bool:  # pragma: no cover - used by scripts
     """Whether the broker answers within `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

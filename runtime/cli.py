@@ -80,7 +80,7 @@ def _runtime(settings: Settings, manifest: Manifest | None = None, bus: bool = F
             logging.getLogger("b3jobs").warning(
                 "BUS_URL is memory:// in a separate process: its events reach no web process. "
                 "Set BUS_URL (or REDIS_URL) to publish them.")
-        events = KombuPublisher(url)
+        events = KombuPublisher(url, namespace=settings.namespace)
     return Runtime(settings, manifest, events=events)
 
 

@@ -101,8 +101,7 @@ def create_app(runtime: Runtime, relay: Any = None, *, token: str | None = None)
         app.router.add_route(route.method, route.path, route.handler)
     app.router.add_get("/api/openapi.json", openapi)
     if relay is not None:
-        app.router.add_get("/ws", relay.handle)
-        app.cleanup_ctx.append(relay.context)
+        relay.setup(app)
     return app
 
 
@@ -125,13 +124,13 @@ def bus_url(settings: Settings, default: str | None = None) -> str:
     return settings.bus_url or settings.redis_url or default or "memory://"
 
 
-def bridge_context(url: str, relay: Any) -> Any:
+def bridge_context(url: str, relay: Any, namespace: str) -> Any:
     """cleanup_ctx: a Kombu consumer thread feeding the relay on this app's loop."""
     from bus.consumer import BusBridge
 
     async def context(app: web.Application) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
-        bridge = BusBridge(url, lambda raw: loop.call_soon_threadsafe(relay.ingest_raw, raw))
+        bridge = BusBridge(url, lambda raw: loop.call_soon_threadsafe(relay.ingest_raw, raw), namespace=namespace)
         bridge.start()
         yield
         await loop.run_in_executor(None, bridge.stop)
@@ -146,10 +145,10 @@ def build_web(settings: Settings, runtime: Runtime | None = None, *, url: str | 
 
     url = url or bus_url(settings)
     if runtime is None:
-        runtime = Runtime(settings, events=KombuPublisher(url))
+        runtime = Runtime(settings, events=KombuPublisher(url, namespace=settings.namespace))
     relay = Relay(token=settings.token)
     app = create_app(runtime, relay, token=settings.token)
-    app.cleanup_ctx.append(bridge_context(url, relay))
+    app.cleanup_ctx.append(bridge_context(url, relay, settings.namespace))
     return app
 
 
@@ -162,3 +161,46 @@ def serve(settings: Settings) -> None:
     app = build_web(settings, url=url)
     web.run_app(app, host=settings.host, port=settings.port, print=lambda text: logger.info(text.strip()))
 
+
+
+class WebThread:
+    """Serves an app from a background thread with its own event loop (local_runner, tests)."""
+
+    def __init__(self, app: web.Application, host: str, port: int):
+        import threading
+
+        self.app, self.host, self.port = app, host, port
+        self.loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="web", daemon=True)
+
+    def start(self, timeout: float = 10.0) -> "WebThread":
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise RuntimeError("web server did not start within %ss" % timeout)
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.runner = web.AppRunner(self.app, handle_signals=False)
+        try:
+            self.loop.run_until_complete(self.runner.setup())
+            site = web.TCPSite(self.runner, self.host, self.port)
+            self.loop.run_until_complete(site.start())
+            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        except BaseException as exc:  # reported to start()
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        self.loop.run_forever()
+        self.loop.run_until_complete(self.runner.cleanup())
+        self.loop.close()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout)

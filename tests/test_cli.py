@@ -127,11 +127,28 @@ def test_local_runner_invoke_runs_one_handler_here(tmp_path: Path) -> None:
 
 
 def test_local_runner_starts_on_defaults_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
-    runner = subprocess.Popen([PYTHON, str(ROOT / "local_runner.py")], cwd=ROOT, env={**env, "B3JOBS_DATA_DIR": str(tmp_path / "var")},
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "B3JOBS_DATA_DIR": str(tmp_path / "var"),
+           "B3JOBS_PORT": str(port)}
+    runner = subprocess.Popen([PYTHON, str(ROOT / "local_runner.py")], cwd=ROOT, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    time.sleep(2)
-    assert runner.poll() is None, runner.stdout.read() if runner.stdout else ""
+
+    def healthy() -> bool:
+        try:
+            with urllib.request.urlopen("http://127.0.0.1:%d/healthz" % port, timeout=1) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    wait_for(healthy, timeout=15, interval=0.2, what="the local runner's /healthz")
+    with urllib.request.urlopen("http://127.0.0.1:%d/api/v1/queues" % port, timeout=2) as resp:
+        assert json.load(resp) == {"queues": []}
+    assert runner.poll() is None
     runner.send_signal(signal.SIGINT)
     out, _ = runner.communicate(timeout=20)
     assert runner.returncode == 0, out
