@@ -185,3 +185,23 @@ def test_retention_keeps_at_most_100_after_5000_jobs(runtime: Runtime, consumer:
     assert counts["failed"] == 0
     kept = {r.id for r in runtime.list("completed", "kept", 0, 500)}
     assert len(kept) == 100 and ids[-1] in kept and ids[0] not in kept
+
+
+def test_pause_holds_across_consumers_until_resume(make_runtime: Callable[..., Runtime], consumer: Callable[..., Any]) -> None:
+    # Given two consumers (each with its own runtime, as two processes would have) and a paused job name
+    first, second = make_runtime(), make_runtime()
+    assert first.pause("noop")
+    ids = [first.enqueue("noop", {})[0].id for _ in range(6)]
+    other = first.enqueue("echo", {"text": "still runs"})[0].id
+    with consumer(first, workers=2), consumer(second, workers=2):
+        # Then no consumer starts a paused job, while other names keep running
+        wait_state(first, other)
+        time.sleep(1.0)
+        assert [first.get(i).state for i in ids] == ["waiting"] * 6
+        assert first.counts()["noop"]["waiting"] == 6
+        # And after resume every held job runs
+        assert second.resume("noop") == 6
+        for job_id in ids:
+            assert wait_state(second, job_id).state == "completed"
+    assert [e[0] for e in first.events.events if e[0].startswith("queue:")] == ["queue:paused"]  # type: ignore[attr-defined]
+    assert [e for e in second.events.events if e[0] == "queue:resumed"][0][2] == {"job": "noop", "released": 6}  # type: ignore[attr-defined]
