@@ -1,0 +1,79 @@
+"""The market domain's values: quotes, assets, analysis requests and results (frozen, validated)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from market.tickers import TICKER_PATTERN, AssetType
+
+AnalysisStatus = Literal["pending", "running", "completed", "failed"]
+Signal = Literal["buy", "hold", "sell"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Quote(_Frozen):
+    """One price observation of a ticker; `time` is the quote's epoch seconds, `source` who gave it."""
+
+    ticker: str = Field(pattern=TICKER_PATTERN)
+    name: str | None = None
+    price: float = Field(gt=0)
+    change: float | None = None
+    change_percent: float | None = None
+    volume: int | None = Field(default=None, ge=0)
+    time: float
+    currency: str = "BRL"
+    source: str
+
+
+class Asset(_Frozen):
+    """A tracked ticker: what it is and whether the nightly update includes it."""
+
+    ticker: str = Field(pattern=TICKER_PATTERN)
+    name: str | None = None
+    type: AssetType | None = None
+    active: bool = True
+    created_at: float
+    updated_at: float
+
+
+class AnalysisRequest(_Frozen):
+    """A request to analyse one ticker, and where it stands."""
+
+    id: str
+    ticker: str = Field(pattern=TICKER_PATTERN)
+    status: AnalysisStatus
+    requested_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = None
+
+
+class Macd(_Frozen):
+    """The latest MACD values: the line (fast EMA - slow EMA), its signal EMA, and their difference."""
+
+    line: float
+    signal: float
+    histogram: float
+
+
+class AnalysisResult(_Frozen):
+    """The indicators computed from a ticker's closes (oldest first) and the signal they add up to."""
+
+    ticker: str = Field(pattern=TICKER_PATTERN)
+    closes_used: int
+    last_close: float
+    sma20: float
+    sma50: float
+    ema20: float
+    rsi14: float
+    macd: Macd
+    volatility: float = Field(description="annualised standard deviation of daily log returns (252 days)")
+    signal: Signal
+    score: int = Field(description="sum of the votes: +1 per bullish reason, -1 per bearish one")
+    reasons: tuple[str, ...]
+    computed_at: float
