@@ -10,12 +10,11 @@ import argparse
 import json
 import logging
 import sys
-import types
 import uuid
 
 from runtime.consumer import B3Consumer
 from runtime.context import JobContext
-from runtime.engine import Runtime
+from runtime.engine import Runtime, load_services
 from runtime.errors import B3JobsError, InvalidArgument, ManifestError, UnknownJob
 from runtime.executor import call_handler
 from runtime.manifest import load_manifest
@@ -49,7 +48,7 @@ def invoke(settings: Settings, job_name: str, data: str) -> int:
         attempt=1,
         max_attempts=1,
         timeout_s=job.spec.timeout,
-        services=types.SimpleNamespace(),
+        services=load_services(settings),
         events=PrintSink(),
     )
     try:

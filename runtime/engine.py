@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import types
@@ -14,7 +15,7 @@ from runtime.errors import B3JobsError, InvalidArgument, JobNotFound, PayloadErr
 from runtime.events import EventSink, LogSink
 from runtime.executor import Executor, huey_priority, naive_utc
 from runtime.hueyapp import build_huey
-from runtime.manifest import MAX_PRIORITY, Manifest, load_manifest
+from runtime.manifest import MAX_PRIORITY, Manifest, import_object, load_manifest
 from runtime.records import COMPLETED, DELAYED, FAILED, WAITING, JobRecord
 from runtime.settings import Settings
 from runtime.store.base import JobStore, Outbound
@@ -27,6 +28,20 @@ JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 def _dispatched_by_executor(*args: Any) -> None:
     """Placeholder body of every Huey task: b3-jobs' executor calls the manifest's handler instead."""
     raise RuntimeError("b3-jobs tasks are run by runtime.executor.Executor")
+
+
+def load_services(settings: Settings) -> Any:
+    """The domain services handlers get as `ctx.services`, from the factory named by B3JOBS_SERVICES.
+
+    The factory is called once per process with the settings; it should create expensive things
+    (connections, clients) lazily, on first use, so forked worker processes get their own.
+    """
+    try:
+        factory = import_object(settings.services)
+    except ImportError:
+        logging.getLogger("b3jobs").warning("services factory %s not importable; ctx.services is empty", settings.services)
+        return types.SimpleNamespace()
+    return factory(settings)
 
 
 class Runtime:
@@ -47,7 +62,8 @@ class Runtime:
             RedisJobStore(self.huey, self.settings.namespace) if self.settings.redis_url else SqliteJobStore(self.huey)
         )
         self.tasks = {name: self.huey.task(name=name)(_dispatched_by_executor) for name in self.manifest.jobs}
-        self.executor = Executor(self.huey, self.store, self.manifest, self.events, services or types.SimpleNamespace())
+        self.services = services if services is not None else load_services(self.settings)
+        self.executor = Executor(self.huey, self.store, self.manifest, self.events, self.services)
         self.huey.executor = self.executor
 
     # -- enqueue -------------------------------------------------------------------------------
