@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 
 import pytest
 
@@ -86,11 +85,3 @@ def test_ticker_validation_says_what_was_expected() -> None:
     for bad in ["", "PETR123", "PET4", "1234", "PETR-4"]:
         with pytest.raises(InvalidTicker):
             validate_ticker(bad)
-
-
-def test_errors_survive_pickling_with_their_data() -> None:
-    error = RateLimited("brapi", ["PETR4", "VALE3"], "slow down", retry_after=7.0)
-    copy = pickle.loads(pickle.dumps(error))
-    assert isinstance(copy, RateLimited) and isinstance(copy, MarketError)
-    assert (copy.retry_after, copy.tickers, copy.retryable, str(copy)) == (7.0, ("PETR4", "VALE3"), True, str(error))
-    assert str(error) == "brapi: rate limited (HTTP 429) for PETR4, VALE3: slow down; retry after 7s"
