@@ -1,35 +1,32 @@
-"""The consumer: Huey's, with a finer schedule poll, quicker idle polling, and cron ticks."""
+"""The consumer: Huey's, whose scheduler thread does b3-jobs' housekeeping (delays, leases, cron)."""
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from huey.consumer import Consumer, Scheduler
 
-from runtime.cron_runner import CronRunner
+from runtime.housekeeping import Housekeeper
 
 if TYPE_CHECKING:
     from runtime.engine import Runtime
 
 logger = logging.getLogger("b3jobs.consumer")
 
-SCHEDULE_POLL_S = 0.2  # Huey's minimum is 1 s, which makes a 1 s retry delay land near 2 s.
+SCHEDULE_POLL_S = 0.2  # how late a delayed job or a retry may start; Huey's own minimum is 1 s
 
 
 class B3Scheduler(Scheduler):
-    def __init__(self, huey: Any, stop_flag: Any, interval: float, periodic: bool, cron: CronRunner | None):
-        super().__init__(huey, stop_flag, interval, periodic=False)
-        self.interval = SCHEDULE_POLL_S
-        self.cron = cron
+    def __init__(self, huey: Any, stop_flag: Any, housekeeper: Housekeeper):
+        super().__init__(huey, stop_flag, 1, periodic=False)
+        self.housekeeper = housekeeper
 
     def loop(self, now: Any = None) -> None:
-        super().loop(now)
-        if self.cron is not None:
-            try:
-                self.cron.tick()
-            except Exception:
-                logger.exception("cron tick failed; will try again")
+        started = time.monotonic()
+        self.housekeeper.tick()
+        self.sleep_for_interval(started, SCHEDULE_POLL_S)
 
 
 class B3Consumer(Consumer):
@@ -38,14 +35,14 @@ class B3Consumer(Consumer):
     ):
         self.runtime = runtime
         self.signals = signals
-        self.cron = CronRunner(runtime) if cron else None
-        # SQLite cannot block on an empty queue: poll quickly when idle, at most every 0.5 s.
-        kwargs.setdefault("initial_delay", 0.02)
-        kwargs.setdefault("max_delay", 0.5)
+        self.housekeeper = Housekeeper(runtime, cron=cron)
+        kwargs.setdefault("initial_delay", 0.05)
+        kwargs.setdefault("max_delay", 1.0)
+        kwargs.setdefault("health_check_interval", 2)  # restart a dead process worker within seconds
         super().__init__(runtime.huey, workers=workers, worker_type=worker_type, periodic=False, **kwargs)
 
     def _create_scheduler(self) -> B3Scheduler:
-        return B3Scheduler(self.huey, self.stop_flag, self.scheduler_interval, False, self.cron)
+        return B3Scheduler(self.huey, self.stop_flag, self.housekeeper)
 
     def _set_signal_handlers(self) -> None:
         # Embedded consumers (tests, a web process) leave signals to their host.

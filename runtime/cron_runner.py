@@ -21,17 +21,43 @@ class CronRunner:
         self.jobs = [j for j in runtime.manifest.jobs.values() if j.cron is not None and j.spec.enabled]
         # Start with the minute in progress: if no other consumer claimed it yet, it is still ours.
         self.last_minute = int((time.time() if now is None else now) // 60) * 60 - 60
+        self.caught_up = False
 
     def tick(self, now: float | None = None) -> int:
         """Enqueue every cron job whose tick has come since the last call; returns how many ran."""
         minute = int((time.time() if now is None else now) // 60) * 60
         fired = 0
+        if not self.caught_up:
+            fired += self._catch_up(minute)
+            self.caught_up = True
         # A stalled process (suspend, long GC) catches up at most a few minutes; misfire policy
         # for longer outages belongs to the job's `misfire` setting.
         self.last_minute = max(self.last_minute, minute - 5 * 60)
         while self.last_minute < minute:
             self.last_minute += 60
             fired += self._fire(self.last_minute)
+        return fired
+
+    def _catch_up(self, minute: int) -> int:
+        """misfire = "run_once": ticks missed while no consumer ran are run once, on return.
+
+        The first missed tick is the claim key, so consumers starting together run it once.
+        On the very first start there is no last run, so nothing is caught up.
+        """
+        fired = 0
+        for job in self.jobs:
+            assert job.cron is not None
+            last = self.runtime.store.last_tick(job.name)
+            if job.spec.misfire != "run_once" or last is None:
+                continue
+            missed = job.cron.next_after(dt.datetime.fromtimestamp(last, dt.timezone.utc), job.tz).timestamp()
+            if missed >= minute - 60:
+                continue  # nothing missed: the minute in progress is handled by the normal tick
+            if self.runtime.store.claim_tick(job.name, missed):
+                record, _ = self.runtime.enqueue(job.name, job.spec.input or {}, job_id="%s.cron.%d" % (job.name, missed))
+                logger.warning("cron %s: ticks missed since %s; running once now (%s)", job.name,
+                               dt.datetime.fromtimestamp(last, job.tz).isoformat(), record.id)
+                fired += 1
         return fired
 
     def _fire(self, minute: int) -> int:

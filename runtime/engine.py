@@ -13,12 +13,12 @@ from pydantic import ValidationError
 
 from runtime.errors import B3JobsError, InvalidArgument, JobNotFound, PayloadError
 from runtime.events import EventSink, LogSink
-from runtime.executor import Executor, huey_priority, naive_utc
+from runtime.executor import Executor, naive_utc
 from runtime.hueyapp import build_huey
 from runtime.manifest import MAX_PRIORITY, Manifest, import_object, load_manifest
 from runtime.records import COMPLETED, DELAYED, FAILED, WAITING, JobRecord
 from runtime.settings import Settings
-from runtime.store.base import JobStore, Outbound
+from runtime.store.base import JobStore
 from runtime.store.redis import RedisJobStore
 from runtime.store.sqlite import SqliteJobStore
 
@@ -59,11 +59,13 @@ class Runtime:
         self.events: EventSink = events or LogSink()
         self.huey = build_huey(self.settings)
         self.store: JobStore = (
-            RedisJobStore(self.huey, self.settings.namespace) if self.settings.redis_url else SqliteJobStore(self.huey)
+            RedisJobStore(self.huey.storage.conn, self.settings.namespace)
+            if self.settings.redis_url
+            else SqliteJobStore(self.huey.storage)
         )
         self.tasks = {name: self.huey.task(name=name)(_dispatched_by_executor) for name in self.manifest.jobs}
         self.services = services if services is not None else load_services(self.settings)
-        self.executor = Executor(self.huey, self.store, self.manifest, self.events, self.services)
+        self.executor = Executor(self.huey, self.store, self.manifest, self.events, self.services, self.settings.lease_s)
         self.huey.executor = self.executor
 
     # -- enqueue -------------------------------------------------------------------------------
@@ -100,8 +102,7 @@ class Runtime:
         task = self.tasks[name].s(model.model_dump(mode="json"))
         task.id = job_id or uuid.uuid4().hex
         task.revoke_id = "r:%s" % task.id
-        task.priority = huey_priority(priority)
-        task.eta = naive_utc(run_at) if run_at else None
+        task.priority = priority
         if job.spec.expires:
             task.expires_resolved = naive_utc(now + job.spec.expires)
         record = JobRecord(
@@ -110,11 +111,12 @@ class Runtime:
             state=DELAYED if run_at else WAITING,
             payload=task.args[0],
             max_attempts=job.max_attempts,
+            max_stalls=job.spec.max_stalls,
             priority=priority,
             created_at=now,
             run_at=run_at,
         )
-        message = Outbound(self.huey.serialize_task(task), task.priority, run_at)
+        message = self.huey.serialize_task(task)
         if job_id is not None:
             existing = self.store.get(job_id)
             if existing is not None:
@@ -148,9 +150,8 @@ class Runtime:
 
     def retry(self, job_id: str) -> JobRecord:
         """Run a failed job again, with a fresh set of attempts."""
-        task = self._task_for(self.get(job_id))
-        message = Outbound(self.huey.serialize_task(task), task.priority)
-        record = self.store.requeue_failed(job_id, message, time.time())
+        self._known(self.get(job_id))
+        record = self.store.requeue_failed(job_id, time.time())
         self.events.emit("job:waiting", (record.id, record.name), {"retried": True})
         return record
 
@@ -172,9 +173,7 @@ class Runtime:
 
     def promote(self, job_id: str) -> JobRecord:
         """Run a delayed job now instead of at its time."""
-        record = self.get(job_id)
-        task = self._task_for(record)
-        record = self.store.promote(job_id, Outbound(self.huey.serialize_task(task), task.priority), time.time())
+        record = self.store.promote(job_id, time.time())
         self.events.emit("job:waiting", (record.id, record.name), {"promoted": True})
         return record
 
@@ -206,13 +205,9 @@ class Runtime:
             raise InvalidArgument("age" if older_than_s < 0 else "limit", "out of range")
         return self.store.clean(name, state, time.time() - older_than_s, limit)
 
-    def _task_for(self, record: JobRecord) -> Any:
+    def _known(self, record: JobRecord) -> None:
         if record.name not in self.manifest.jobs:
             raise B3JobsError("job %s is a %r, which this manifest does not declare" % (record.id, record.name))
-        task = self.tasks[record.name].s(record.payload)
-        task.id = record.id
-        task.priority = huey_priority(record.priority)
-        return task
 
     def close(self) -> None:
         self.store.close()

@@ -10,24 +10,32 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import os
 import signal
+import socket
+import sqlite3
 import threading
 import time
 import traceback
+import uuid
 from typing import Any, Iterator
 
 import msgspec
+import redis
 from pydantic import ValidationError
 
 from runtime.backoff import next_delay
 from runtime.context import JobContext
 from runtime.errors import JobTimeout, Retry, UnrecoverableError
 from runtime.events import EventSink
-from runtime.manifest import Job, Manifest
+from runtime.manifest import Job, Keep, Manifest
 from runtime.records import encode_json
-from runtime.store.base import PARKED, JobStore, Outbound
+from runtime.store.base import Dequeued, JobStore, Lease
 
 logger = logging.getLogger("b3jobs.executor")
+
+# What a backend outage looks like from here: back off and try again, never crash a worker.
+STORE_ERRORS = (redis.ConnectionError, redis.TimeoutError, sqlite3.OperationalError, OSError)
 
 
 def naive_utc(ts: float) -> dt.datetime:
@@ -35,48 +43,110 @@ def naive_utc(ts: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).replace(tzinfo=None)
 
 
-def huey_priority(priority: int | None) -> int:
-    """BullMQ order (no priority first, then 1 = most urgent) as Huey's (higher runs first)."""
-    return 0 if priority is None else -priority
+_INIT_LOCK = threading.Lock()
 
 
 class Executor:
-    def __init__(self, huey: Any, store: JobStore, manifest: Manifest, events: EventSink, services: Any):
+    """Takes leased jobs for Huey's workers and runs them; one per process (forked workers get their own)."""
+
+    def __init__(self, huey: Any, store: JobStore, manifest: Manifest, events: EventSink, services: Any, lease_s: float):
         self.huey = huey
         self.store = store
         self.manifest = manifest
         self.events = events
         self.services = services
+        self.lease_s = lease_s
+        self._pid = 0
+        self._outage = Outage("job store")
 
-    # -- the scheduler's side ------------------------------------------------------------------
+    # -- per process: identity, the leases it holds, their heartbeat ---------------------------
 
-    def make_due(self, task: Any) -> None:
-        outbound = Outbound(self.huey.serialize_task(task), task.priority or 0)
-        if self.store.make_due(task.id, outbound):
-            self.events.emit("job:waiting", (task.id, task.name), {})
+    def _this_process(self) -> None:
+        if self._pid == os.getpid():
+            return
+        with _INIT_LOCK:
+            if self._pid == os.getpid():
+                return
+            self.owner = "%s:%d:%s" % (socket.gethostname(), os.getpid(), uuid.uuid4().hex[:6])
+            self.in_flight: dict[str, Lease] = {}
+            self._lock = threading.Lock()
+            threading.Thread(target=self._heartbeat, name="lease-heartbeat", daemon=True).start()
+            self._pid = os.getpid()  # last: other worker threads wait until the rest is set
+
+    def _heartbeat(self) -> None:
+        # Independent of any job's timeout: a long job is never handed to another consumer while
+        # this process lives, because its lease keeps being renewed.
+        interval = max(0.5, self.lease_s / 5)
+        while True:
+            time.sleep(interval)
+            with self._lock:
+                ids = list(self.in_flight)
+            try:
+                self.store.renew(self.owner, ids, time.time(), self.lease_s)
+            except Exception as exc:  # the store is down: the reaper will sort leases out later
+                logger.warning("lease heartbeat failed: %s", exc)
 
     # -- the worker's side ---------------------------------------------------------------------
 
+    def next_task(self) -> Any:
+        """The next job for a Huey worker, leased to this process; None when there is none yet."""
+        self._this_process()
+        try:
+            got = self.store.dequeue(self.owner, time.time(), self.lease_s, wait_s=1.0)
+        except STORE_ERRORS as exc:
+            self._outage.down(exc)
+            return None
+        self._outage.up()
+        if got is None:
+            return None
+        task = self._decode(got)
+        if task is not None:
+            task.b3 = got
+            with self._lock:
+                self.in_flight[got.job_id] = got.lease
+        return task
+
+    def _decode(self, got: Dequeued) -> Any:
+        """The Huey task in a dequeued message, or None after failing the job with the reason."""
+        if got.name not in self.manifest.jobs:
+            reason = "unknown job %r: this consumer's manifest does not declare it (a newer producer?)" % got.name
+        else:
+            try:
+                return self.huey.deserialize_task(got.message)
+            except Exception as exc:  # any decode failure is the same thing to the operator
+                reason = "undecodable message: %s: %s" % (type(exc).__name__, exc)
+        keep = self.manifest.jobs[got.name].spec.keep_failed if got.name in self.manifest.jobs else Keep(count=1000)
+        if self.store.fail(got.job_id, got.lease, reason, "", time.time(), keep):
+            logger.error("! %s[%s] %s", got.name, got.job_id, reason)
+            self.events.emit("job:failed", (got.job_id, got.name), {"error": reason, "attempts": got.lease.attempt})
+        return None
+
     def run(self, task: Any) -> None:
+        got: Dequeued = task.b3
+        try:
+            self._run(task, got.lease)
+        except KeyboardInterrupt:
+            # Shutdown interrupted the handler: hand the job back now instead of at lease expiry.
+            if self.store.release(got.job_id, got.lease):
+                logger.warning("%s[%s] interrupted by shutdown; handed back to the queue", task.name, task.id)
+            raise
+        finally:
+            with self._lock:
+                self.in_flight.pop(got.job_id, None)
+
+    def _run(self, task: Any, lease: Lease) -> None:
         job = self.manifest.jobs[task.name]
         ref = (task.id, job.name)
-        message = Outbound(self.huey.serialize_task(task), task.priority or 0)
-        attempt = self.store.activate(task.id, time.time(), message)
-        if attempt is None:
-            logger.info("%s[%s] skipped: removed or no longer waiting", job.name, task.id)
-            return
-        if attempt == PARKED:
-            logger.info("%s[%s] set aside: %s is paused", job.name, task.id, job.name)
-            return
-        self.events.emit("job:active", ref, {"attempt": attempt})
+        attempt = lease.attempt
+        self.events.emit("job:active", ref, {"attempt": attempt, "worker": lease.owner})
         if task.expires_resolved is not None and task.expires_resolved < naive_utc(time.time()):
-            self._fail(job, task, attempt, "expired: not started within %ss of enqueue" % job.spec.expires, "")
+            self._fail(job, task, lease, "expired: not started within %ss of enqueue" % job.spec.expires, "")
             return
         try:
             payload = job.payload_model.model_validate(task.args[0])
         except ValidationError as exc:
             # The payload was valid at enqueue; a model changed since. Retrying cannot help.
-            self._fail(job, task, attempt, "stale payload: %s" % exc, "")
+            self._fail(job, task, lease, "stale payload: %s" % exc, "")
             return
         ctx = JobContext(
             job_id=task.id,
@@ -86,44 +156,64 @@ class Executor:
             timeout_s=job.spec.timeout,
             services=self.services,
             events=self.events,
-            on_progress=lambda value: self.store.set_progress(task.id, encode_json(value)),
+            on_progress=lambda value: self.store.set_progress(task.id, lease, encode_json(value)),
         )
         started = time.monotonic()
         try:
             value = call_handler(job, payload, ctx)
             result_json = encode_json(value)
         except Exception as exc:
-            self._after_error(job, task, attempt, exc)
+            self._after_error(job, task, lease, exc)
             return
-        if not self.store.complete(task.id, result_json, time.time(), job.spec.keep_completed):
-            logger.warning("%s[%s] finished but its record had moved on; result dropped", job.name, task.id)
+        if not self.store.complete(task.id, lease, result_json, time.time(), job.spec.keep_completed):
+            logger.warning("%s[%s] attempt %d finished after its lease moved on; result dropped", job.name, task.id, attempt)
             return
-        duration = time.monotonic() - started
-        logger.info("%6.3fs ● %s[%s] attempt %d", duration, job.name, task.id, attempt)
+        logger.info("%6.3fs ● %s[%s] attempt %d", time.monotonic() - started, job.name, task.id, attempt)
         self.events.emit("job:completed", ref, {"result": msgspec.Raw(result_json), "attempts": attempt})
 
-    def _after_error(self, job: Job, task: Any, attempt: int, exc: Exception) -> None:
+    def _after_error(self, job: Job, task: Any, lease: Lease, exc: Exception) -> None:
+        attempt = lease.attempt
         reason = "%s: %s" % (type(exc).__name__, exc)
         tb = "".join(traceback.format_exception(exc))
         if isinstance(exc, UnrecoverableError) or attempt >= job.max_attempts:
             if isinstance(exc, Retry):
                 reason = "retries exhausted after %d attempt(s): %s" % (attempt, reason)
-            self._fail(job, task, attempt, reason, tb)
+            self._fail(job, task, lease, reason, tb)
             return
         delay = exc.delay if isinstance(exc, Retry) and exc.delay is not None else next_delay(job, attempt)
         run_at = time.time() + delay
-        task.eta = naive_utc(run_at)
-        outbound = Outbound(self.huey.serialize_task(task), task.priority or 0, run_at)
-        if self.store.retry_later(task.id, reason, tb, outbound):
+        if self.store.retry_later(task.id, lease, reason, tb, run_at):
             logger.warning("↻ %s[%s] attempt %d/%d failed (%s); next in %.2fs", job.name, task.id, attempt, job.max_attempts, reason, delay)
             ref = (task.id, job.name)
             self.events.emit("job:retrying", ref, {"attempt": attempt, "error": reason, "delay_s": delay})
             self.events.emit("job:delayed", ref, {"run_at": run_at, "reason": "backoff"})
 
-    def _fail(self, job: Job, task: Any, attempt: int, reason: str, tb: str) -> None:
-        if self.store.fail(task.id, reason, tb, time.time(), job.spec.keep_failed):
-            logger.error("! %s[%s] failed after %d attempt(s): %s", job.name, task.id, attempt, reason)
-            self.events.emit("job:failed", (task.id, job.name), {"error": reason, "attempts": attempt})
+    def _fail(self, job: Job, task: Any, lease: Lease, reason: str, tb: str) -> None:
+        if self.store.fail(task.id, lease, reason, tb, time.time(), job.spec.keep_failed):
+            logger.error("! %s[%s] failed after %d attempt(s): %s", job.name, task.id, lease.attempt, reason)
+            self.events.emit("job:failed", (task.id, job.name), {"error": reason, "attempts": lease.attempt})
+
+
+class Outage:
+    """Logs a backend outage once when it starts and once when it ends, and backs off meanwhile."""
+
+    def __init__(self, what: str):
+        self.what = what
+        self.since: float | None = None
+        self.backoff = 0.25
+
+    def down(self, exc: BaseException) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+            logger.error("%s unreachable (%s); retrying with backoff", self.what, exc)
+        time.sleep(self.backoff)
+        self.backoff = min(self.backoff * 2, 5.0)
+
+    def up(self) -> None:
+        if self.since is not None:
+            logger.warning("%s reachable again after %.1fs", self.what, time.monotonic() - self.since)
+            self.since = None
+        self.backoff = 0.25
 
 
 def call_handler(job: Job, payload: Any, ctx: JobContext) -> Any:

@@ -1,8 +1,8 @@
-"""Huey, with b3-jobs' execution in place of Huey's own `_execute`.
+"""Huey, with b3-jobs' delivery in place of Huey's at-most-once dequeue and its `_execute`.
 
-Huey keeps doing what it is good at: the queue, the schedule of delayed messages, the consumer
-with its thread or process workers and its health checks. What runs a dequeued message, and what
-the scheduler does with a due one, is b3-jobs' executor, which keeps the job records.
+Huey keeps doing what it is good at: the consumer with its thread or process workers, health
+checks and signal handling, and its task registry. What a worker takes next (a leased job, from
+b3-jobs' store) and how it runs it (records, retries, timeouts) is b3-jobs' executor.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from huey import Huey
-from huey.storage import PriorityRedisStorage
+from huey.storage import RedisStorage
 from redis import ConnectionPool
 
 from runtime.serializer import MsgspecSerializer
@@ -27,30 +27,28 @@ logger = logging.getLogger("b3jobs.huey")
 class B3Huey(Huey):
     executor: "Executor"
 
+    def dequeue(self) -> Any:
+        # Called by Huey's worker loop: a job leased to this process, or None after waiting a while.
+        return self.executor.next_task()
+
     def execute(self, task: Any, timestamp: Any = None) -> Any:
-        if not self.ready_to_run(task, timestamp):
-            self.add_schedule(task)
-            return None
         return self.executor.run(task)
 
-    def enqueue(self, task: Any) -> None:
-        # Called by Huey's scheduler for a delayed message whose time has come.
-        self.executor.make_due(task)
-
     def is_revoked(self, task: Any, timestamp: Any = None, peek: bool = True) -> bool:
-        # b3-jobs removes a job through its record; the executor skips messages without one.
+        # b3-jobs removes a job through its record; a removed job is never dequeued.
         return False
 
 
 def build_huey(settings: Settings) -> B3Huey:
     common: dict[str, Any] = dict(results=False, utc=True, serializer=MsgspecSerializer())
     if settings.redis_url:
-        return B3Huey(
-            settings.namespace,
-            storage_class=PriorityRedisStorage,
-            connection_pool=ConnectionPool.from_url(settings.redis_url, health_check_interval=30, socket_keepalive=True),
-            read_timeout=1,
-            **common,
+        pool = ConnectionPool.from_url(
+            settings.redis_url, health_check_interval=30, socket_keepalive=True, socket_connect_timeout=2
         )
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return B3Huey(settings.namespace, storage_class=B3SqliteStorage, filename=str(settings.sqlite_path), **common)
+        huey = B3Huey(settings.namespace, storage_class=RedisStorage, connection_pool=pool, **common)
+    else:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        huey = B3Huey(settings.namespace, storage_class=B3SqliteStorage, filename=str(settings.sqlite_path), **common)
+    # Our dequeue waits for work itself; Huey's worker must not add its own sleep after an empty one.
+    huey.storage.blocking = True
+    return huey

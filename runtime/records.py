@@ -27,6 +27,9 @@ class JobRecord(msgspec.Struct, kw_only=True):
     payload: dict[str, Any]
     attempts: int = 0
     max_attempts: int = 1
+    stalls: int = 0  # times its worker died (or stopped heartbeating) while running it
+    max_stalls: int = 3
+    worker: str | None = None  # the consumer holding the lease while active
     progress: Any = None
     result: Any = None
     error: str | None = None

@@ -28,6 +28,7 @@ class Settings(BaseModel):
     port: int = Field(default=3101, ge=0, le=65535)
     token: str | None = None
     namespace: str = Field(default="b3jobs", pattern=r"^[A-Za-z0-9_]+$")
+    lease_s: float = Field(default=15.0, ge=1, le=3600)
     services: str = Field(default="market.services:build_services", pattern=r"^[\w.]+:\w+$")
     brapi_api_key: str | None = None
     brapi_base_url: str | None = None
@@ -53,6 +54,7 @@ class Settings(BaseModel):
             "B3JOBS_TOKEN": "token",
             "B3JOBS_NAMESPACE": "namespace",
             "B3JOBS_SERVICES": "services",
+            "B3JOBS_LEASE_S": "lease_s",
             "BRAPI_API_KEY": "brapi_api_key",
             "BRAPI_BASE_URL": "brapi_base_url",
         }

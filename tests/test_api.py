@@ -11,7 +11,7 @@ from openapi_spec_validator import validate
 from runtime.engine import Runtime
 from runtime.errors import InvalidArgument
 from runtime.settings import Settings
-from runtime.store.base import Outbound
+from runtime.store.base import Lease
 from runtime.web import create_app, require_safe_bind
 
 
@@ -20,10 +20,16 @@ async def api(runtime: Runtime, aiohttp_client: Callable[..., Any]) -> Any:
     return await aiohttp_client(create_app(runtime))
 
 
+def take(runtime: Runtime, job_id: str) -> Lease:
+    got = runtime.store.dequeue("test", time.time(), 30, wait_s=0)
+    assert got is not None and got.job_id == job_id
+    return got.lease
+
+
 async def make_failed(runtime: Runtime) -> str:
     record, _ = runtime.enqueue("echo", {"text": "x"})
-    runtime.store.activate(record.id, time.time(), Outbound(b"x", 0))
-    runtime.store.fail(record.id, "ValueError: boom", "Traceback ...", time.time(), runtime.manifest.job("echo").spec.keep_failed)
+    lease = take(runtime, record.id)
+    runtime.store.fail(record.id, lease, "ValueError: boom", "Traceback ...", time.time(), runtime.manifest.job("echo").spec.keep_failed)
     return record.id
 
 
@@ -102,9 +108,9 @@ async def test_list_rejects_bad_filters(api: Any) -> None:
 
 
 async def test_remove(api: Any, runtime: Runtime) -> None:
-    waiting = runtime.enqueue("noop", {})[0].id
     active = runtime.enqueue("noop", {})[0].id
-    runtime.store.activate(active, time.time(), Outbound(b"x", 0))
+    take(runtime, active)
+    waiting = runtime.enqueue("noop", {})[0].id
     resp = await api.delete("/api/v1/jobs/%s" % waiting)
     assert resp.status == 200 and (await resp.json()) == {"id": waiting, "removed": True}
     assert (await api.delete("/api/v1/jobs/%s" % waiting)).status == 404
@@ -118,6 +124,7 @@ async def test_retry_one_and_all(api: Any, runtime: Runtime) -> None:
     assert resp.status == 200 and (await resp.json())["state"] == "waiting"
     assert (await api.post("/api/v1/jobs/%s/retry" % failed)).status == 409
     assert (await api.post("/api/v1/jobs/missing/retry")).status == 404
+    runtime.remove(failed)
     await make_failed(runtime)
     await make_failed(runtime)
     resp = await api.post("/api/v1/queues/echo/retry")

@@ -42,18 +42,17 @@ def test_no_module_imports_or_uses_pickle() -> None:
     assert offenders == []
 
 
-def raw_queued_message(runtime: Runtime) -> bytes:
+def raw_queued_message(runtime: Runtime, job_id: str) -> bytes:
     storage = runtime.huey.storage
     if runtime.settings.redis_url:
-        (member,) = storage.conn.zrange(storage.queue_key, 0, -1)
-        return bytes(member[8:])  # Huey's 8-byte FIFO prefix, then the message
-    (row,) = storage.sql("select data from task", results=True)
+        return bytes(storage.conn.hget("%s:job:%s" % (runtime.settings.namespace, job_id), "msg"))
+    (row,) = storage.sql("select msg from b3_jobs where id = ?", (job_id,), results=True)
     return bytes(row[0])
 
 
 def test_a_queued_message_is_msgspec_json(runtime: Runtime) -> None:
     record, _ = runtime.enqueue("echo", {"text": "PETR4"}, priority=3)
-    raw = raw_queued_message(runtime)
+    raw = raw_queued_message(runtime, record.id)
     decoded = json.loads(raw)
     assert decoded[0] == "m" and decoded[1] == record.id
     assert {"text": "PETR4", "times": 1} in decoded[5]

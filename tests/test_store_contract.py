@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -10,22 +11,26 @@ from runtime.engine import Runtime
 from runtime.errors import InvalidState, JobNotFound
 from runtime.manifest import Keep
 from runtime.records import STATES, JobRecord
-from runtime.store.base import PARKED, Outbound
+from runtime.store.base import Lease
+
+OWNER = "host:1:abc"
 
 
-def new_record(job_id: str, name: str = "noop", created_at: float | None = None, state: str = "waiting") -> JobRecord:
-    return JobRecord(id=job_id, name=name, state=state, payload={"n": job_id}, created_at=created_at or time.time())
+def new_record(job_id: str, name: str = "noop", created_at: float | None = None, state: str = "waiting",
+               priority: int | None = None, run_at: float | None = None, max_stalls: int = 3) -> JobRecord:
+    return JobRecord(id=job_id, name=name, state=state, payload={"n": job_id}, created_at=created_at or time.time(),
+                     priority=priority, run_at=run_at, max_stalls=max_stalls)
 
 
-def msg(data: bytes = b"x", run_at: float | None = None) -> Outbound:
-    return Outbound(data=data, priority=0, run_at=run_at)
+def take(store, owner: str = OWNER, lease_s: float = 30.0, now: float | None = None):  # type: ignore[no-untyped-def]
+    return store.dequeue(owner, time.time() if now is None else now, lease_s, wait_s=0)
 
 
 def test_create_then_get_round_trips_every_field(runtime: Runtime) -> None:
     store = runtime.store
     record = JobRecord(id="a1", name="echo", state="waiting", payload={"text": "olá", "n": [1, 2]}, max_attempts=3,
-                       priority=7, created_at=1000.5, parent_id="p1", children=["c1"])
-    stored, created = store.create(record, msg())
+                       priority=7, created_at=1000.5, parent_id="p1", children=["c1"], max_stalls=2)
+    stored, created = store.create(record, b"msg-a1")
     assert created and stored == record
     assert store.get("a1") == record
     assert store.get("nope") is None
@@ -33,79 +38,199 @@ def test_create_then_get_round_trips_every_field(runtime: Runtime) -> None:
 
 def test_an_existing_id_is_not_overwritten(runtime: Runtime) -> None:
     store = runtime.store
-    store.create(new_record("same"), msg())
-    existing, created = store.create(JobRecord(id="same", name="echo", state="waiting", payload={}, created_at=1.0), msg())
-    assert not created
-    assert existing.name == "noop"
+    store.create(new_record("same"), b"m")
+    existing, created = store.create(JobRecord(id="same", name="echo", state="waiting", payload={}, created_at=1.0), b"x")
+    assert not created and existing.name == "noop"
     assert store.counts(["noop"])["noop"]["waiting"] == 1
 
 
-def test_lifecycle_waiting_active_completed(runtime: Runtime) -> None:
+def test_dequeue_leases_in_priority_then_fifo_order(runtime: Runtime) -> None:
     store = runtime.store
-    store.create(new_record("j"), msg())
-    assert store.activate("j", 2000.0, msg()) == 1
-    assert store.activate("j", 2000.0, msg()) is None  # already active: a duplicate message is skipped
-    store.set_progress("j", b"42")
-    assert store.get("j").progress == 42  # type: ignore[union-attr]
-    assert store.complete("j", b'{"ok":true}', 2001.0, Keep(count=10))
+    store.create(new_record("low1", priority=5), b"m-low1")
+    store.create(new_record("none1"), b"m-none1")
+    store.create(new_record("high", priority=1), b"m-high")
+    store.create(new_record("low2", priority=5), b"m-low2")
+    store.create(new_record("none2"), b"m-none2")
+    order = []
+    while (got := take(store)) is not None:
+        order.append(got.job_id)
+        assert got.message == b"m-" + got.job_id.encode() and got.lease == Lease(OWNER, 1)
+    # no priority first (as in BullMQ), then 1 = most urgent, FIFO within a priority
+    assert order == ["none1", "none2", "high", "low1", "low2"]
+    record = store.get("high")
+    assert record is not None and (record.state, record.attempts, record.worker) == ("active", 1, OWNER)
+
+
+def test_two_consumers_never_get_the_same_job(runtime: Runtime) -> None:
+    store = runtime.store
+    for i in range(200):
+        store.create(new_record("j%d" % i), b"m")
+    taken: list[str] = []
+
+    def consume(owner: str) -> None:
+        while (got := take(store, owner)) is not None:
+            taken.append(got.job_id)
+
+    threads = [threading.Thread(target=consume, args=("c%d" % i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(taken) == sorted("j%d" % i for i in range(200))
+
+
+def test_complete_is_fenced_by_the_lease(runtime: Runtime) -> None:
+    store = runtime.store
+    store.create(new_record("j"), b"m")
+    lease = take(store).lease
+    assert store.set_progress("j", lease, b"42")
+    assert not store.complete("j", Lease("someone-else", 1), b"1", 2001.0, Keep(count=10))
+    assert not store.complete("j", Lease(OWNER, 2), b"1", 2001.0, Keep(count=10))
+    assert store.complete("j", lease, b'{"ok":true}', 2001.0, Keep(count=10))
     record = store.get("j")
     assert record is not None
-    assert (record.state, record.result, record.attempts, record.started_at, record.finished_at) == (
-        "completed", {"ok": True}, 1, 2000.0, 2001.0)
-    assert not store.complete("j", b"null", 2002.0, Keep(count=10))  # finishing twice does nothing
+    assert (record.state, record.result, record.attempts, record.progress, record.finished_at, record.worker) == (
+        "completed", {"ok": True}, 1, 42, 2001.0, None)
+    assert not store.complete("j", lease, b"null", 2002.0, Keep(count=10))  # finishing twice does nothing
+
+
+def test_an_expired_lease_is_reaped_and_the_late_finisher_is_fenced(runtime: Runtime) -> None:
+    store = runtime.store
+    store.create(new_record("s"), b"m")
+    first = take(store, "dead-consumer", lease_s=1.0, now=100.0)
+    assert store.reap(now=100.5) == []  # still leased
+    (reaped,) = store.reap(now=101.5)
+    assert (reaped.job_id, reaped.stalls, reaped.failed) == ("s", 1, False)
+    record = store.get("s")
+    assert record is not None and (record.state, record.attempts, record.stalls, record.worker) == ("waiting", 0, 1, None)
+    second = take(store, "live-consumer")
+    assert second.lease == Lease("live-consumer", 1)
+    # the first consumer was only slow: its late finish changes nothing
+    assert not store.complete("s", first.lease, b'"late"', time.time(), Keep(count=10))
+    assert store.complete("s", second.lease, b'"fresh"', time.time(), Keep(count=10))
+    assert store.get("s").result == "fresh"  # type: ignore[union-attr]
+
+
+def test_renewed_leases_are_not_reaped(runtime: Runtime) -> None:
+    store = runtime.store
+    store.create(new_record("long"), b"m")
+    take(store, OWNER, lease_s=1.0, now=100.0)
+    assert store.renew(OWNER, ["long"], now=100.8, lease_s=1.0) == 1
+    assert store.renew("other", ["long"], now=100.8, lease_s=1.0) == 0
+    assert store.reap(now=101.5) == []
+    assert len(store.reap(now=102.0)) == 1
+
+
+def test_a_job_that_stalls_more_than_max_stalls_fails(runtime: Runtime) -> None:
+    store = runtime.store
+    store.create(new_record("poison", max_stalls=2), b"m")
+    now = 100.0
+    for stall in (1, 2, 3):
+        take(store, "c%d" % stall, lease_s=1.0, now=now)
+        (reaped,) = store.reap(now=now + 2)
+        assert reaped.stalls == stall and reaped.failed == (stall == 3)
+        now += 10
+    record = store.get("poison")
+    assert record is not None and record.state == "failed" and record.stalls == 3
+    assert record.error and record.error.startswith("stalled too often")
+    assert take(store) is None
+
+
+def test_release_hands_a_job_back_without_counting_the_attempt(runtime: Runtime) -> None:
+    store = runtime.store
+    store.create(new_record("r"), b"m")
+    lease = take(store).lease
+    assert store.release("r", lease)
+    assert store.get("r").attempts == 0  # type: ignore[union-attr]
+    assert take(store).lease.attempt == 1
 
 
 def test_retry_later_then_due_then_fail(runtime: Runtime) -> None:
     store = runtime.store
-    store.create(new_record("r"), msg())
-    store.activate("r", 1.0, msg())
-    assert store.retry_later("r", "ValueError: boom", "tb", msg(run_at=time.time() - 0.1))
+    store.create(new_record("r"), b"m")
+    lease = take(store).lease
+    assert store.retry_later("r", lease, "ValueError: boom", "tb", run_at=time.time() + 60)
     record = store.get("r")
     assert record is not None and (record.state, record.error, record.traceback) == ("delayed", "ValueError: boom", "tb")
-    assert store.make_due("r", msg())
-    assert not store.make_due("r", msg())  # only a delayed job becomes due
-    assert store.get("r").state == "waiting"  # type: ignore[union-attr]
-    assert store.activate("r", 2.0, msg()) == 2
-    assert store.fail("r", "ValueError: again", "tb2", 3.0, Keep(count=10))
+    assert store.promote_due(["noop"], time.time()) == []
+    assert take(store) is None
+    assert store.promote_due(["noop"], time.time() + 61) == [("r", "noop")]
+    lease = take(store).lease
+    assert lease.attempt == 2
+    assert store.fail("r", lease, "ValueError: again", "tb2", 3.0, Keep(count=10))
     record = store.get("r")
     assert record is not None and (record.state, record.attempts, record.error) == ("failed", 2, "ValueError: again")
 
 
+def test_a_delayed_job_waits_for_its_time(runtime: Runtime) -> None:
+    store = runtime.store
+    store.create(new_record("d", state="delayed", run_at=time.time() + 30), b"m")
+    assert take(store) is None
+    assert store.promote_due(["noop"], time.time() + 31) == [("d", "noop")]
+    assert take(store).job_id == "d"
+
+
 def test_requeue_failed_resets_attempts_and_reason(runtime: Runtime) -> None:
     store = runtime.store
-    store.create(new_record("f"), msg())
-    store.activate("f", 1.0, msg())
-    store.fail("f", "boom", "tb", 2.0, Keep(count=10))
-    record = store.requeue_failed("f", msg(), 3.0)
+    store.create(new_record("f"), b"m")
+    store.fail("f", take(store).lease, "boom", "tb", 2.0, Keep(count=10))
+    record = store.requeue_failed("f", 3.0)
     assert (record.state, record.attempts, record.error, record.finished_at) == ("waiting", 0, None, None)
     with pytest.raises(InvalidState, match="cannot retry job f: it is waiting, expected failed"):
-        store.requeue_failed("f", msg(), 4.0)
+        store.requeue_failed("f", 4.0)
     with pytest.raises(JobNotFound):
-        store.requeue_failed("ghost", msg(), 4.0)
+        store.requeue_failed("ghost", 4.0)
+    assert take(store).job_id == "f"
+
+
+def test_promote_runs_a_delayed_job_now(runtime: Runtime) -> None:
+    store = runtime.store
+    store.create(new_record("d1", state="delayed", run_at=time.time() + 3600), b"m")
+    store.create(new_record("x1"), b"m")
+    with pytest.raises(InvalidState, match="cannot promote job x1: it is waiting, expected delayed"):
+        store.promote("x1", time.time())
+    record = store.promote("d1", time.time())
+    assert (record.state, record.run_at) == ("waiting", None)
+    assert store.promote_due(["noop"], time.time() + 7200) == []
+    with pytest.raises(JobNotFound):
+        store.promote("ghost", time.time())
 
 
 def test_remove_refuses_an_active_job(runtime: Runtime) -> None:
     store = runtime.store
-    store.create(new_record("x"), msg())
-    store.create(new_record("y"), msg())
-    store.activate("y", 1.0, msg())
+    store.create(new_record("y"), b"m")
+    take(store)
+    store.create(new_record("x"), b"m")
     assert store.remove("x")
     assert store.get("x") is None
-    assert store.activate("x", 2.0, msg()) is None  # its message, still queued, is skipped
+    assert take(store) is None  # a removed job is never handed out
     with pytest.raises(InvalidState, match="it is active"):
         store.remove("y")
     assert not store.remove("x")
 
 
+def test_a_paused_name_is_not_handed_out_until_resumed(runtime: Runtime) -> None:
+    store = runtime.store
+    store.create(new_record("p1"), b"m")
+    store.create(new_record("p2"), b"m")
+    store.create(new_record("e1", name="echo"), b"m")
+    assert store.pause("noop") and not store.pause("noop")
+    assert store.paused() == {"noop"}
+    assert take(store).job_id == "e1"
+    assert take(store) is None
+    assert store.get("p1").state == "waiting"  # type: ignore[union-attr]
+    assert store.resume("noop") == 2
+    assert store.paused() == set()
+    assert [take(store).job_id, take(store).job_id] == ["p1", "p2"]
+
+
 def test_list_newest_first_paginated_and_filtered(runtime: Runtime) -> None:
     store = runtime.store
     for i in range(7):
-        store.create(new_record("n%d" % i, created_at=100.0 + i), msg())
-    store.create(new_record("e0", name="echo", created_at=103.5), msg())
-    page1 = [r.id for r in store.list("waiting", None, 0, 3)]
-    page2 = [r.id for r in store.list("waiting", None, 3, 3)]
-    assert page1 == ["n6", "n5", "n4"]
-    assert page2 == ["e0", "n3", "n2"]
+        store.create(new_record("n%d" % i, created_at=100.0 + i), b"m")
+    store.create(new_record("e0", name="echo", created_at=103.5), b"m")
+    assert [r.id for r in store.list("waiting", None, 0, 3)] == ["n6", "n5", "n4"]
+    assert [r.id for r in store.list("waiting", None, 3, 3)] == ["e0", "n3", "n2"]
     assert [r.id for r in store.list("waiting", "echo", 0, 10)] == ["e0"]
     assert [r.id for r in store.list(None, "noop", 5, 10)] == ["n1", "n0"]
     assert store.list("failed", None, 0, 10) == []
@@ -113,10 +238,10 @@ def test_list_newest_first_paginated_and_filtered(runtime: Runtime) -> None:
 
 def test_counts_per_name_and_state(runtime: Runtime) -> None:
     store = runtime.store
-    store.create(new_record("a"), msg())
-    store.create(new_record("b"), msg())
-    store.create(new_record("c", name="echo", state="delayed"), msg(run_at=time.time() + 60))
-    store.activate("b", 1.0, msg())
+    store.create(new_record("a"), b"m")
+    store.create(new_record("b"), b"m")
+    store.create(new_record("c", name="echo", state="delayed", run_at=time.time() + 60), b"m")
+    take(store)
     counts = store.counts(["noop", "echo", "flaky"])
     assert counts["noop"] == {**dict.fromkeys(STATES, 0), "waiting": 1, "active": 1}
     assert counts["echo"] == {**dict.fromkeys(STATES, 0), "delayed": 1}
@@ -126,11 +251,9 @@ def test_counts_per_name_and_state(runtime: Runtime) -> None:
 def test_retention_by_count_keeps_the_newest(runtime: Runtime) -> None:
     store = runtime.store
     for i in range(30):
-        store.create(new_record("k%02d" % i), msg())
-        store.activate("k%02d" % i, 1.0, msg())
-        store.complete("k%02d" % i, b"null", 1000.0 + i, Keep(count=10))
-    kept = [r.id for r in store.list("completed", "noop", 0, 100)]
-    assert kept == ["k%02d" % i for i in range(29, 19, -1)]
+        store.create(new_record("k%02d" % i), b"m")
+        store.complete("k%02d" % i, take(store).lease, b"null", 1000.0 + i, Keep(count=10))
+    assert [r.id for r in store.list("completed", "noop", 0, 100)] == ["k%02d" % i for i in range(29, 19, -1)]
     assert store.get("k00") is None
 
 
@@ -138,19 +261,26 @@ def test_retention_by_age(runtime: Runtime) -> None:
     store = runtime.store
     now = time.time()
     for i, finished in enumerate([now - 500, now - 300, now - 10]):
-        store.create(new_record("a%d" % i), msg())
-        store.activate("a%d" % i, finished, msg())
-        store.fail("a%d" % i, "x", "", finished, Keep(count=None, age=100))
-    # each fail trims what is older than 100 s by its own clock; the last one leaves only itself
+        store.create(new_record("a%d" % i), b"m")
+        store.fail("a%d" % i, take(store).lease, "x", "", finished, Keep(count=None, age=100))
     assert [r.id for r in store.list("failed", None, 0, 10)] == ["a2"]
 
 
 def test_retention_zero_removes_at_once(runtime: Runtime) -> None:
     store = runtime.store
-    store.create(new_record("z"), msg())
-    store.activate("z", 1.0, msg())
-    assert store.complete("z", b"null", 2.0, Keep(count=0))
+    store.create(new_record("z"), b"m")
+    assert store.complete("z", take(store).lease, b"null", 2.0, Keep(count=0))
     assert store.get("z") is None
+
+
+def test_clean_deletes_old_records_of_one_state(runtime: Runtime) -> None:
+    store = runtime.store
+    for i in range(5):
+        store.create(new_record("c%d" % i), b"m")
+        store.complete("c%d" % i, take(store).lease, b"null", 100.0 + i, Keep(count=None))
+    assert store.clean("noop", "completed", older_than=103.0, limit=2) == 2
+    assert store.clean("noop", "completed", older_than=103.0, limit=100) == 1
+    assert [r.id for r in store.list("completed", "noop", 0, 10)] == ["c4", "c3"]
 
 
 def test_cron_ticks_are_claimed_once(runtime: Runtime) -> None:
@@ -164,54 +294,7 @@ def test_cron_ticks_are_claimed_once(runtime: Runtime) -> None:
 
 def test_destroy_leaves_nothing(runtime: Runtime) -> None:
     store = runtime.store
-    store.create(new_record("d"), msg())
+    store.create(new_record("d"), b"m")
     store.destroy()
     assert store.get("d") is None
     assert store.counts(["noop"])["noop"] == dict.fromkeys(STATES, 0)
-
-
-def test_a_paused_name_sets_its_jobs_aside_until_resumed(runtime: Runtime) -> None:
-    store = runtime.store
-    store.create(new_record("p1"), msg())
-    store.create(new_record("p2"), msg())
-    assert store.pause("noop")
-    assert not store.pause("noop")
-    assert store.paused() == {"noop"}
-    assert store.activate("p1", 1.0, msg(b"m1")) == PARKED
-    assert store.get("p1").state == "waiting"  # type: ignore[union-attr]
-    assert store.resume("noop") == 1
-    assert store.paused() == set()
-    assert store.activate("p2", 2.0, msg()) == 1
-
-
-def test_promote_runs_a_delayed_job_now_and_its_old_schedule_entry_is_ignored(runtime: Runtime) -> None:
-    store = runtime.store
-    store.create(new_record("d1", state="delayed"), msg(run_at=time.time() + 3600))
-    with pytest.raises(InvalidState, match="cannot promote job x1: it is waiting, expected delayed"):
-        store.create(new_record("x1"), msg())
-        store.promote("x1", msg(), time.time())
-    record = store.promote("d1", msg(), time.time())
-    assert (record.state, record.run_at) == ("waiting", None)
-    assert not store.make_due("d1", msg())  # the schedule entry left behind does nothing
-    with pytest.raises(JobNotFound):
-        store.promote("ghost", msg(), time.time())
-
-
-def test_a_stale_schedule_entry_does_not_end_a_later_delay_early(runtime: Runtime) -> None:
-    store = runtime.store
-    store.create(new_record("s1"), msg())
-    store.activate("s1", 1.0, msg())
-    store.retry_later("s1", "boom", "", msg(run_at=time.time() + 3600))
-    assert not store.make_due("s1", msg())
-    assert store.get("s1").state == "delayed"  # type: ignore[union-attr]
-
-
-def test_clean_deletes_old_records_of_one_state(runtime: Runtime) -> None:
-    store = runtime.store
-    for i in range(5):
-        store.create(new_record("c%d" % i), msg())
-        store.activate("c%d" % i, 1.0, msg())
-        store.complete("c%d" % i, b"null", 100.0 + i, Keep(count=None))
-    assert store.clean("noop", "completed", older_than=103.0, limit=2) == 2
-    assert store.clean("noop", "completed", older_than=103.0, limit=100) == 1
-    assert [r.id for r in store.list("completed", "noop", 0, 10)] == ["c4", "c3"]

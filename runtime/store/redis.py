@@ -1,216 +1,298 @@
-"""The job store on Redis: a hash per job, a sorted set per (job name, state), Lua for every move.
+"""The job store on Redis: a hash per job, sorted sets for the queue, states and leases; Lua for every move.
 
 Keys, with `ns` the namespace:
-  {ns}:job:{id}            hash: the record's fields
-  {ns}:idx:{name}:{state}  zset of ids, scored by the time the job entered that state
-  {ns}:names               set of job names seen
-  {ns}:tick:{name}:{ts}    a claimed cron tick (expires after a day)
-  {ns}:lasttick:{name}     the last claimed tick
-Huey's queue (`huey.redis.{ns}`) and schedule (`huey.schedule.{ns}`) hold the messages.
-Each state move is one Lua script, so it is one round trip and atomic.
+  {ns}:job:{id}            hash: the record's fields, plus `msg` (the Huey message), `qscore`, `lease_until`
+  {ns}:queue               zset of waiting job ids, scored priority * 2^32 + enqueue sequence
+  {ns}:seq                 the enqueue sequence (FIFO within a priority)
+  {ns}:wake                list of wake-up tokens idle consumers block on (BLPOP)
+  {ns}:leases              zset of active job ids, scored by lease deadline
+  {ns}:idx:{name}:{state}  zset of ids, scored by the time the job entered that state (delayed: its run_at)
+  {ns}:parked:{name}       zset of waiting ids of a paused name, with their queue scores
+  {ns}:names, {ns}:paused  sets of job names seen / paused
+  {ns}:tick:{name}:{ts}    a claimed cron tick (expires after a day); {ns}:lasttick:{name}
+Each move is one Lua script: one round trip, atomic. Keys are computed inside the scripts, so
+Redis Cluster is not supported.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import struct
 import time
 from typing import Any
 
-from huey.storage import PriorityRedisStorage
-
 from runtime.errors import InvalidState, JobNotFound
 from runtime.manifest import Keep
-from runtime.records import DELAYED, FAILED, STATES, WAITING, JobRecord, decode_json, encode_json
-from runtime.store.base import PARKED, JobStore, Outbound
+from runtime.records import ACTIVE, COMPLETED, DELAYED, FAILED, STATES, WAITING, JobRecord, decode_json, encode_json
+from runtime.store.base import STALLED_TOO_OFTEN, Dequeued, JobStore, Lease, Reaped
 
-# Moves the job from its current index to another; shared by the scripts below.
-_LUA_MOVE = """
-local function move(ns, id, name, from_state, to_state, score)
-  redis.call('ZREM', ns .. ':idx:' .. name .. ':' .. from_state, id)
-  redis.call('ZADD', ns .. ':idx:' .. name .. ':' .. to_state, score, id)
+_LIB = """
+local ns = ARGV[1]
+local function jkey(id) return ns .. ':job:' .. id end
+local function idx(name, state) return ns .. ':idx:' .. name .. ':' .. state end
+local function move(id, name, from_state, to_state, score)
+  redis.call('ZREM', idx(name, from_state), id)
+  redis.call('ZADD', idx(name, to_state), score, id)
 end
-local function trim(ns, name, state, now, count, age)
-  local z = ns .. ':idx:' .. name .. ':' .. state
+local function queue(id, qscore)
+  redis.call('ZADD', ns .. ':queue', qscore, id)
+  redis.call('LPUSH', ns .. ':wake', 1)
+  redis.call('LTRIM', ns .. ':wake', 0, 63)
+end
+local function new_qscore(priority)
+  local seq = redis.call('INCR', ns .. ':seq') % 4294967296
+  return string.format('%.0f', (tonumber(priority) or 0) * 4294967296 + seq)
+end
+local function trim(name, state, now, count, age)
+  local z = idx(name, state)
   if count >= 0 then
     local extra = redis.call('ZCARD', z) - count
     if extra > 0 then
-      for _, old in ipairs(redis.call('ZRANGE', z, 0, extra - 1)) do
-        redis.call('DEL', ns .. ':job:' .. old)
-      end
+      for _, old in ipairs(redis.call('ZRANGE', z, 0, extra - 1)) do redis.call('DEL', jkey(old)) end
       redis.call('ZREMRANGEBYRANK', z, 0, extra - 1)
     end
   end
   if age >= 0 then
-    local old_ids = redis.call('ZRANGEBYSCORE', z, '-inf', now - age, 'LIMIT', 0, 1000)
-    for _, old in ipairs(old_ids) do
-      redis.call('DEL', ns .. ':job:' .. old)
+    for _, old in ipairs(redis.call('ZRANGEBYSCORE', z, '-inf', now - age, 'LIMIT', 0, 1000)) do
+      redis.call('DEL', jkey(old))
       redis.call('ZREM', z, old)
     end
   end
 end
-"""
-
-# KEYS: job, index, queue-or-schedule, names. ARGV: id, name, index score, member, member score, fields...
-CREATE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 6))
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
-redis.call('ZADD', KEYS[3], ARGV[5], ARGV[4])
-redis.call('SADD', KEYS[4], ARGV[2])
-return 1
-"""
-
-# KEYS: job, queue. ARGV: ns, id, now, member, member score
-# A schedule entry left behind by `promote` must not make a later delay end early: check run_at.
-MAKE_DUE = _LUA_MOVE + """
-local s = redis.call('HMGET', KEYS[1], 'state', 'name', 'run_at')
-if s[1] ~= 'delayed' or tonumber(s[3] or '0') > tonumber(ARGV[3]) + 0.5 then return 0 end
-move(ARGV[1], ARGV[2], s[2], 'delayed', 'waiting', ARGV[3])
-redis.call('HSET', KEYS[1], 'state', 'waiting', 'run_at', '')
-redis.call('ZADD', KEYS[2], ARGV[5], ARGV[4])
-return 1
-"""
-
-# KEYS: job, paused set. ARGV: ns, id, now, queue member, member score
-ACTIVATE = _LUA_MOVE + """
-local s = redis.call('HMGET', KEYS[1], 'state', 'name')
-if s[1] ~= 'waiting' then return -1 end
-if redis.call('SISMEMBER', KEYS[2], s[2]) == 1 then
-  redis.call('ZADD', ARGV[1] .. ':parked:' .. s[2], ARGV[5], ARGV[4])
-  return -2
+-- The lease check every finish makes: still active, same owner, same attempt.
+local function holds(key, owner, attempt)
+  local s = redis.call('HMGET', key, 'state', 'worker', 'attempts', 'name')
+  if s[1] ~= 'active' or s[2] ~= owner or s[3] ~= attempt then return nil end
+  return s[4]
 end
-move(ARGV[1], ARGV[2], s[2], 'waiting', 'active', ARGV[3])
-redis.call('HSET', KEYS[1], 'state', 'active', 'started_at', ARGV[3])
-return redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 """
 
-# KEYS: job, queue. ARGV: ns, id, now, member, member score
-PROMOTE = _LUA_MOVE + """
-local s = redis.call('HMGET', KEYS[1], 'state', 'name')
+# ARGV: ns, id, name, state, index score, priority, fields...
+CREATE = _LIB + """
+local key = jkey(ARGV[2])
+if redis.call('EXISTS', key) == 1 then return 0 end
+local qscore = new_qscore(ARGV[6])
+redis.call('HSET', key, 'qscore', qscore, unpack(ARGV, 7))
+redis.call('ZADD', idx(ARGV[3], ARGV[4]), ARGV[5], ARGV[2])
+redis.call('SADD', ns .. ':names', ARGV[3])
+if ARGV[4] == 'waiting' then queue(ARGV[2], qscore) end
+return 1
+"""
+
+# ARGV: ns, owner, now, lease deadline. Returns {id, name, msg, attempt} or nil.
+DEQUEUE = _LIB + """
+for _ = 1, 100 do
+  local popped = redis.call('ZPOPMIN', ns .. ':queue')
+  if #popped == 0 then return nil end
+  local id, qscore = popped[1], popped[2]
+  local key = jkey(id)
+  local s = redis.call('HMGET', key, 'state', 'name', 'msg')
+  if s[1] == 'waiting' then
+    if redis.call('SISMEMBER', ns .. ':paused', s[2]) == 1 then
+      redis.call('ZADD', ns .. ':parked:' .. s[2], qscore, id)
+    else
+      move(id, s[2], 'waiting', 'active', ARGV[3])
+      local attempt = redis.call('HINCRBY', key, 'attempts', 1)
+      redis.call('HSET', key, 'state', 'active', 'started_at', ARGV[3], 'worker', ARGV[2], 'lease_until', ARGV[4])
+      redis.call('ZADD', ns .. ':leases', ARGV[4], id)
+      return {id, s[2], s[3], attempt}
+    end
+  end
+end
+return nil
+"""
+
+# ARGV: ns, owner, now, deadline, ids...
+RENEW = _LIB + """
+local held = 0
+for i = 5, #ARGV do
+  local key = jkey(ARGV[i])
+  local s = redis.call('HMGET', key, 'state', 'worker')
+  if s[1] == 'active' and s[2] == ARGV[2] then
+    redis.call('HSET', key, 'lease_until', ARGV[4])
+    redis.call('ZADD', ns .. ':leases', ARGV[4], ARGV[i])
+    held = held + 1
+  end
+end
+redis.call('ZADD', ns .. ':consumers', ARGV[3], ARGV[2])
+return held
+"""
+
+# ARGV: ns, now, limit. Returns {id, name, stalls, failed(0/1)} per reaped job.
+REAP = _LIB + """
+local out = {}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', ns .. ':leases', '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))) do
+  redis.call('ZREM', ns .. ':leases', id)
+  local key = jkey(id)
+  local s = redis.call('HMGET', key, 'state', 'name', 'max_stalls', 'qscore', 'lease_until')
+  if s[1] == 'active' and tonumber(s[5] or '0') <= tonumber(ARGV[2]) then
+    local stalls = redis.call('HINCRBY', key, 'stalls', 1)
+    redis.call('HINCRBY', key, 'attempts', -1)
+    redis.call('HDEL', key, 'worker', 'lease_until')
+    if stalls > tonumber(s[3] or '3') then
+      move(id, s[2], 'active', 'failed', ARGV[2])
+      redis.call('HSET', key, 'state', 'failed', 'finished_at', ARGV[2], 'error', string.format(ARGV[4], stalls), 'traceback', '')
+      table.insert(out, {id, s[2], stalls, 1})
+    else
+      move(id, s[2], 'active', 'waiting', ARGV[2])
+      redis.call('HSET', key, 'state', 'waiting')
+      queue(id, s[4])
+      table.insert(out, {id, s[2], stalls, 0})
+    end
+  end
+end
+return out
+"""
+
+# ARGV: ns, id, owner, attempt, now
+RELEASE = _LIB + """
+local key = jkey(ARGV[2])
+local name = holds(key, ARGV[3], ARGV[4])
+if not name then return 0 end
+move(ARGV[2], name, 'active', 'waiting', ARGV[5])
+redis.call('HINCRBY', key, 'attempts', -1)
+redis.call('HDEL', key, 'worker', 'lease_until')
+redis.call('HSET', key, 'state', 'waiting')
+redis.call('ZREM', ns .. ':leases', ARGV[2])
+queue(ARGV[2], redis.call('HGET', key, 'qscore'))
+return 1
+"""
+
+# ARGV: ns, now, limit, names...  Returns {id, name} pairs moved to the queue.
+PROMOTE_DUE = _LIB + """
+local out = {}
+for i = 4, #ARGV do
+  local name = ARGV[i]
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', idx(name, 'delayed'), '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))) do
+    local key = jkey(id)
+    move(id, name, 'delayed', 'waiting', ARGV[2])
+    redis.call('HSET', key, 'state', 'waiting', 'run_at', '')
+    local qscore = new_qscore(redis.call('HGET', key, 'priority'))
+    redis.call('HSET', key, 'qscore', qscore)
+    queue(id, qscore)
+    table.insert(out, {id, name})
+  end
+end
+return out
+"""
+
+# ARGV: ns, id, owner, attempt, final state, now, keep count, keep age, fields...
+FINISH = _LIB + """
+local key = jkey(ARGV[2])
+local name = holds(key, ARGV[3], ARGV[4])
+if not name then return 0 end
+move(ARGV[2], name, 'active', ARGV[5], ARGV[6])
+redis.call('ZREM', ns .. ':leases', ARGV[2])
+redis.call('HDEL', key, 'worker', 'lease_until')
+redis.call('HSET', key, 'state', ARGV[5], 'finished_at', ARGV[6], unpack(ARGV, 9))
+trim(name, ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]))
+return 1
+"""
+
+# ARGV: ns, id, owner, attempt, run_at, error, traceback
+RETRY_LATER = _LIB + """
+local key = jkey(ARGV[2])
+local name = holds(key, ARGV[3], ARGV[4])
+if not name then return 0 end
+move(ARGV[2], name, 'active', 'delayed', ARGV[5])
+redis.call('ZREM', ns .. ':leases', ARGV[2])
+redis.call('HDEL', key, 'worker', 'lease_until')
+redis.call('HSET', key, 'state', 'delayed', 'run_at', ARGV[5], 'error', ARGV[6], 'traceback', ARGV[7])
+return 1
+"""
+
+# ARGV: ns, id, owner, attempt, progress
+PROGRESS = _LIB + """
+local key = jkey(ARGV[2])
+if not holds(key, ARGV[3], ARGV[4]) then return 0 end
+redis.call('HSET', key, 'progress', ARGV[5])
+return 1
+"""
+
+# ARGV: ns, id, now, from state, operation. Moves a failed (retry) or delayed (promote) job to the queue.
+TO_QUEUE = _LIB + """
+local key = jkey(ARGV[2])
+local s = redis.call('HMGET', key, 'state', 'name', 'priority')
 if not s[1] then return false end
-if s[1] ~= 'delayed' then return s[1] end
-move(ARGV[1], ARGV[2], s[2], 'delayed', 'waiting', ARGV[3])
-redis.call('HSET', KEYS[1], 'state', 'waiting', 'run_at', '')
-redis.call('ZADD', KEYS[2], ARGV[5], ARGV[4])
+if s[1] ~= ARGV[4] then return s[1] end
+move(ARGV[2], s[2], s[1], 'waiting', ARGV[3])
+if ARGV[4] == 'failed' then
+  redis.call('HSET', key, 'attempts', 0, 'stalls', 0)
+  redis.call('HDEL', key, 'error', 'traceback', 'finished_at', 'started_at', 'result')
+end
+redis.call('HSET', key, 'state', 'waiting', 'run_at', '')
+local qscore = new_qscore(s[3])
+redis.call('HSET', key, 'qscore', qscore)
+queue(ARGV[2], qscore)
 return 'ok'
 """
 
-# KEYS: index. ARGV: ns, cutoff, limit
-CLEAN = """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
+# ARGV: ns, id
+REMOVE = _LIB + """
+local key = jkey(ARGV[2])
+local s = redis.call('HMGET', key, 'state', 'name')
+if not s[1] then return false end
+if s[1] == 'active' then return s[1] end
+redis.call('ZREM', idx(s[2], s[1]), ARGV[2])
+redis.call('ZREM', ns .. ':queue', ARGV[2])
+redis.call('ZREM', ns .. ':parked:' .. s[2], ARGV[2])
+redis.call('DEL', key)
+return 'ok'
+"""
+
+# ARGV: ns, index key suffix (name), state, cutoff, limit
+CLEAN = _LIB + """
+local z = idx(ARGV[2], ARGV[3])
+local ids = redis.call('ZRANGEBYSCORE', z, '-inf', '(' .. ARGV[4], 'LIMIT', 0, tonumber(ARGV[5]))
 for _, id in ipairs(ids) do
-  redis.call('DEL', ARGV[1] .. ':job:' .. id)
-  redis.call('ZREM', KEYS[1], id)
+  redis.call('DEL', jkey(id))
+  redis.call('ZREM', z, id)
+  redis.call('ZREM', ns .. ':queue', id)
+  redis.call('ZREM', ns .. ':parked:' .. ARGV[2], id)
 end
 return #ids
 """
 
-# KEYS: paused set, parked zset, queue. ARGV: name
-RESUME = """
-redis.call('SREM', KEYS[1], ARGV[1])
-local parked = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
-for i = 1, #parked, 2 do
-  redis.call('ZADD', KEYS[3], parked[i + 1], parked[i])
-end
-redis.call('DEL', KEYS[2])
+# ARGV: ns, name
+RESUME = _LIB + """
+redis.call('SREM', ns .. ':paused', ARGV[2])
+local parked = redis.call('ZRANGE', ns .. ':parked:' .. ARGV[2], 0, -1, 'WITHSCORES')
+for i = 1, #parked, 2 do queue(parked[i], parked[i + 1]) end
+redis.call('DEL', ns .. ':parked:' .. ARGV[2])
 return #parked / 2
 """
 
-# KEYS: job. ARGV: ns, id, final state, now, keep count (-1 none), keep age (-1 none), fields...
-FINISH = _LUA_MOVE + """
-local s = redis.call('HMGET', KEYS[1], 'state', 'name')
-if s[1] ~= 'active' then return 0 end
-move(ARGV[1], ARGV[2], s[2], 'active', ARGV[3], ARGV[4])
-redis.call('HSET', KEYS[1], 'state', ARGV[3], 'finished_at', ARGV[4], unpack(ARGV, 7))
-trim(ARGV[1], s[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]))
-return 1
-"""
-
-# KEYS: job, schedule. ARGV: ns, id, run_at, member, error, traceback, schedule score
-RETRY_LATER = _LUA_MOVE + """
-local s = redis.call('HMGET', KEYS[1], 'state', 'name')
-if s[1] ~= 'active' then return 0 end
-move(ARGV[1], ARGV[2], s[2], 'active', 'delayed', ARGV[3])
-redis.call('HSET', KEYS[1], 'state', 'delayed', 'run_at', ARGV[3], 'error', ARGV[5], 'traceback', ARGV[6])
-redis.call('ZADD', KEYS[2], ARGV[7], ARGV[4])
-return 1
-"""
-
-# KEYS: job, queue. ARGV: ns, id, now, member, member score
-REQUEUE_FAILED = _LUA_MOVE + """
-local s = redis.call('HMGET', KEYS[1], 'state', 'name')
-if not s[1] then return false end
-if s[1] ~= 'failed' then return s[1] end
-move(ARGV[1], ARGV[2], s[2], 'failed', 'waiting', ARGV[3])
-redis.call('HSET', KEYS[1], 'state', 'waiting', 'attempts', 0)
-redis.call('HDEL', KEYS[1], 'error', 'traceback', 'finished_at', 'started_at', 'result', 'run_at')
-redis.call('ZADD', KEYS[2], ARGV[5], ARGV[4])
-return 'ok'
-"""
-
-# KEYS: job. ARGV: ns, id
-REMOVE = """
-local s = redis.call('HMGET', KEYS[1], 'state', 'name')
-if not s[1] then return false end
-if s[1] == 'active' then return s[1] end
-redis.call('ZREM', ARGV[1] .. ':idx:' .. s[2] .. ':' .. s[1], ARGV[2])
-redis.call('DEL', KEYS[1])
-return 'ok'
-"""
-
-# KEYS: job. ARGV: progress
-PROGRESS = """
-if redis.call('HGET', KEYS[1], 'state') ~= 'active' then return 0 end
-redis.call('HSET', KEYS[1], 'progress', ARGV[1])
-return 1
-"""
-
+_INTERNAL = {"msg", "qscore", "lease_until"}
 _JSON_FIELDS = ("payload", "progress", "result", "children")
 _FLOAT_FIELDS = ("created_at", "started_at", "finished_at", "run_at")
-_INT_FIELDS = ("attempts", "max_attempts", "priority")
-
-
-def _naive_utc(ts: float) -> dt.datetime:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).replace(tzinfo=None)
+_INT_FIELDS = ("attempts", "max_attempts", "priority", "stalls", "max_stalls")
 
 
 def _record_from_hash(job_id: str, h: dict[bytes, bytes]) -> JobRecord:
     values: dict[str, Any] = {"id": job_id}
     for key, raw in h.items():
         field = key.decode()
-        text = raw.decode()
-        if text == "":
+        if field in _INTERNAL or raw == b"":
             continue
         if field in _JSON_FIELDS:
             values[field] = decode_json(raw)
         elif field in _FLOAT_FIELDS:
-            values[field] = float(text)
+            values[field] = float(raw)
         elif field in _INT_FIELDS:
-            values[field] = int(text)
+            values[field] = int(raw)
         else:
-            values[field] = text
+            values[field] = raw.decode()
     return JobRecord(**values)
 
 
 class RedisJobStore(JobStore):
-    def __init__(self, huey: Any, namespace: str):
-        self.huey = huey
-        self.storage: PriorityRedisStorage = huey.storage
-        self.r = self.storage.conn
+    def __init__(self, client: Any, namespace: str):
+        self.r = client
         self.ns = namespace
-        self._create = self.r.register_script(CREATE)
-        self._make_due = self.r.register_script(MAKE_DUE)
-        self._activate = self.r.register_script(ACTIVATE)
-        self._finish = self.r.register_script(FINISH)
-        self._retry_later = self.r.register_script(RETRY_LATER)
-        self._requeue_failed = self.r.register_script(REQUEUE_FAILED)
-        self._remove = self.r.register_script(REMOVE)
-        self._progress = self.r.register_script(PROGRESS)
-        self._promote = self.r.register_script(PROMOTE)
-        self._clean = self.r.register_script(CLEAN)
-        self._resume = self.r.register_script(RESUME)
-        self._paused_key = "%s:paused" % namespace
+        register = self.r.register_script
+        self._create, self._dequeue, self._renew = register(CREATE), register(DEQUEUE), register(RENEW)
+        self._reap, self._release, self._promote_due = register(REAP), register(RELEASE), register(PROMOTE_DUE)
+        self._finish_lua, self._retry_later, self._progress = register(FINISH), register(RETRY_LATER), register(PROGRESS)
+        self._to_queue, self._remove, self._clean = register(TO_QUEUE), register(REMOVE), register(CLEAN)
+        self._resume = register(RESUME)
 
     def _key(self, job_id: str) -> str:
         return "%s:job:%s" % (self.ns, job_id)
@@ -218,28 +300,16 @@ class RedisJobStore(JobStore):
     def _idx(self, name: str, state: str) -> str:
         return "%s:idx:%s:%s" % (self.ns, name, state)
 
-    def _queue_member(self, message: Outbound) -> tuple[bytes, float]:
-        # The same encoding PriorityRedisStorage.enqueue uses: a timestamp prefix keeps FIFO order.
-        return struct.pack(">Q", int(time.time() * 1e6)) + message.data, -message.priority
-
-    def _placement(self, message: Outbound) -> tuple[str, bytes, float]:
-        if message.run_at is None:
-            member, score = self._queue_member(message)
-            return self.storage.queue_key, member, score
-        return self.storage.schedule_key, message.data, self.storage.convert_ts(_naive_utc(message.run_at))
-
-    def create(self, record: JobRecord, message: Outbound) -> tuple[JobRecord, bool]:
-        fields: list[Any] = []
+    def create(self, record: JobRecord, message: bytes) -> tuple[JobRecord, bool]:
+        fields: list[Any] = ["msg", message]
         for field, value in record.to_dict().items():
             if field == "id" or value is None:
                 continue
             fields.append(field)
             fields.append(encode_json(value) if field in _JSON_FIELDS else value)
-        target, member, score = self._placement(message)
-        index_score = message.run_at if message.run_at is not None else record.created_at
+        index_score = record.run_at if record.state == DELAYED and record.run_at else record.created_at
         created = self._create(
-            keys=[self._key(record.id), self._idx(record.name, record.state), target, "%s:names" % self.ns],
-            args=[record.id, record.name, index_score, member, score, *fields],
+            args=[self.ns, record.id, record.name, record.state, index_score, record.priority or 0, *fields]
         )
         if created:
             return record, True
@@ -248,81 +318,86 @@ class RedisJobStore(JobStore):
             return self.create(record, message)
         return existing, False
 
-    def make_due(self, job_id: str, message: Outbound) -> bool:
-        member, score = self._queue_member(message)
-        return bool(
-            self._make_due(keys=[self._key(job_id), self.storage.queue_key], args=[self.ns, job_id, time.time(), member, score])
-        )
+    def dequeue(self, owner: str, now: float, lease_s: float, wait_s: float) -> Dequeued | None:
+        got = self._dequeue(args=[self.ns, owner, now, now + lease_s])
+        if got is None and wait_s > 0:
+            # Idle: block until an enqueue (or a requeue) pushes a wake-up token, then try again.
+            if self.r.blpop(["%s:wake" % self.ns], timeout=wait_s) is not None:
+                now = time.time()
+                got = self._dequeue(args=[self.ns, owner, now, now + lease_s])
+        if got is None:
+            return None
+        job_id, name, message, attempt = got
+        return Dequeued(job_id.decode(), name.decode(), bytes(message), Lease(owner, int(attempt)))
 
-    def activate(self, job_id: str, now: float, message: Outbound) -> int | None:
-        member, score = self._queue_member(message)
-        attempts = self._activate(keys=[self._key(job_id), self._paused_key], args=[self.ns, job_id, now, member, score])
-        if attempts == PARKED:
-            return PARKED
-        return None if attempts < 0 else int(attempts)
+    def renew(self, owner: str, job_ids: list[str], now: float, lease_s: float) -> int:
+        return int(self._renew(args=[self.ns, owner, now, now + lease_s, *job_ids]))
 
-    def promote(self, job_id: str, message: Outbound, now: float) -> JobRecord:
-        member, score = self._queue_member(message)
-        outcome = self._promote(keys=[self._key(job_id), self.storage.queue_key], args=[self.ns, job_id, now, member, score])
+    def reap(self, now: float, limit: int = 100) -> list[Reaped]:
+        rows = self._reap(args=[self.ns, now, limit, STALLED_TOO_OFTEN])
+        return [Reaped(i.decode(), n.decode(), int(stalls), bool(failed)) for i, n, stalls, failed in rows]
+
+    def release(self, job_id: str, lease: Lease) -> bool:
+        return bool(self._release(args=[self.ns, job_id, lease.owner, lease.attempt, time.time()]))
+
+    def promote_due(self, names: list[str], now: float, limit: int = 1000) -> list[tuple[str, str]]:
+        rows = self._promote_due(args=[self.ns, now, limit, *names])
+        return [(i.decode(), n.decode()) for i, n in rows]
+
+    def set_progress(self, job_id: str, lease: Lease, progress_json: bytes) -> bool:
+        return bool(self._progress(args=[self.ns, job_id, lease.owner, lease.attempt, progress_json]))
+
+    def complete(self, job_id: str, lease: Lease, result_json: bytes, now: float, keep: Keep) -> bool:
+        return self._run_finish(job_id, lease, COMPLETED, now, keep, "result", result_json)
+
+    def fail(self, job_id: str, lease: Lease, error: str, traceback: str, now: float, keep: Keep) -> bool:
+        return self._run_finish(job_id, lease, FAILED, now, keep, "error", error, "traceback", traceback)
+
+    def _run_finish(self, job_id: str, lease: Lease, state: str, now: float, keep: Keep, *fields: Any) -> bool:
+        count = -1 if keep.count is None else keep.count
+        age = -1 if keep.age is None else keep.age
+        args = [self.ns, job_id, lease.owner, lease.attempt, state, now, count, age, *fields]
+        return bool(self._finish_lua(args=args))
+
+    def retry_later(self, job_id: str, lease: Lease, error: str, traceback: str, run_at: float) -> bool:
+        return bool(self._retry_later(args=[self.ns, job_id, lease.owner, lease.attempt, run_at, error, traceback]))
+
+    def _to_waiting(self, job_id: str, from_state: str, operation: str, now: float) -> JobRecord:
+        outcome = self._to_queue(args=[self.ns, job_id, now, from_state])
         if outcome is None:
             raise JobNotFound(job_id)
         if outcome != b"ok":
-            raise InvalidState(job_id, outcome.decode(), "promote", (DELAYED,))
+            raise InvalidState(job_id, outcome.decode(), operation, (from_state,))
         record = self.get(job_id)
-        assert record is not None
-        return record
-
-    def clean(self, name: str, state: str, older_than: float, limit: int) -> int:
-        return int(self._clean(keys=[self._idx(name, state)], args=[self.ns, older_than, limit]))
-
-    def pause(self, name: str) -> bool:
-        return bool(self.r.sadd(self._paused_key, name))
-
-    def resume(self, name: str) -> int:
-        parked = "%s:parked:%s" % (self.ns, name)
-        return int(self._resume(keys=[self._paused_key, parked, self.storage.queue_key], args=[name]))
-
-    def paused(self) -> set[str]:
-        return {n.decode() for n in self.r.smembers(self._paused_key)}
-
-    def set_progress(self, job_id: str, progress_json: bytes) -> None:
-        self._progress(keys=[self._key(job_id)], args=[progress_json])
-
-    def _keep_args(self, keep: Keep) -> list[float]:
-        return [-1 if keep.count is None else keep.count, -1 if keep.age is None else keep.age]
-
-    def complete(self, job_id: str, result_json: bytes, now: float, keep: Keep) -> bool:
-        args = [self.ns, job_id, "completed", now, *self._keep_args(keep), "result", result_json]
-        return bool(self._finish(keys=[self._key(job_id)], args=args))
-
-    def fail(self, job_id: str, error: str, traceback: str, now: float, keep: Keep) -> bool:
-        args = [self.ns, job_id, FAILED, now, *self._keep_args(keep), "error", error, "traceback", traceback]
-        return bool(self._finish(keys=[self._key(job_id)], args=args))
-
-    def retry_later(self, job_id: str, error: str, traceback: str, message: Outbound) -> bool:
-        assert message.run_at is not None
-        _, member, score = self._placement(message)
-        keys = [self._key(job_id), self.storage.schedule_key]
-        return bool(self._retry_later(keys=keys, args=[self.ns, job_id, message.run_at, member, error, traceback, score]))
-
-    def requeue_failed(self, job_id: str, message: Outbound, now: float) -> JobRecord:
-        member, score = self._queue_member(message)
-        outcome = self._requeue_failed(keys=[self._key(job_id), self.storage.queue_key], args=[self.ns, job_id, now, member, score])
-        if outcome is None:
+        if record is None:
             raise JobNotFound(job_id)
-        if outcome != b"ok":
-            raise InvalidState(job_id, outcome.decode(), "retry", (FAILED,))
-        record = self.get(job_id)
-        assert record is not None
         return record
+
+    def requeue_failed(self, job_id: str, now: float) -> JobRecord:
+        return self._to_waiting(job_id, FAILED, "retry", now)
+
+    def promote(self, job_id: str, now: float) -> JobRecord:
+        return self._to_waiting(job_id, DELAYED, "promote", now)
 
     def remove(self, job_id: str) -> bool:
-        outcome = self._remove(keys=[self._key(job_id)], args=[self.ns, job_id])
+        outcome = self._remove(args=[self.ns, job_id])
         if outcome is None:
             return False
         if outcome != b"ok":
-            raise InvalidState(job_id, outcome.decode(), "remove", (WAITING, DELAYED, "completed", FAILED))
+            raise InvalidState(job_id, outcome.decode(), "remove", (WAITING, DELAYED, COMPLETED, FAILED))
         return True
+
+    def clean(self, name: str, state: str, older_than: float, limit: int) -> int:
+        return int(self._clean(args=[self.ns, name, state, older_than, limit]))
+
+    def pause(self, name: str) -> bool:
+        return bool(self.r.sadd("%s:paused" % self.ns, name))
+
+    def resume(self, name: str) -> int:
+        return int(self._resume(args=[self.ns, name]))
+
+    def paused(self) -> set[str]:
+        return {n.decode() for n in self.r.smembers("%s:paused" % self.ns)}
 
     def get(self, job_id: str) -> JobRecord | None:
         h = self.r.hgetall(self._key(job_id))
@@ -362,7 +437,7 @@ class RedisJobStore(JobStore):
         return {n: {s: next(sizes) for s in STATES} for n in all_names}
 
     def claim_tick(self, job: str, tick: float) -> bool:
-        claimed = self.r.set("%s:tick:%s:%d" % (self.ns, job, tick), 1, nx=True, ex=86400)
+        claimed = self.r.set("%s:tick:%s:%d" % (self.ns, job, tick), 1, nx=True, ex=86400 * 7)
         if claimed:
             self.r.set("%s:lasttick:%s" % (self.ns, job), tick)
         return bool(claimed)
@@ -372,13 +447,9 @@ class RedisJobStore(JobStore):
         return float(value) if value is not None else None
 
     def close(self) -> None:
-        self.storage.pool.disconnect()
+        self.r.connection_pool.disconnect()
 
     def destroy(self) -> None:
-        patterns = ["%s:*" % self.ns, self.storage.queue_key, self.storage.schedule_key,
-                    self.storage.result_key, self.storage.counter_key]
-        for pattern in patterns:
-            keys = list(self.r.scan_iter(match=pattern, count=1000))
-            for start in range(0, len(keys), 500):
-                self.r.delete(*keys[start : start + 500])
-
+        keys = list(self.r.scan_iter(match="%s:*" % self.ns, count=1000))
+        for start in range(0, len(keys), 500):
+            self.r.delete(*keys[start : start + 500])

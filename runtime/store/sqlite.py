@@ -1,13 +1,14 @@
-"""The job store on SQLite: a `b3_jobs` table next to Huey's own tables, in the same file.
+"""The job store on SQLite: one `b3_jobs` table is the records, the queue and the leases.
 
-Every state move is one transaction on Huey's connection that updates the record and inserts or
-moves the message in Huey's `task` or `schedule` table, so the two never disagree.
+A waiting job is queued by its state; `dequeue` picks the first by (priority, enqueue sequence)
+and leases it in the same transaction. Huey's connection and lock are shared, so one process
+serialises its writers; several processes coordinate through SQLite's own locking (WAL).
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import sqlite3
+import threading
 import time
 from typing import Any, Iterator
 
@@ -16,13 +17,15 @@ from huey.storage import SqliteStorage
 from runtime.errors import InvalidState, JobNotFound
 from runtime.manifest import Keep
 from runtime.records import ACTIVE, COMPLETED, DELAYED, FAILED, STATES, WAITING, JobRecord, decode_json, encode_json
-from runtime.store.base import PARKED, JobStore, Outbound
+from runtime.store.base import STALLED_TOO_OFTEN, Dequeued, JobStore, Lease, Reaped
 
 _COLUMNS = (
-    "id", "name", "state", "payload", "attempts", "max_attempts", "progress", "result", "error",
-    "traceback", "priority", "created_at", "started_at", "finished_at", "run_at", "parent_id", "children",
+    "id", "name", "state", "payload", "attempts", "max_attempts", "stalls", "max_stalls", "worker", "progress",
+    "result", "error", "traceback", "priority", "created_at", "started_at", "finished_at", "run_at", "parent_id",
+    "children",
 )
 _JSON = ("payload", "progress", "result", "children")
+_SELECT = "select %s from b3_jobs" % ", ".join(_COLUMNS)
 
 
 class B3SqliteStorage(SqliteStorage):
@@ -32,19 +35,23 @@ class B3SqliteStorage(SqliteStorage):
         "create table if not exists b3_jobs ("
         " id text primary key, name text not null, state text not null, payload text not null,"
         " attempts integer not null default 0, max_attempts integer not null default 1,"
+        " stalls integer not null default 0, max_stalls integer not null default 3, worker text,"
         " progress text, result text, error text, traceback text, priority integer,"
         " created_at real not null, started_at real, finished_at real, run_at real,"
-        " parent_id text, children text not null default '[]', state_ts real not null)",
+        " parent_id text, children text not null default '[]', state_ts real not null,"
+        " msg blob not null, prio_rank integer not null default 0, enq_seq integer not null default 0,"
+        " lease_until real)",
         "create index if not exists b3_jobs_name_state_ts on b3_jobs (name, state, state_ts)",
         "create index if not exists b3_jobs_state_ts on b3_jobs (state, state_ts)",
+        "create index if not exists b3_jobs_queue on b3_jobs (prio_rank, enq_seq) where state = 'waiting'",
+        "create index if not exists b3_jobs_leases on b3_jobs (lease_until) where state = 'active'",
         "create table if not exists b3_ticks (name text not null, tick real not null, primary key (name, tick))",
         "create table if not exists b3_paused (name text primary key)",
-        "create table if not exists b3_parked (id integer primary key, name text not null, data blob not null,"
-        " priority real not null)",
+        "create table if not exists b3_consumers (owner text primary key, seen real not null)",
     ]
 
 
-def _row_to_record(row: sqlite3.Row | tuple[Any, ...]) -> JobRecord:
+def _row_to_record(row: tuple[Any, ...]) -> JobRecord:
     values = {}
     for column, value in zip(_COLUMNS, row):
         if value is None:
@@ -54,92 +61,216 @@ def _row_to_record(row: sqlite3.Row | tuple[Any, ...]) -> JobRecord:
 
 
 class SqliteJobStore(JobStore):
-    def __init__(self, huey: Any):
-        self.huey = huey
-        self.storage: B3SqliteStorage = huey.storage
-        self.queue = self.storage.name
+    def __init__(self, storage: B3SqliteStorage):
+        self.storage = storage
+        # Same-process enqueues wake idle workers at once; other processes are seen by polling.
+        self._wake = threading.Condition()
 
     def _tx(self) -> Any:
         return self.storage.db(commit=True)
 
-    def _place(self, curs: sqlite3.Cursor, message: Outbound) -> None:
-        if message.run_at is None:
-            curs.execute(
-                "insert into task (queue, data, priority) values (?, ?, ?)", (self.queue, message.data, message.priority)
-            )
-        else:
-            # Huey compares naive UTC datetimes' .timestamp(); store the schedule the same way.
-            naive = dt.datetime.fromtimestamp(message.run_at, dt.timezone.utc).replace(tzinfo=None)
-            curs.execute(
-                "insert into schedule (queue, data, timestamp) values (?, ?, ?)", (self.queue, message.data, naive.timestamp())
-            )
+    def _notify(self) -> None:
+        with self._wake:
+            self._wake.notify_all()
 
-    def _state_of(self, curs: sqlite3.Cursor, job_id: str) -> str | None:
-        row = curs.execute("select state from b3_jobs where id = ?", (job_id,)).fetchone()
-        return row[0] if row else None
+    def _state_of(self, curs: sqlite3.Cursor, job_id: str) -> tuple[str, str] | None:
+        row = curs.execute("select state, name from b3_jobs where id = ?", (job_id,)).fetchone()
+        return (row[0], row[1]) if row else None
 
-    def create(self, record: JobRecord, message: Outbound) -> tuple[JobRecord, bool]:
+    def create(self, record: JobRecord, message: bytes) -> tuple[JobRecord, bool]:
         data = record.to_dict()
         values = [encode_json(data[c]) if c in _JSON else data[c] for c in _COLUMNS]
-        state_ts = message.run_at if message.run_at is not None else record.created_at
+        state_ts = record.run_at if record.state == DELAYED and record.run_at else record.created_at
+        columns = ", ".join(_COLUMNS)
         with self._tx() as curs:
             curs.execute(
-                "insert or ignore into b3_jobs (%s, state_ts) values (%s)" % (", ".join(_COLUMNS), ", ".join("?" * (len(_COLUMNS) + 1))),
-                (*values, state_ts),
+                "insert or ignore into b3_jobs (%s, state_ts, msg, prio_rank, enq_seq) values (%s)"
+                % (columns, ", ".join("?" * (len(_COLUMNS) + 4))),
+                (*values, state_ts, message, record.priority or 0, time.time_ns()),
             )
-            if curs.rowcount == 1:
-                self._place(curs, message)
-                return record, True
+            created = curs.rowcount == 1
+        if created:
+            self._notify()
+            return record, True
         existing = self.get(record.id)
         return (existing, False) if existing is not None else self.create(record, message)
 
-    def make_due(self, job_id: str, message: Outbound) -> bool:
-        with self._tx() as curs:
-            now = time.time()
-            # A schedule entry left behind by `promote` must not end a later delay early.
-            curs.execute(
-                "update b3_jobs set state = 'waiting', run_at = null, state_ts = ?"
-                " where id = ? and state = 'delayed' and run_at <= ?",
-                (now, job_id, now + 0.5),
-            )
-            if curs.rowcount != 1:
-                return False
-            self._place(curs, message)
-            return True
-
-    def activate(self, job_id: str, now: float, message: Outbound) -> int | None:
+    def _take(self, owner: str, now: float, lease_s: float) -> Dequeued | None:
         with self._tx() as curs:
             row = curs.execute(
-                "select name from b3_jobs where id = ? and state = 'waiting'", (job_id,)
+                "select id, name, msg from b3_jobs where state = 'waiting'"
+                " and name not in (select name from b3_paused) order by prio_rank, enq_seq limit 1"
             ).fetchone()
             if row is None:
                 return None
-            if curs.execute("select 1 from b3_paused where name = ?", (row[0],)).fetchone():
-                curs.execute(
-                    "insert into b3_parked (name, data, priority) values (?, ?, ?)", (row[0], message.data, message.priority)
-                )
-                return PARKED
-            attempts = curs.execute(
-                "update b3_jobs set state = 'active', started_at = ?, state_ts = ?, attempts = attempts + 1"
-                " where id = ? returning attempts",
-                (now, now, job_id),
-            ).fetchone()
-        return int(attempts[0])
+            attempt = curs.execute(
+                "update b3_jobs set state = 'active', started_at = ?, state_ts = ?, attempts = attempts + 1,"
+                " worker = ?, lease_until = ? where id = ? returning attempts",
+                (now, now, owner, now + lease_s, row[0]),
+            ).fetchone()[0]
+        return Dequeued(row[0], row[1], bytes(row[2]), Lease(owner, int(attempt)))
 
-    def promote(self, job_id: str, message: Outbound, now: float) -> JobRecord:
+    def dequeue(self, owner: str, now: float, lease_s: float, wait_s: float) -> Dequeued | None:
+        got = self._take(owner, now, lease_s)
+        if got is None and wait_s > 0:
+            with self._wake:
+                self._wake.wait(min(wait_s, 0.2))  # other processes' enqueues are seen by polling
+            now = time.time()
+            got = self._take(owner, now, lease_s)
+        return got
+
+    def renew(self, owner: str, job_ids: list[str], now: float, lease_s: float) -> int:
         with self._tx() as curs:
-            state = self._state_of(curs, job_id)
-            if state is None:
-                raise JobNotFound(job_id)
-            if state != DELAYED:
-                raise InvalidState(job_id, state, "promote", (DELAYED,))
+            held = 0
+            for job_id in job_ids:
+                curs.execute(
+                    "update b3_jobs set lease_until = ? where id = ? and state = 'active' and worker = ?",
+                    (now + lease_s, job_id, owner),
+                )
+                held += curs.rowcount
+            curs.execute("insert or replace into b3_consumers (owner, seen) values (?, ?)", (owner, now))
+        return held
+
+    def reap(self, now: float, limit: int = 100) -> list[Reaped]:
+        out = []
+        with self._tx() as curs:
+            rows = curs.execute(
+                "select id, name, stalls, max_stalls from b3_jobs where state = 'active' and lease_until <= ? limit ?",
+                (now, limit),
+            ).fetchall()
+            for job_id, name, stalls, max_stalls in rows:
+                stalls += 1
+                if stalls > max_stalls:
+                    curs.execute(
+                        "update b3_jobs set state = 'failed', stalls = ?, attempts = attempts - 1, worker = null,"
+                        " lease_until = null, finished_at = ?, state_ts = ?, error = ?, traceback = '' where id = ?",
+                        (stalls, now, now, STALLED_TOO_OFTEN % stalls, job_id),
+                    )
+                else:
+                    curs.execute(
+                        "update b3_jobs set state = 'waiting', stalls = ?, attempts = attempts - 1, worker = null,"
+                        " lease_until = null, state_ts = ? where id = ?",
+                        (stalls, now, job_id),
+                    )
+                out.append(Reaped(job_id, name, stalls, stalls > max_stalls))
+        if out:
+            self._notify()
+        return out
+
+    def _holds(self, curs: sqlite3.Cursor, job_id: str, lease: Lease) -> str | None:
+        row = curs.execute(
+            "select name from b3_jobs where id = ? and state = 'active' and worker = ? and attempts = ?",
+            (job_id, lease.owner, lease.attempt),
+        ).fetchone()
+        return row[0] if row else None
+
+    def release(self, job_id: str, lease: Lease) -> bool:
+        with self._tx() as curs:
+            if self._holds(curs, job_id, lease) is None:
+                return False
             curs.execute(
-                "update b3_jobs set state = 'waiting', run_at = null, state_ts = ? where id = ?", (now, job_id)
+                "update b3_jobs set state = 'waiting', attempts = attempts - 1, worker = null, lease_until = null,"
+                " state_ts = ? where id = ?",
+                (time.time(), job_id),
             )
-            self._place(curs, message)
+        self._notify()
+        return True
+
+    def promote_due(self, names: list[str], now: float, limit: int = 1000) -> list[tuple[str, str]]:
+        with self._tx() as curs:
+            rows = curs.execute(
+                "update b3_jobs set state = 'waiting', run_at = null, state_ts = ?, enq_seq = ?"
+                " where id in (select id from b3_jobs where state = 'delayed' and state_ts <= ? limit ?)"
+                " returning id, name",
+                (now, time.time_ns(), now, limit),
+            ).fetchall()
+        if rows:
+            self._notify()
+        return [(r[0], r[1]) for r in rows]
+
+    def set_progress(self, job_id: str, lease: Lease, progress_json: bytes) -> bool:
+        with self._tx() as curs:
+            curs.execute(
+                "update b3_jobs set progress = ? where id = ? and state = 'active' and worker = ? and attempts = ?",
+                (progress_json, job_id, lease.owner, lease.attempt),
+            )
+            return curs.rowcount == 1
+
+    def _trim(self, curs: sqlite3.Cursor, name: str, state: str, now: float, keep: Keep) -> None:
+        if keep.count is not None:
+            curs.execute(
+                "delete from b3_jobs where id in (select id from b3_jobs where name = ? and state = ?"
+                " order by state_ts desc limit -1 offset ?)",
+                (name, state, keep.count),
+            )
+        if keep.age is not None:
+            curs.execute("delete from b3_jobs where name = ? and state = ? and state_ts < ?", (name, state, now - keep.age))
+
+    def _finish(self, job_id: str, lease: Lease, state: str, now: float, keep: Keep, **fields: Any) -> bool:
+        sets = ", ".join("%s = ?" % f for f in fields)
+        with self._tx() as curs:
+            name = self._holds(curs, job_id, lease)
+            if name is None:
+                return False
+            curs.execute(
+                "update b3_jobs set state = ?, finished_at = ?, state_ts = ?, worker = null, lease_until = null, %s"
+                " where id = ?" % sets,
+                (state, now, now, *fields.values(), job_id),
+            )
+            self._trim(curs, name, state, now, keep)
+            return True
+
+    def complete(self, job_id: str, lease: Lease, result_json: bytes, now: float, keep: Keep) -> bool:
+        return self._finish(job_id, lease, COMPLETED, now, keep, result=result_json)
+
+    def fail(self, job_id: str, lease: Lease, error: str, traceback: str, now: float, keep: Keep) -> bool:
+        return self._finish(job_id, lease, FAILED, now, keep, error=error, traceback=traceback)
+
+    def retry_later(self, job_id: str, lease: Lease, error: str, traceback: str, run_at: float) -> bool:
+        with self._tx() as curs:
+            if self._holds(curs, job_id, lease) is None:
+                return False
+            curs.execute(
+                "update b3_jobs set state = 'delayed', run_at = ?, state_ts = ?, error = ?, traceback = ?,"
+                " worker = null, lease_until = null where id = ?",
+                (run_at, run_at, error, traceback, job_id),
+            )
+            return True
+
+    def _to_waiting(self, job_id: str, from_state: str, operation: str, now: float, reset: str = "") -> JobRecord:
+        with self._tx() as curs:
+            found = self._state_of(curs, job_id)
+            if found is None:
+                raise JobNotFound(job_id)
+            if found[0] != from_state:
+                raise InvalidState(job_id, found[0], operation, (from_state,))
+            curs.execute(
+                "update b3_jobs set state = 'waiting', run_at = null, state_ts = ?, enq_seq = ?%s where id = ?" % reset,
+                (now, time.time_ns(), job_id),
+            )
+        self._notify()
         record = self.get(job_id)
-        assert record is not None
+        if record is None:
+            raise JobNotFound(job_id)
         return record
+
+    def requeue_failed(self, job_id: str, now: float) -> JobRecord:
+        reset = (", attempts = 0, stalls = 0, error = null, traceback = null, result = null,"
+                 " started_at = null, finished_at = null")
+        return self._to_waiting(job_id, FAILED, "retry", now, reset)
+
+    def promote(self, job_id: str, now: float) -> JobRecord:
+        return self._to_waiting(job_id, DELAYED, "promote", now)
+
+    def remove(self, job_id: str) -> bool:
+        with self._tx() as curs:
+            found = self._state_of(curs, job_id)
+            if found is None:
+                return False
+            if found[0] == ACTIVE:
+                raise InvalidState(job_id, found[0], "remove", (WAITING, DELAYED, COMPLETED, FAILED))
+            curs.execute("delete from b3_jobs where id = ?", (job_id,))
+            return True
 
     def clean(self, name: str, state: str, older_than: float, limit: int) -> int:
         with self._tx() as curs:
@@ -158,94 +289,17 @@ class SqliteJobStore(JobStore):
     def resume(self, name: str) -> int:
         with self._tx() as curs:
             curs.execute("delete from b3_paused where name = ?", (name,))
-            curs.execute(
-                "insert into task (queue, data, priority) select ?, data, priority from b3_parked where name = ?"
-                " order by id",
-                (self.queue, name),
-            )
-            moved = curs.rowcount
-            curs.execute("delete from b3_parked where name = ?", (name,))
-            return moved
+            waiting = curs.execute(
+                "select count(*) from b3_jobs where name = ? and state = 'waiting'", (name,)
+            ).fetchone()[0]
+        self._notify()
+        return int(waiting)
 
     def paused(self) -> set[str]:
         return {r[0] for r in self.storage.sql("select name from b3_paused", results=True)}
 
-    def set_progress(self, job_id: str, progress_json: bytes) -> None:
-        with self._tx() as curs:
-            curs.execute("update b3_jobs set progress = ? where id = ? and state = 'active'", (progress_json, job_id))
-
-    def _trim(self, curs: sqlite3.Cursor, name: str, state: str, now: float, keep: Keep) -> None:
-        if keep.count is not None:
-            curs.execute(
-                "delete from b3_jobs where id in (select id from b3_jobs where name = ? and state = ?"
-                " order by state_ts desc limit -1 offset ?)",
-                (name, state, keep.count),
-            )
-        if keep.age is not None:
-            curs.execute(
-                "delete from b3_jobs where name = ? and state = ? and state_ts < ?", (name, state, now - keep.age)
-            )
-
-    def _finish(self, job_id: str, state: str, now: float, keep: Keep, **fields: Any) -> bool:
-        sets = ", ".join("%s = ?" % f for f in fields)
-        with self._tx() as curs:
-            row = curs.execute(
-                "update b3_jobs set state = ?, finished_at = ?, state_ts = ?, %s where id = ? and state = 'active'"
-                " returning name" % sets,
-                (state, now, now, *fields.values(), job_id),
-            ).fetchone()
-            if row is None:
-                return False
-            self._trim(curs, row[0], state, now, keep)
-            return True
-
-    def complete(self, job_id: str, result_json: bytes, now: float, keep: Keep) -> bool:
-        return self._finish(job_id, COMPLETED, now, keep, result=result_json)
-
-    def fail(self, job_id: str, error: str, traceback: str, now: float, keep: Keep) -> bool:
-        return self._finish(job_id, FAILED, now, keep, error=error, traceback=traceback)
-
-    def retry_later(self, job_id: str, error: str, traceback: str, message: Outbound) -> bool:
-        with self._tx() as curs:
-            curs.execute(
-                "update b3_jobs set state = 'delayed', run_at = ?, state_ts = ?, error = ?, traceback = ?"
-                " where id = ? and state = 'active'",
-                (message.run_at, message.run_at, error, traceback, job_id),
-            )
-            if curs.rowcount != 1:
-                return False
-            self._place(curs, message)
-            return True
-
-    def requeue_failed(self, job_id: str, message: Outbound, now: float) -> JobRecord:
-        with self._tx() as curs:
-            state = self._state_of(curs, job_id)
-            if state is None:
-                raise JobNotFound(job_id)
-            if state != FAILED:
-                raise InvalidState(job_id, state, "retry", (FAILED,))
-            curs.execute(
-                "update b3_jobs set state = 'waiting', attempts = 0, error = null, traceback = null, result = null,"
-                " started_at = null, finished_at = null, run_at = null, state_ts = ? where id = ?",
-                (now, job_id),
-            )
-            self._place(curs, message)
-        record = self.get(job_id)
-        assert record is not None
-        return record
-
-    def remove(self, job_id: str) -> bool:
-        with self._tx() as curs:
-            state = self._state_of(curs, job_id)
-            if state is None:
-                return False
-            if state == ACTIVE:
-                raise InvalidState(job_id, state, "remove", (WAITING, DELAYED, COMPLETED, FAILED))
-            curs.execute("delete from b3_jobs where id = ?", (job_id,))
-            return True
-
     def _select(self, where: str, params: tuple[Any, ...]) -> Iterator[JobRecord]:
-        rows = self.storage.sql("select %s from b3_jobs %s" % (", ".join(_COLUMNS), where), params, results=True)
+        rows = self.storage.sql("%s %s" % (_SELECT, where), params, results=True)
         return (_row_to_record(r) for r in rows)
 
     def get(self, job_id: str) -> JobRecord | None:
@@ -279,7 +333,7 @@ class SqliteJobStore(JobStore):
             curs.execute("insert or ignore into b3_ticks (name, tick) values (?, ?)", (job, tick))
             claimed = curs.rowcount == 1
             if claimed:
-                curs.execute("delete from b3_ticks where name = ? and tick < ?", (job, tick - 86400))
+                curs.execute("delete from b3_ticks where name = ? and tick < ?", (job, tick - 86400 * 7))
             return claimed
 
     def last_tick(self, job: str) -> float | None:
@@ -291,9 +345,5 @@ class SqliteJobStore(JobStore):
 
     def destroy(self) -> None:
         with self._tx() as curs:
-            curs.execute("delete from b3_jobs")
-            curs.execute("delete from b3_ticks")
-            curs.execute("delete from b3_paused")
-            curs.execute("delete from b3_parked")
-            for table in ("task", "schedule", "kv", "counter"):
-                curs.execute("delete from %s where queue = ?" % table, (self.queue,))
+            for table in ("b3_jobs", "b3_ticks", "b3_paused", "b3_consumers"):
+                curs.execute("delete from %s" % table)
