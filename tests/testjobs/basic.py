@@ -88,3 +88,23 @@ def pid(payload: Empty, ctx: JobContext) -> int:
 
 def backoff_squares(attempt: int) -> float:
     return 0.1 * attempt * attempt
+
+
+def suicide(payload: Empty, ctx: JobContext) -> None:
+    """Kills the process running it, every time: a poison job."""
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Logged(BaseModel):
+    log: str
+    seconds: float = Field(default=0.05, ge=0)
+
+
+def logged_sleep(payload: Logged, ctx: JobContext) -> int:
+    """Appends its job id to a log file (one line per run), then sleeps: lets a fault run count runs."""
+    with open(payload.log, "a") as log:
+        log.write("%s %d\n" % (ctx.job_id, os.getpid()))
+    time.sleep(payload.seconds)
+    return ctx.attempt
