@@ -86,6 +86,22 @@ class Executor:
             except Exception as exc:  # the store is down: the reaper will sort leases out later
                 logger.warning("lease heartbeat failed: %s", exc)
 
+    def hand_back_all(self) -> int:
+        """Release every job this process is running (it is about to exit); returns how many."""
+        if self._pid != os.getpid():
+            return 0
+        with self._lock:
+            held = dict(self.in_flight)
+        released = 0
+        for job_id, lease in held.items():
+            try:
+                released += self.store.release(job_id, lease)
+            except STORE_ERRORS as exc:
+                logger.warning("could not hand back %s (%s); its lease will expire", job_id, exc)
+        if released:
+            logger.warning("handed %d unfinished job(s) back to the queue", released)
+        return released
+
     # -- the worker's side ---------------------------------------------------------------------
 
     def next_task(self) -> Any:

@@ -34,6 +34,11 @@ class B3Huey(Huey):
     def execute(self, task: Any, timestamp: Any = None) -> Any:
         return self.executor.run(task)
 
+    def notify_interrupted_tasks(self) -> None:
+        # The consumer is stopping without waiting for running jobs: hand them back at once
+        # rather than let their leases run out.
+        self.executor.hand_back_all()
+
     def is_revoked(self, task: Any, timestamp: Any = None, peek: bool = True) -> bool:
         # b3-jobs removes a job through its record; a removed job is never dequeued.
         return False

@@ -168,3 +168,56 @@ def test_sqlite_consumer_killed_mid_write_leaves_a_consistent_database(settings_
     finally:
         stop(again)
     assert set(runs_of(log)) == set(ids)
+
+
+def test_an_immediate_shutdown_hands_running_jobs_back_at_once(runtime: Runtime, tmp_path: Path) -> None:
+    import signal as signals
+
+    env = consumer_env(runtime.settings.namespace, runtime.settings.data_dir, runtime.settings.redis_url, lease_s=60)
+    log = tmp_path / "runs.log"
+    record, _ = runtime.enqueue("logged-sleep", {"log": str(log), "seconds": 30})
+    consumer = start_consumer(env)
+    try:
+        wait_for(lambda: runs_of(log).get(record.id), timeout=15, what="the handler to start")
+        consumer.send_signal(signals.SIGTERM)  # Huey's immediate stop: running jobs are not waited for
+        consumer.wait(15)
+        # Then the job is waiting again now, not after its 60 s lease, and its attempt is not counted
+        back = runtime.get(record.id)
+        assert (back.state, back.attempts, back.worker) == ("waiting", 0, None)
+    finally:
+        kill(consumer)
+
+
+def test_the_api_answers_503_while_redis_is_down_and_recovers(tmp_path: Path, settings_for: Callable[..., Any]) -> None:
+    import asyncio
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from conftest import TEST_MANIFEST
+    from runtime.manifest import load_manifest
+    from runtime.web import create_app
+
+    try:
+        redis_server = PrivateRedis(tmp_path / "redis").start()
+    except RuntimeError as exc:
+        if CI:
+            raise
+        pytest.skip(str(exc))
+    runtime = Runtime(settings_for("redis", redis_url=redis_server.url), load_manifest(TEST_MANIFEST))
+
+    async def scenario() -> list[int]:
+        async with TestClient(TestServer(create_app(runtime))) as client:
+            statuses = [(await client.get("/api/v1/queues")).status]
+            redis_server.stop()
+            down = await client.get("/api/v1/queues")
+            statuses.append(down.status)
+            assert (await down.json())["error"]["code"] == "store_unavailable"
+            statuses.append((await client.get("/healthz")).status)
+            redis_server.start()
+            statuses.append((await client.get("/api/v1/queues")).status)
+            return statuses
+
+    try:
+        assert asyncio.run(scenario()) == [200, 503, 503, 200]
+    finally:
+        redis_server.stop()
