@@ -44,6 +44,12 @@ class B3Consumer(Consumer):
     def _create_scheduler(self) -> B3Scheduler:
         return B3Scheduler(self.huey, self.stop_flag, self.housekeeper)
 
+    def start(self) -> None:
+        # Huey installs its handlers after starting the workers; a SIGTERM in between would kill
+        # the process without handing running jobs back. Install them first.
+        self._set_signal_handlers()
+        super().start()
+
     def _set_signal_handlers(self) -> None:
         # Embedded consumers (tests, a web process) leave signals to their host.
         if self.signals:

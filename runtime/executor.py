@@ -57,6 +57,7 @@ class Executor:
         self.services = services
         self.lease_s = lease_s
         self._pid = 0
+        self._closing = False
         self._outage = Outage("job store")
 
     # -- per process: identity, the leases it holds, their heartbeat ---------------------------
@@ -69,6 +70,7 @@ class Executor:
                 return
             self.owner = "%s:%d:%s" % (socket.gethostname(), os.getpid(), uuid.uuid4().hex[:6])
             self.in_flight: dict[str, Lease] = {}
+            self._dequeuing = 0
             self._lock = threading.Lock()
             threading.Thread(target=self._heartbeat, name="lease-heartbeat", daemon=True).start()
             self._pid = os.getpid()  # last: other worker threads wait until the rest is set
@@ -90,6 +92,11 @@ class Executor:
         """Release every job this process is running (it is about to exit); returns how many."""
         if self._pid != os.getpid():
             return 0
+        self._closing = True
+        # A worker blocked in dequeue may still take a job; let it return (and give it back) first.
+        deadline = time.monotonic() + 2.0
+        while self._dequeuing and time.monotonic() < deadline:
+            time.sleep(0.01)
         with self._lock:
             held = dict(self.in_flight)
         released = 0
@@ -107,6 +114,17 @@ class Executor:
     def next_task(self) -> Any:
         """The next job for a Huey worker, leased to this process; None when there is none yet."""
         self._this_process()
+        if self._closing:
+            return None
+        with self._lock:
+            self._dequeuing += 1
+        try:
+            return self._next_task()
+        finally:
+            with self._lock:
+                self._dequeuing -= 1
+
+    def _next_task(self) -> Any:
         try:
             got = self.store.dequeue(self.owner, time.time(), self.lease_s, wait_s=1.0)
         except STORE_ERRORS as exc:
@@ -114,6 +132,9 @@ class Executor:
             return None
         self._outage.up()
         if got is None:
+            return None
+        if self._closing:  # taken while this process hands its jobs back: give it back too
+            self.store.release(got.job_id, got.lease)
             return None
         task = self._decode(got)
         if task is not None:

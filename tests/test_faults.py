@@ -176,7 +176,7 @@ def test_an_immediate_shutdown_hands_running_jobs_back_at_once(runtime: Runtime,
     env = consumer_env(runtime.settings.namespace, runtime.settings.data_dir, runtime.settings.redis_url, lease_s=60)
     log = tmp_path / "runs.log"
     record, _ = runtime.enqueue("logged-sleep", {"log": str(log), "seconds": 30})
-    consumer = start_consumer(env)
+    consumer = start_consumer(env, log=tmp_path / "consumer.log")
     try:
         wait_for(lambda: runs_of(log).get(record.id), timeout=15, what="the handler to start")
         consumer.send_signal(signals.SIGTERM)  # Huey's immediate stop: running jobs are not waited for
