@@ -164,6 +164,20 @@ def cmd_schedules(args: argparse.Namespace, settings: Settings) -> int:
     return OK
 
 
+def cmd_seed(args: argparse.Namespace, settings: Settings) -> int:
+    from runtime.engine import load_services
+
+    services = load_services(settings)
+    seed = getattr(services, "seed", None)
+    if seed is None:
+        print("seed: the services factory %s has no seed()" % settings.services, file=sys.stderr)
+        return BAD_INPUT
+    report = seed(history_days=args.history_days)
+    print("%d ticker(s) newly tracked, %d given %d days of sample history (%d quotes)"
+          % (report.tracked, report.with_history, args.history_days, report.quotes))
+    return OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m runtime", description="b3-jobs: run and inspect jobs")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR (default INFO)")
@@ -187,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", nargs="?")
     p.add_argument("--failed", metavar="JOB", help="retry every failed job of this name")
     sub.add_parser("schedules", help="cron jobs with their next and last run")
+    p = sub.add_parser("seed", help="track the usual B3 tickers, with sample price history to analyse")
+    p.add_argument("--history-days", type=int, default=120, help="days of sample closes per new ticker (default 120)")
     return parser
 
 
@@ -199,6 +215,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "status": cmd_status,
     "retry": cmd_retry,
     "schedules": cmd_schedules,
+    "seed": cmd_seed,
 }
 
 

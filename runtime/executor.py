@@ -205,8 +205,9 @@ class Executor:
         if not self.store.complete(task.id, lease, result_json, time.time(), job.spec.keep_completed):
             logger.warning("%s[%s] attempt %d finished after its lease moved on; result dropped", job.name, task.id, attempt)
             return
-        logger.info("%6.3fs ● %s[%s] attempt %d", time.monotonic() - started, job.name, task.id, attempt)
-        self.events.emit("job:completed", ref, {"result": msgspec.Raw(result_json), "attempts": attempt})
+        duration = time.monotonic() - started
+        logger.info("%6.3fs ● %s[%s] attempt %d", duration, job.name, task.id, attempt)
+        self.events.emit("job:completed", ref, {"result": msgspec.Raw(result_json), "attempts": attempt, "duration_s": duration})
 
     def _after_error(self, job: Job, task: Any, lease: Lease, exc: Exception) -> None:
         attempt = lease.attempt

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from runtime import api_models as m
 from runtime.api import RUNTIME, ROUTES, respond
+from runtime.api_market import MARKET_ROUTES
 from runtime.engine import Runtime
 from runtime.errors import (
     B3JobsError, InvalidArgument, InvalidState, JobNotFound, PayloadError, UnknownJob,
@@ -96,8 +97,9 @@ def create_app(runtime: Runtime, relay: Any = None, *, token: str | None = None)
         client_max_size=MAX_BODY_BYTES,
     )
     app[RUNTIME] = runtime
-    app[OPENAPI] = document(ROUTES)
-    for route in ROUTES:
+    routes = [*ROUTES, *MARKET_ROUTES]
+    app[OPENAPI] = document(routes)
+    for route in routes:
         app.router.add_route(route.method, route.path, route.handler)
     app.router.add_get("/api/openapi.json", openapi)
     if relay is not None:

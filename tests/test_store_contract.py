@@ -298,3 +298,20 @@ def test_destroy_leaves_nothing(runtime: Runtime) -> None:
     store.destroy()
     assert store.get("d") is None
     assert store.counts(["noop"])["noop"] == dict.fromkeys(STATES, 0)
+
+
+def test_running_totals_and_live_consumers(runtime: Runtime) -> None:
+    store = runtime.store
+    for job_id in ("t1", "t2", "t3"):
+        store.create(new_record(job_id), b"m")
+    store.complete("t1", take(store).lease, b"1", time.time(), Keep(count=10))
+    store.retry_later("t2", take(store).lease, "boom", "", run_at=time.time() - 1)
+    store.promote_due(["noop"], time.time())
+    store.fail("t3", take(store).lease, "boom", "", time.time(), Keep(count=10))
+    take(store, "gone", lease_s=0.01, now=time.time() - 10)
+    store.reap(time.time())
+    assert store.stats(["noop", "echo"])["noop"] == {"started": 4, "completed": 1, "failed": 1, "retried": 1, "stalled": 1}
+    assert store.stats(["echo"])["echo"] == {"started": 0, "completed": 0, "failed": 0, "retried": 0, "stalled": 0}
+    store.renew("c1", [], now=1000.0, lease_s=10)
+    store.renew("c2", [], now=2000.0, lease_s=10)
+    assert store.consumers(since=1500.0) == {"c2": 2000.0}

@@ -46,6 +46,7 @@ class Reaped:
     failed: bool
 
 
+METRICS = ("started", "completed", "failed", "retried", "stalled")  # running totals per job name
 STALLED_TOO_OFTEN = "stalled too often: its worker died or stopped heartbeating %d time(s) while running it"
 
 
@@ -138,6 +139,14 @@ class JobStore(ABC):
     @abstractmethod
     def counts(self, names: list[str]) -> dict[str, dict[str, int]]:
         """For each job name (the given ones and any the store has seen), the number of jobs per state."""
+
+    @abstractmethod
+    def stats(self, names: list[str]) -> dict[str, dict[str, int]]:
+        """Running totals per job name: attempts started, completed, failed, retried, stalled."""
+
+    @abstractmethod
+    def consumers(self, since: float) -> dict[str, float]:
+        """Consumer processes whose lease heartbeat was seen since `since`, with when."""
 
     @abstractmethod
     def claim_tick(self, job: str, tick: float) -> bool:

@@ -22,7 +22,7 @@ from typing import Any
 from runtime.errors import InvalidState, JobNotFound
 from runtime.manifest import Keep
 from runtime.records import ACTIVE, COMPLETED, DELAYED, FAILED, STATES, WAITING, JobRecord, decode_json, encode_json
-from runtime.store.base import STALLED_TOO_OFTEN, Dequeued, JobStore, Lease, Reaped
+from runtime.store.base import METRICS, STALLED_TOO_OFTEN, Dequeued, JobStore, Lease, Reaped
 
 _LIB = """
 local ns = ARGV[1]
@@ -40,6 +40,9 @@ end
 local function new_qscore(priority)
   local seq = redis.call('INCR', ns .. ':seq') % 4294967296
   return string.format('%.0f', (tonumber(priority) or 0) * 4294967296 + seq)
+end
+local function count(name, metric)
+  redis.call('HINCRBY', ns .. ':stats:' .. name, metric, 1)
 end
 local function trim(name, state, now, count, age)
   local z = idx(name, state)
@@ -93,6 +96,7 @@ for _ = 1, 100 do
       local attempt = redis.call('HINCRBY', key, 'attempts', 1)
       redis.call('HSET', key, 'state', 'active', 'started_at', ARGV[3], 'worker', ARGV[2], 'lease_until', ARGV[4])
       redis.call('ZADD', ns .. ':leases', ARGV[4], id)
+      count(s[2], 'started')
       return {id, s[2], s[3], attempt}
     end
   end
@@ -130,11 +134,14 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', ns .. ':leases', '-inf', ARGV[2]
     if stalls > tonumber(s[3] or '3') then
       move(id, s[2], 'active', 'failed', ARGV[2])
       redis.call('HSET', key, 'state', 'failed', 'finished_at', ARGV[2], 'error', string.format(ARGV[4], stalls), 'traceback', '')
+      count(s[2], 'stalled')
+      count(s[2], 'failed')
       table.insert(out, {id, s[2], stalls, 1})
     else
       move(id, s[2], 'active', 'waiting', ARGV[2])
       redis.call('HSET', key, 'state', 'waiting')
       queue(id, s[4])
+      count(s[2], 'stalled')
       table.insert(out, {id, s[2], stalls, 0})
     end
   end
@@ -183,6 +190,7 @@ move(ARGV[2], name, 'active', ARGV[5], ARGV[6])
 redis.call('ZREM', ns .. ':leases', ARGV[2])
 redis.call('HDEL', key, 'worker', 'lease_until')
 redis.call('HSET', key, 'state', ARGV[5], 'finished_at', ARGV[6], unpack(ARGV, 9))
+count(name, ARGV[5])
 trim(name, ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]))
 return 1
 """
@@ -196,6 +204,7 @@ move(ARGV[2], name, 'active', 'delayed', ARGV[5])
 redis.call('ZREM', ns .. ':leases', ARGV[2])
 redis.call('HDEL', key, 'worker', 'lease_until')
 redis.call('HSET', key, 'state', 'delayed', 'run_at', ARGV[5], 'error', ARGV[6], 'traceback', ARGV[7])
+count(name, 'retried')
 return 1
 """
 
@@ -435,6 +444,19 @@ class RedisJobStore(JobStore):
                     pipe.zcard(self._idx(n, s))
             sizes = iter(pipe.execute())
         return {n: {s: next(sizes) for s in STATES} for n in all_names}
+
+    def stats(self, names: list[str]) -> dict[str, dict[str, int]]:
+        all_names = sorted(set(names) | set(self._names()))
+        with self.r.pipeline(transaction=False) as pipe:
+            for n in all_names:
+                pipe.hgetall("%s:stats:%s" % (self.ns, n))
+            rows = pipe.execute()
+        return {n: {**dict.fromkeys(METRICS, 0), **{k.decode(): int(v) for k, v in row.items()}} for n, row in zip(all_names, rows)}
+
+    def consumers(self, since: float) -> dict[str, float]:
+        key = "%s:consumers" % self.ns
+        self.r.zremrangebyscore(key, "-inf", since - 86400)  # forget consumers gone for a day
+        return {o.decode(): float(t) for o, t in self.r.zrangebyscore(key, since, "+inf", withscores=True)}
 
     def claim_tick(self, job: str, tick: float) -> bool:
         claimed = self.r.set("%s:tick:%s:%d" % (self.ns, job, tick), 1, nx=True, ex=86400 * 7)

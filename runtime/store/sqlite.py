@@ -17,7 +17,7 @@ from huey.storage import SqliteStorage
 from runtime.errors import InvalidState, JobNotFound
 from runtime.manifest import Keep
 from runtime.records import ACTIVE, COMPLETED, DELAYED, FAILED, STATES, WAITING, JobRecord, decode_json, encode_json
-from runtime.store.base import STALLED_TOO_OFTEN, Dequeued, JobStore, Lease, Reaped
+from runtime.store.base import METRICS, STALLED_TOO_OFTEN, Dequeued, JobStore, Lease, Reaped
 
 _COLUMNS = (
     "id", "name", "state", "payload", "attempts", "max_attempts", "stalls", "max_stalls", "worker", "progress",
@@ -48,7 +48,17 @@ class B3SqliteStorage(SqliteStorage):
         "create table if not exists b3_ticks (name text not null, tick real not null, primary key (name, tick))",
         "create table if not exists b3_paused (name text primary key)",
         "create table if not exists b3_consumers (owner text primary key, seen real not null)",
+        "create table if not exists b3_stats (name text not null, metric text not null, value integer not null,"
+        " primary key (name, metric))",
     ]
+
+
+def _count(curs: sqlite3.Cursor, name: str, metric: str) -> None:
+    curs.execute(
+        "insert into b3_stats (name, metric, value) values (?, ?, 1)"
+        " on conflict (name, metric) do update set value = value + 1",
+        (name, metric),
+    )
 
 
 def _row_to_record(row: tuple[Any, ...]) -> JobRecord:
@@ -108,6 +118,7 @@ class SqliteJobStore(JobStore):
                 " worker = ?, lease_until = ? where id = ? returning attempts",
                 (now, now, owner, now + lease_s, row[0]),
             ).fetchone()[0]
+            _count(curs, row[1], "started")
         return Dequeued(row[0], row[1], bytes(row[2]), Lease(owner, int(attempt)))
 
     def dequeue(self, owner: str, now: float, lease_s: float, wait_s: float) -> Dequeued | None:
@@ -153,6 +164,9 @@ class SqliteJobStore(JobStore):
                         (stalls, now, job_id),
                     )
                 out.append(Reaped(job_id, name, stalls, stalls > max_stalls))
+                _count(curs, name, "stalled")
+                if stalls > max_stalls:
+                    _count(curs, name, "failed")
         if out:
             self._notify()
         return out
@@ -218,6 +232,7 @@ class SqliteJobStore(JobStore):
                 (state, now, now, *fields.values(), job_id),
             )
             self._trim(curs, name, state, now, keep)
+            _count(curs, name, state)
             return True
 
     def complete(self, job_id: str, lease: Lease, result_json: bytes, now: float, keep: Keep) -> bool:
@@ -228,8 +243,10 @@ class SqliteJobStore(JobStore):
 
     def retry_later(self, job_id: str, lease: Lease, error: str, traceback: str, run_at: float) -> bool:
         with self._tx() as curs:
-            if self._holds(curs, job_id, lease) is None:
+            name = self._holds(curs, job_id, lease)
+            if name is None:
                 return False
+            _count(curs, name, "retried")
             curs.execute(
                 "update b3_jobs set state = 'delayed', run_at = ?, state_ts = ?, error = ?, traceback = ?,"
                 " worker = null, lease_until = null where id = ?",
@@ -328,6 +345,20 @@ class SqliteJobStore(JobStore):
             out[name][state] = count
         return out
 
+    def stats(self, names: list[str]) -> dict[str, dict[str, int]]:
+        rows = self.storage.sql("select name, metric, value from b3_stats", results=True)
+        seen = set(names) | {r[0] for r in rows} | {r[0] for r in self.storage.sql("select distinct name from b3_jobs", results=True)}
+        out = {n: dict.fromkeys(METRICS, 0) for n in sorted(seen)}
+        for name, metric, value in rows:
+            out[name][metric] = value
+        return out
+
+    def consumers(self, since: float) -> dict[str, float]:
+        with self._tx() as curs:
+            curs.execute("delete from b3_consumers where seen < ?", (since - 86400,))
+            rows = curs.execute("select owner, seen from b3_consumers where seen >= ?", (since,)).fetchall()
+        return {owner: seen for owner, seen in rows}
+
     def claim_tick(self, job: str, tick: float) -> bool:
         with self._tx() as curs:
             curs.execute("insert or ignore into b3_ticks (name, tick) values (?, ?)", (job, tick))
@@ -345,5 +376,5 @@ class SqliteJobStore(JobStore):
 
     def destroy(self) -> None:
         with self._tx() as curs:
-            for table in ("b3_jobs", "b3_ticks", "b3_paused", "b3_consumers"):
+            for table in ("b3_jobs", "b3_ticks", "b3_paused", "b3_consumers", "b3_stats"):
                 curs.execute("delete from %s" % table)
