@@ -19,7 +19,7 @@ from runtime.errors import B3JobsError, InvalidArgument, ManifestError, UnknownJ
 from runtime.executor import call_handler
 from runtime.manifest import load_manifest
 from runtime.records import encode_json
-from runtime.settings import Settings
+from runtime.settings import Settings, SettingsError
 from runtime.web import WebThread, build_web, require_safe_bind
 from bus.publisher import KombuPublisher
 
@@ -61,12 +61,22 @@ def invoke(settings: Settings, job_name: str, data: str) -> int:
     return 0
 
 
+def seed_on_first_start(services: object) -> None:
+    """Track the usual B3 tickers, with sample history, when the market store has none: data to play with."""
+    seed_if_empty = getattr(services, "seed_if_empty", None)
+    report = seed_if_empty() if seed_if_empty is not None else None
+    if report is not None:
+        log.info("first start: tracking %d B3 tickers, %d sample quotes of history (python -m runtime seed)",
+                 report.tracked, report.quotes)
+
+
 def serve(settings: Settings, workers: int) -> int:
     """Consumer threads + cron in the main thread, the API and /ws on a web thread, events on memory://."""
     require_safe_bind(settings)
     url = settings.bus_url or "memory://"
     events = KombuPublisher(url, namespace=settings.namespace)
     runtime = Runtime(settings, events=events)
+    seed_on_first_start(runtime.services)
     web_thread = WebThread(build_web(settings, runtime, url=url), settings.host, settings.port).start()
     consumer = B3Consumer(runtime, workers=workers, worker_type="thread")
     log.info(
@@ -104,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     except ManifestError as exc:
         print(exc, file=sys.stderr)
         return 2
-    except (UnknownJob, InvalidArgument) as exc:
+    except (UnknownJob, InvalidArgument, SettingsError) as exc:
         print(exc, file=sys.stderr)
         return 2
     except B3JobsError as exc:

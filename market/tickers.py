@@ -7,9 +7,9 @@ from typing import Literal, NamedTuple
 
 from market.errors import InvalidTicker
 
-# The platform's contract (DESIGN.md, handler payloads). It leaves out the few listed tickers whose
-# root has a digit, B3SA3 (B3 itself) the best known; widening it means widening the payloads too.
-TICKER_PATTERN = r"^[A-Z]{4}\d{1,2}$"
+# The platform's contract (handler payloads, API, store). A four-character root starting with a
+# letter, then the one- or two-digit class: the root may hold a digit, as B3's own B3SA3 does.
+TICKER_PATTERN = r"^[A-Z][A-Z0-9]{3}\d{1,2}$"
 _TICKER_RE = re.compile(TICKER_PATTERN)
 
 AssetType = Literal["stock", "unit", "etf", "fii", "bdr"]
@@ -36,6 +36,7 @@ DEFAULT_TICKERS: tuple[TickerInfo, ...] = (
     TickerInfo("SUZB3", "Suzano ON", "stock"),
     TickerInfo("PRIO3", "PetroRio ON", "stock"),
     TickerInfo("ELET3", "Eletrobras ON", "stock"),
+    TickerInfo("B3SA3", "B3 ON", "stock"),
     TickerInfo("TAEE11", "Taesa Unit", "unit"),
     TickerInfo("BOVA11", "iShares Ibovespa ETF", "etf"),
     TickerInfo("HGLG11", "CSHG Logística FII", "fii"),

@@ -37,7 +37,9 @@ def project(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
     """A fresh project: the real manifest's defaults, plus one job added the documented way."""
     (tmp_path / "handlers").mkdir()
     (tmp_path / "handlers" / "__init__.py").write_text("")
-    (tmp_path / "schedules.toml").write_text((ROOT / "schedules.toml").read_text())
+    # The real manifest's [defaults] only: the B3 jobs' handlers live in the real project, not this one.
+    defaults = (ROOT / "schedules.toml").read_text().split("\n[jobs.", 1)[0]
+    (tmp_path / "schedules.toml").write_text(defaults)
     env = {
         "PATH": os.environ["PATH"],
         "B3JOBS_MANIFEST": str(tmp_path / "schedules.toml"),
@@ -145,12 +147,31 @@ def test_local_runner_starts_on_defaults_and_stops_on_ctrl_c(tmp_path: Path) -> 
         except OSError:
             return False
 
+    def call(path: str, method: str = "GET", body: object = None) -> dict[str, object]:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request("http://127.0.0.1:%d%s" % (port, path), data=data, method=method,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            return json.load(resp)
+
     wait_for(healthy, timeout=15, interval=0.2, what="the local runner's /healthz")
-    with urllib.request.urlopen("http://127.0.0.1:%d/api/v1/queues" % port, timeout=2) as resp:
-        assert json.load(resp) == {"queues": []}
+    # The B3 jobs are there, and the first start seeded the usual tickers with sample history
+    queues = call("/api/v1/queues")["queues"]
+    assert [q["name"] for q in queues] == ["batch-update", "daily-update", "process-pending-analysis", "update-asset-prices"]
+    assets = call("/api/v1/assets")["assets"]
+    assert len(assets) >= 15 and all(a["latest"]["source"] == "sample" for a in assets)
+    # Offline, a price update and an analysis complete
+    job_id = call("/api/v1/assets/update/PETR4", "POST")["jobId"]
+    wait_for(lambda: call("/api/v1/jobs/%s" % job_id)["state"] == "completed", timeout=15, interval=0.2,
+             what="the PETR4 update")
+    analysis_id = call("/api/v1/analysis", "POST", {"ticker": "PETR4"})["id"]
+    analysis = wait_for(lambda: (a := call("/api/v1/analysis/%s" % analysis_id))["status"] == "completed" and a,
+                        timeout=15, interval=0.2, what="the PETR4 analysis")
+    assert analysis["result"]["signal"] in ("buy", "hold", "sell")
     assert runner.poll() is None
     runner.send_signal(signal.SIGINT)
     out, _ = runner.communicate(timeout=20)
     assert runner.returncode == 0, out
     assert "b3-jobs local runner" in out and "Consumer exiting" in out
     assert (tmp_path / "var" / "b3jobs.sqlite3").exists()
+    assert (tmp_path / "var" / "market.sqlite3").exists()

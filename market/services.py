@@ -1,0 +1,209 @@
+"""The domain services handlers reach as `ctx.services`: quotes (paced toward the provider) and the store.
+
+The runtime calls `build_services(settings)` once per process (B3JOBS_SERVICES names it). Nothing
+expensive happens there: the quote client and the store are made on first use, and made again in
+a forked worker process, which must not share its parent's threads, sockets or SQLite handles.
+
+Settings read here:
+  BRAPI_API_KEY, BRAPI_BASE_URL   brapi when either is set, else the offline sample provider
+  BRAPI_RATE_LIMIT                requests toward brapi as LIMIT/SECONDS, default "5/1" (5 per second);
+                                  "off" to not pace (a plan with no limit). Not applied to the sample.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from market.models import Quote
+from market.providers import make_provider
+from market.providers.blocking import BlockingQuotes
+from market.seed import SeedReport, seed_defaults
+from market.store import DAY_S, MarketStore
+
+RATE_LIMIT_ENV = "BRAPI_RATE_LIMIT"
+DEFAULT_RATE_LIMIT = "5/1"
+STORE_FILE = "market.sqlite3"
+
+
+class RateLimit(NamedTuple):
+    """At most `limit` provider requests in any `per_s` seconds."""
+
+    limit: int
+    per_s: float
+
+    def __str__(self) -> str:
+        return "%d/%g" % (self.limit, self.per_s)
+
+
+def parse_rate_limit(text: str) -> RateLimit | None:
+    """`"5/1"` → RateLimit(5, 1.0); `"off"` → None. ValueError saying what was expected otherwise."""
+    value = text.strip().lower()
+    if value in ("off", "none", "0"):
+        return None
+    expected = "expected LIMIT/SECONDS such as 5/1 (5 requests per second) or 100/60, or off; got %r" % text
+    limit_text, slash, per_text = value.partition("/")
+    try:
+        limit, per_s = int(limit_text), float(per_text.removesuffix("s"))
+    except ValueError:
+        raise ValueError(expected) from None
+    if not slash or limit < 1 or not 0 < per_s < float("inf"):
+        raise ValueError(expected)
+    return RateLimit(limit, per_s)
+
+
+class RequestPacer:
+    """Holds requests back so the provider never sees more than `limit` of them in any `per_s` seconds.
+
+    A request takes a slot until `per_s` seconds after it *finished*: the provider counts a request
+    somewhere between our send and its answer, so spacing sends only would let network jitter squeeze
+    `limit + 1` requests into one of its windows. Shared by every thread of the process.
+    """
+
+    def __init__(self, rate: RateLimit, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._active = 0
+        self._finished: list[float] = []  # when recent requests finished, oldest first
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        """Wait for a free slot, hold it for one request."""
+        with self._cond:
+            while True:
+                now = self._clock()
+                self._finished = [t for t in self._finished if now - t < self.rate.per_s]
+                if self._active + len(self._finished) < self.rate.limit:
+                    break
+                wait = self._finished[0] + self.rate.per_s - now if self._finished else None
+                self._cond.wait(wait)
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._active -= 1
+                self._finished.append(self._clock())
+                self._cond.notify_all()
+
+
+class PacedQuotes:
+    """`get(ticker)`, one provider request each, through a RequestPacer."""
+
+    def __init__(self, quotes: BlockingQuotes, pacer: RequestPacer) -> None:
+        self._quotes = quotes
+        self.pacer = pacer
+        self.name = quotes.name
+
+    def get(self, ticker: str) -> Quote:
+        """The ticker's quote; raises its MarketError (see QuoteProvider.quote)."""
+        with self.pacer.slot():
+            return self._quotes.get(ticker)
+
+    def close(self) -> None:
+        self._quotes.close()
+
+
+class Services:
+    """What handlers get as `ctx.services`: `.quotes` (blocking, paced) and `.store`, both made on first use."""
+
+    def __init__(
+        self,
+        data_dir: Path | str,
+        *,
+        brapi_api_key: str | None = None,
+        brapi_base_url: str | None = None,
+        rate_limit: RateLimit | None = parse_rate_limit(DEFAULT_RATE_LIMIT),
+        provider_timeout_s: float = 10.0,
+        store_path: Path | str | None = None,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.store_path = Path(store_path) if store_path is not None else self.data_dir / STORE_FILE
+        self.brapi_api_key = brapi_api_key
+        self.brapi_base_url = brapi_base_url
+        # Only a remote provider has a limit to respect; the offline sample answers as fast as asked.
+        self.rate_limit = rate_limit if (brapi_api_key or brapi_base_url) else None
+        self.provider_timeout_s = provider_timeout_s
+        self._reset()
+
+    def _reset(self) -> None:
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._quotes: PacedQuotes | BlockingQuotes | None = None
+        self._store: MarketStore | None = None
+        self._pacer = RequestPacer(self.rate_limit) if self.rate_limit else None
+
+    def _check_fork(self) -> None:
+        # A forked child inherits the parent's objects but not its threads: start over.
+        if self._pid != os.getpid():
+            self._reset()
+
+    @property
+    def quotes(self) -> PacedQuotes | BlockingQuotes:
+        self._check_fork()
+        with self._lock:
+            if self._quotes is None:
+                blocking = BlockingQuotes(
+                    lambda: make_provider(self.brapi_api_key, self.brapi_base_url, timeout_s=self.provider_timeout_s),
+                    timeout_s=self.provider_timeout_s * 3,
+                )
+                self._quotes = PacedQuotes(blocking, self._pacer) if self._pacer else blocking
+            return self._quotes
+
+    @property
+    def store(self) -> MarketStore:
+        self._check_fork()
+        with self._lock:
+            if self._store is None:
+                self._store = MarketStore(self.store_path)
+            return self._store
+
+    def seed(self, history_days: int = 120) -> SeedReport:
+        """Track the usual B3 tickers, with daily sample closes up to yesterday for those that have no history.
+
+        Up to yesterday, so the first real update is the newest quote, not older than the seed.
+        """
+        return seed_defaults(self.store, history_days=history_days, now=time.time() - DAY_S)
+
+    def seed_if_empty(self, history_days: int = 120) -> SeedReport | None:
+        """`seed()` when no asset was ever tracked (a first start); None otherwise."""
+        if self.store.assets(active_only=False):
+            return None
+        return self.seed(history_days)
+
+    def close(self) -> None:
+        """Close what was made; the services make them again if used afterwards."""
+        self._check_fork()
+        with self._lock:
+            quotes, store, self._quotes, self._store = self._quotes, self._store, None, None
+        if quotes is not None:
+            quotes.close()
+        if store is not None:
+            store.close()
+
+    def __repr__(self) -> str:
+        provider = "brapi" if self.brapi_api_key or self.brapi_base_url else "sample"
+        return "Services(%s, store=%s, rate_limit=%s)" % (provider, self.store_path, self.rate_limit or "none")
+
+
+def build_services(settings: Any) -> Services:
+    """The factory the runtime calls once per process with its Settings (B3JOBS_SERVICES default)."""
+    raw = getattr(settings, "brapi_rate_limit", None) or os.environ.get(RATE_LIMIT_ENV) or DEFAULT_RATE_LIMIT
+    try:
+        rate_limit = parse_rate_limit(raw)
+    except ValueError as exc:
+        from runtime.settings import SettingsError  # the runtime's error, so its CLI exits 2 with this line
+
+        raise SettingsError("bad settings: %s: %s" % (RATE_LIMIT_ENV, exc)) from exc
+    return Services(
+        settings.data_dir,
+        brapi_api_key=settings.brapi_api_key,
+        brapi_base_url=settings.brapi_base_url,
+        rate_limit=rate_limit,
+    )

@@ -1,0 +1,257 @@
+"""The B3 jobs end to end through the queue: real manifest, consumer threads, the fake brapi server."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from bus.publisher import KombuPublisher
+from fake_brapi import FakeBrapi
+from runtime.cron_runner import CronRunner
+from runtime.engine import Runtime
+from runtime.events import RecordingSink
+from runtime.manifest import load_manifest
+from runtime.web import build_web, create_app
+
+from conftest import ROOT, running_consumer, wait_state
+from test_events_e2e import subscribe
+
+MANIFEST = ROOT / "schedules.toml"
+SAO_PAULO = ZoneInfo("America/Sao_Paulo")
+RATE = "5/1"
+LINEAR = [10.0 + i for i in range(60)]
+
+
+class TimedSink(RecordingSink):
+    """Records events with the monotonic time they were emitted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.times: list[float] = []
+        self._lock = threading.Lock()
+
+    def emit(self, event: str, job: tuple[str, str] | None, data: dict[str, Any]) -> None:
+        with self._lock:
+            self.times.append(time.monotonic())
+            super().emit(event, job, data)
+
+    def of(self, job_id: str, event: str) -> list[tuple[float, dict[str, Any]]]:
+        return [(t, data) for t, (name, job, data) in zip(self.times, self.events) if name == event and job and job[0] == job_id]
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeBrapi]:
+    with FakeBrapi().in_thread() as server:
+        yield server
+
+
+@pytest.fixture
+def b3_runtime(
+    settings_for: Callable[..., Any], fake: FakeBrapi, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., Runtime]]:
+    """Runtimes on the real manifest whose services come from the real factory, pointed at the fake brapi."""
+    monkeypatch.setenv("BRAPI_RATE_LIMIT", RATE)
+    made: list[Runtime] = []
+    settings = settings_for("sqlite", manifest=MANIFEST, brapi_api_key="test-token", brapi_base_url=fake.url)
+    manifest = load_manifest(MANIFEST)
+
+    def make(bus: str | None = None) -> Runtime:
+        """With `bus`, events go out on that Kombu URL; else a TimedSink records them."""
+        events = KombuPublisher(bus, namespace=settings.namespace) if bus else TimedSink()
+        runtime = Runtime(settings, manifest, events=events)
+        made.append(runtime)
+        return runtime
+
+    yield make
+    for runtime in reversed(made):
+        runtime.services.close()
+        runtime.store.destroy()
+        runtime.close()
+
+
+async def test_update_of_petr4_is_stored_and_seen_on_ws(
+    b3_runtime: Callable[..., Runtime], fake: FakeBrapi, aiohttp_client: Callable[..., Any]
+) -> None:
+    # Given a web process and a consumer on the memory bus, and PETR4 at 38.12 at the provider
+    fake.prices["PETR4"] = 38.12
+    web_runtime = b3_runtime(bus="memory://")
+    worker_runtime = b3_runtime(bus="memory://")
+    client = await aiohttp_client(build_web(web_runtime.settings, web_runtime, url="memory://"))
+    try:
+        ws = await client.ws_connect("/ws")
+        await subscribe(ws, events=["asset:updated"], where={"ticker": "PETR4"})
+        await asyncio.sleep(0.5)  # the bridge's queue is bound
+        with running_consumer(worker_runtime, workers=2):
+            # When PETR4 is updated through the original route
+            resp = await client.post("/api/v1/assets/update/PETR4")
+            assert resp.status == 202
+            job_id = (await resp.json())["jobId"]
+            # Then asset:updated for PETR4 arrives on /ws from that job
+            event = await next_event(ws, "asset:updated")
+            record = await asyncio.get_running_loop().run_in_executor(None, wait_state, worker_runtime, job_id)
+        assert event["job"] == {"id": job_id, "name": "update-asset-prices"}
+        assert (event["data"]["ticker"], event["data"]["price"]) == ("PETR4", 38.12)
+        assert {"change", "time"} <= set(event["data"])
+        # And the quote is stored, the job completed with it, and the API shows it
+        assert record.state == "completed" and record.result["price"] == 38.12
+        latest = worker_runtime.services.store.latest_quote("PETR4")
+        assert latest is not None and latest.price == 38.12
+        shown = await (await client.get("/api/v1/assets/PETR4")).json()
+        assert shown["latest"]["price"] == 38.12
+        await ws.close()
+    finally:
+        web_runtime.events.close()  # type: ignore[attr-defined]
+        worker_runtime.events.close()  # type: ignore[attr-defined]
+
+
+async def next_event(ws: Any, name: str, timeout: float = 10.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        msg = await ws.receive_json(timeout=max(0.05, deadline - time.monotonic()))
+        for event in msg if isinstance(msg, list) else [msg]:
+            if event.get("event") == name:
+                return event
+    raise AssertionError("no %s within %ss" % (name, timeout))
+
+
+def test_a_429_is_retried_after_the_servers_retry_after(b3_runtime: Callable[..., Runtime], fake: FakeBrapi) -> None:
+    # Given the provider answers the first request with 429 and Retry-After: 1
+    runtime = b3_runtime()
+    fake.rate_limit(retry_after="1", count=1)
+    record, _ = runtime.enqueue("update-asset-prices", {"ticker": "VALE3"})
+    # When the job runs
+    with running_consumer(runtime):
+        done = wait_state(runtime, record.id)
+    # Then it completed on its second attempt, started at least Retry-After after the first
+    assert (done.state, done.attempts) == ("completed", 2)
+    sink: TimedSink = runtime.events  # type: ignore[assignment]
+    (first, _), (second, _) = sink.of(record.id, "job:active")
+    assert second - first >= 1.0
+    [(_, retrying)] = sink.of(record.id, "job:retrying")
+    assert retrying["delay_s"] == 1.0 and "rate limited" in retrying["error"]
+    assert [r.status for r in fake.requests] == [429, 200]
+
+
+def test_an_unknown_ticker_fails_once_with_a_clear_reason(b3_runtime: Callable[..., Runtime], fake: FakeBrapi) -> None:
+    runtime = b3_runtime()
+    record, _ = runtime.enqueue("update-asset-prices", {"ticker": "XXXX3"})
+    with running_consumer(runtime):
+        done = wait_state(runtime, record.id)
+    assert (done.state, done.attempts) == ("failed", 1)
+    assert done.error == "UnrecoverableError: brapi does not know ticker XXXX3: HTTP 404: Não encontramos a ação XXXX3"
+    assert fake.request_count == 1
+    assert runtime.services.store.asset("XXXX3") is None
+
+
+def test_a_batch_of_20_with_2_unknown_completes_within_the_rate_limit(
+    b3_runtime: Callable[..., Runtime], fake: FakeBrapi
+) -> None:
+    # Given 18 tickers the provider knows and 2 it does not
+    runtime = b3_runtime()
+    known = ["PETR4", "VALE3", "ITUB4", "BBDC4", "BBAS3", "ABEV3", "WEGE3", "GGBR4", "RENT3", "SUZB3",
+             "PRIO3", "ELET3", "B3SA3", "TAEE11", "BOVA11", "HGLG11", "MGLU3", "LREN3"]
+    fake.unknown.update({"FAKE3", "NOPE11"})
+    tickers = known[:9] + ["FAKE3"] + known[9:] + ["NOPE11"]
+    record, _ = runtime.enqueue("batch-update", {"tickers": tickers})
+    # When the batch runs
+    with running_consumer(runtime):
+        done = wait_state(runtime, record.id, timeout=30)
+    # Then it completed with 18 updated and 2 failed, each with its reason
+    assert done.state == "completed", done.error
+    assert done.result["updated"] == known
+    assert sorted(done.result["failed"]) == ["FAKE3", "NOPE11"]
+    assert "brapi does not know ticker FAKE3" in done.result["failed"]["FAKE3"]
+    # And never more than 5 requests in any second reached the provider
+    assert fake.request_count == 20
+    assert fake.peak_per_second() <= 5
+    sink: TimedSink = runtime.events  # type: ignore[assignment]
+    progress = [data["progress"] for _, data in sink.of(record.id, "job:progress")]
+    assert len(progress) == 20 and progress[-1] == 100 and progress == sorted(progress)
+    assert all(runtime.services.store.latest_quote(t) is not None for t in known)
+
+
+def test_daily_update_fires_at_2am_in_sao_paulo_and_updates_every_active_asset(
+    b3_runtime: Callable[..., Runtime], fake: FakeBrapi
+) -> None:
+    # Given four active assets and one no longer tracked
+    runtime = b3_runtime()
+    store = runtime.services.store
+    active = ["BOVA11", "PETR4", "VALE3", "WEGE3"]
+    for ticker in active + ["MGLU3"]:
+        store.track(ticker)
+    store.untrack("MGLU3")
+    two_am = dt.datetime(2026, 3, 10, 2, 0, tzinfo=SAO_PAULO).timestamp()
+    assert dt.datetime.fromtimestamp(two_am, dt.timezone.utc).hour == 5  # UTC-3
+    cron = CronRunner(runtime, now=two_am - 180)
+
+    def daily_jobs() -> list[str]:
+        return [r.id for r in runtime.list(name="daily-update")]
+
+    # When the clock reaches 01:59 there, nothing nightly is queued
+    cron.tick(two_am - 60)
+    assert daily_jobs() == []
+    # And at 02:00 there, the daily update is queued once, by its cron entry
+    cron.tick(two_am)
+    cron.tick(two_am + 30)
+    assert daily_jobs() == ["daily-update.cron.%d" % two_am]
+    with running_consumer(runtime):
+        done = wait_state(runtime, "daily-update.cron.%d" % two_am, timeout=20)
+    # Then every active asset was updated, and only those
+    assert done.state == "completed", done.error
+    assert done.result == {"updated": active, "failed": {}}
+    assert sorted(t for r in fake.requests for t in r.tickers) == active
+    assert all((q := store.latest_quote(t)) is not None and q.source == "brapi" for t in active)
+    assert store.latest_quote("MGLU3") is None
+
+
+def test_daily_update_does_not_fire_at_2am_utc(b3_runtime: Callable[..., Runtime]) -> None:
+    runtime = b3_runtime()
+    two_am_utc = dt.datetime(2026, 3, 10, 2, 0, tzinfo=dt.timezone.utc).timestamp()
+    cron = CronRunner(runtime, now=two_am_utc)
+    cron.tick(two_am_utc)
+    assert runtime.list(name="daily-update") == []
+    assert [r.name for r in runtime.list()] == ["process-pending-analysis"]  # every minute, in UTC
+
+
+async def test_analyses_requested_over_http_complete_or_fail_with_a_reason(
+    b3_runtime: Callable[..., Runtime], aiohttp_client: Callable[..., Any]
+) -> None:
+    # Given 60 closes of PETR4 and only 10 of VALE3
+    runtime = b3_runtime()
+    store = runtime.services.store
+    store.seed_history("PETR4", LINEAR, 1_767_225_600.0)
+    store.seed_history("VALE3", LINEAR[:10], 1_767_225_600.0)
+    client = await aiohttp_client(create_app(runtime))
+    with running_consumer(runtime):
+        # When both are requested through the API
+        ids = {}
+        for ticker in ("PETR4", "VALE3"):
+            resp = await client.post("/api/v1/analysis", json={"ticker": ticker})
+            assert resp.status == 202
+            ids[ticker] = (await resp.json())["id"]
+        # Then each reaches its end, visible in the API
+        shown = {}
+        for ticker, request_id in ids.items():
+            for _ in range(200):
+                shown[ticker] = await (await client.get("/api/v1/analysis/%s" % request_id)).json()
+                if shown[ticker]["status"] in ("completed", "failed"):
+                    break
+                await asyncio.sleep(0.05)
+    petr4, vale3 = shown["PETR4"], shown["VALE3"]
+    assert petr4["status"] == "completed"
+    assert petr4["result"]["sma20"] == pytest.approx(59.5, abs=1e-9)
+    assert petr4["result"]["macd"]["line"] == pytest.approx(7.0, abs=1e-9)
+    assert (vale3["status"], vale3["result"]) == ("failed", None)
+    assert vale3["error"] == "the analysis of VALE3 needs at least 50 closing prices, found 10"
+    # And each announced itself: started, progress, then completed or failed
+    names = {ticker: [name for name, _, data in runtime.events.events  # type: ignore[attr-defined]
+                      if name.startswith("analysis:") and data["id"] == ids[ticker]] for ticker in ids}
+    assert names == {"PETR4": ["analysis:started", "analysis:progress", "analysis:completed"],
+                     "VALE3": ["analysis:started", "analysis:progress", "analysis:failed"]}

@@ -1,0 +1,164 @@
+"""The B3 routes (runtime/api_market.py): each one's success and errors, on SQLite and on Redis."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pytest
+from openapi_spec_validator import validate
+
+from market.analysis import analyze
+from runtime.engine import Runtime
+from runtime.web import create_app
+
+from conftest import ROOT
+
+MANIFEST = ROOT / "schedules.toml"
+LINEAR = [10.0 + i for i in range(60)]
+
+
+@pytest.fixture
+def b3(make_runtime: Callable[..., Runtime]) -> Runtime:
+    """A runtime on the real manifest; its services are the real factory's (sample provider, store in the tmp dir)."""
+    return make_runtime(manifest=MANIFEST)
+
+
+@pytest.fixture
+async def api(b3: Runtime, aiohttp_client: Callable[..., Any]) -> Any:
+    yield await aiohttp_client(create_app(b3))
+    b3.services.close()
+
+
+async def test_update_queues_the_job_and_answers_like_the_original(api: Any, b3: Runtime) -> None:
+    resp = await api.post("/api/v1/assets/update/petr4")
+    assert resp.status == 202
+    body = await resp.json()
+    assert body == {"jobId": body["jobId"], "status": "queued", "ticker": "PETR4"}
+    record = b3.get(body["jobId"])
+    assert (record.name, record.state, record.payload) == ("update-asset-prices", "waiting", {"ticker": "PETR4"})
+
+
+async def test_update_refuses_a_ticker_not_in_b3_form(api: Any, b3: Runtime) -> None:
+    resp = await api.post("/api/v1/assets/update/PETROBRAS")
+    assert resp.status == 422
+    error = (await resp.json())["error"]
+    assert error["code"] == "invalid_payload" and error["details"][0]["loc"] == "ticker"
+    assert "not a B3 ticker" in error["message"]
+    assert sum(b3.counts()["update-asset-prices"].values()) == 0
+
+
+async def test_update_without_the_job_in_the_manifest_is_404(runtime: Runtime, aiohttp_client: Callable[..., Any]) -> None:
+    api = await aiohttp_client(create_app(runtime))  # the test manifest: no B3 jobs
+    resp = await api.post("/api/v1/assets/update/PETR4")
+    assert resp.status == 404 and "unknown job 'update-asset-prices'" in (await resp.json())["error"]["message"]
+    runtime.services.close()
+
+
+async def test_batch_update_queues_the_tickers_once_each(api: Any, b3: Runtime) -> None:
+    resp = await api.post("/api/v1/assets/batch-update", json={"tickers": ["PETR4", "vale3", "PETR4", "B3SA3"]})
+    assert resp.status == 202
+    body = await resp.json()
+    assert body == {"jobId": body["jobId"], "status": "queued", "tickers": ["PETR4", "VALE3", "B3SA3"], "count": 3}
+    assert b3.get(body["jobId"]).payload == {"tickers": ["PETR4", "VALE3", "B3SA3"]}
+
+
+@pytest.mark.parametrize("body, loc", [
+    ({"tickers": ["PETR4", "nope!"]}, "tickers.1"),
+    ({"tickers": []}, "tickers"),
+    ({}, "tickers"),
+    ({"tickers": ["PETR4"], "priority": 1}, "priority"),
+])
+async def test_batch_update_refuses_bad_bodies(api: Any, b3: Runtime, body: dict[str, Any], loc: str) -> None:
+    resp = await api.post("/api/v1/assets/batch-update", json=body)
+    assert resp.status == 422
+    assert [d["loc"] for d in (await resp.json())["error"]["details"]] == [loc]
+    assert sum(b3.counts()["batch-update"].values()) == 0
+
+
+async def test_analysis_request_is_stored_pending_and_its_job_queued(api: Any, b3: Runtime) -> None:
+    resp = await api.post("/api/v1/analysis", json={"ticker": "vale3"})
+    assert resp.status == 202
+    body = await resp.json()
+    assert (body["status"], body["ticker"]) == ("pending", "VALE3")
+    assert b3.get(body["jobId"]).name == "process-pending-analysis"
+    got = await api.get("/api/v1/analysis/%s" % body["id"])
+    assert got.status == 200
+    shown = await got.json()
+    assert (shown["id"], shown["status"], shown["result"]) == (body["id"], "pending", None)
+
+
+async def test_analysis_request_errors(api: Any) -> None:
+    bad = await api.post("/api/v1/analysis", json={"ticker": "VALE"})
+    assert bad.status == 422 and (await bad.json())["error"]["details"][0]["loc"] == "ticker"
+    assert (await api.post("/api/v1/analysis", json={})).status == 422
+    assert (await api.post("/api/v1/analysis", data=b"{x", headers={"Content-Type": "application/json"})).status == 400
+    missing = await api.get("/api/v1/analysis/no-such-id")
+    assert missing.status == 404
+    assert (await missing.json())["error"] == {"code": "not_found", "message": "no analysis request with id 'no-such-id'",
+                                               "details": None}
+
+
+async def test_a_completed_analysis_shows_its_result(api: Any, b3: Runtime) -> None:
+    store = b3.services.store
+    store.seed_history("PETR4", LINEAR, 1_767_225_600.0)
+    request = store.request_analysis("PETR4")
+    store.finish_analysis(request.id, analyze("PETR4", LINEAR))
+    body = await (await api.get("/api/v1/analysis/%s" % request.id)).json()
+    assert body["status"] == "completed" and body["result"]["sma20"] == pytest.approx(59.5)
+
+
+async def test_assets_list_with_latest_quotes(api: Any, b3: Runtime) -> None:
+    assert await (await api.get("/api/v1/assets")).json() == {"assets": []}
+    store = b3.services.store
+    store.seed_history("VALE3", [60.0, 61.5], 1_767_225_600.0)
+    store.track("PETR4")
+    store.track("MGLU3")
+    store.untrack("MGLU3")
+    body = await (await api.get("/api/v1/assets")).json()
+    assert [(a["asset"]["ticker"], a["latest"] and a["latest"]["price"]) for a in body["assets"]] == [
+        ("PETR4", None), ("VALE3", 61.5)]
+    everything = await (await api.get("/api/v1/assets", params={"all": "true"})).json()
+    assert [a["asset"]["ticker"] for a in everything["assets"]] == ["MGLU3", "PETR4", "VALE3"]
+    assert (await api.get("/api/v1/assets", params={"all": "maybe"})).status == 422
+    assert (await api.get("/api/v1/assets", params={"active": "1"})).status == 422
+
+
+async def test_one_asset_with_its_latest_quote_and_history(api: Any, b3: Runtime) -> None:
+    b3.services.store.seed_history("VALE3", [60.0, 61.5, 59.0], 1_767_225_600.0)
+    resp = await api.get("/api/v1/assets/vale3", params={"limit": "2"})
+    assert resp.status == 200
+    body = await resp.json()
+    assert body["asset"]["ticker"] == "VALE3" and body["latest"]["price"] == 59.0
+    assert [q["price"] for q in body["history"]] == [59.0, 61.5]
+
+
+async def test_one_asset_errors(api: Any) -> None:
+    missing = await api.get("/api/v1/assets/PETR4")
+    assert missing.status == 404
+    assert "ticker PETR4 is not tracked" in (await missing.json())["error"]["message"]
+    assert (await api.get("/api/v1/assets/PETR")).status == 422
+    assert (await api.get("/api/v1/assets/PETR4", params={"limit": "0"})).status == 422
+
+
+async def test_the_b3_routes_are_in_the_openapi_document(api: Any) -> None:
+    doc = await (await api.get("/api/openapi.json")).json()
+    validate(doc)
+    assert {path: sorted(ops) for path, ops in doc["paths"].items() if "/assets" in path or "/analysis" in path} == {
+        "/api/v1/assets/update/{ticker}": ["post"],
+        "/api/v1/assets/batch-update": ["post"],
+        "/api/v1/assets": ["get"],
+        "/api/v1/assets/{ticker}": ["get"],
+        "/api/v1/analysis": ["post"],
+        "/api/v1/analysis/{id}": ["get"],
+    }
+    queued = doc["components"]["schemas"]["Queued"]
+    assert set(queued["properties"]) == {"jobId", "status", "ticker"}
+
+
+async def test_with_a_token_the_b3_routes_need_it(b3: Runtime, aiohttp_client: Callable[..., Any]) -> None:
+    api = await aiohttp_client(create_app(b3, token="s3cret"))
+    assert (await api.post("/api/v1/assets/update/PETR4")).status == 401
+    assert (await api.get("/api/v1/assets")).status == 401
+    ok = await api.get("/api/v1/assets", headers={"Authorization": "Bearer s3cret"})
+    assert ok.status == 200
+    b3.services.close()
