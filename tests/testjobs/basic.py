@@ -108,3 +108,14 @@ def logged_sleep(payload: Logged, ctx: JobContext) -> int:
         log.write("%s %d\n" % (ctx.job_id, os.getpid()))
     time.sleep(payload.seconds)
     return ctx.attempt
+
+
+class Switch(BaseModel):
+    path: str
+
+
+def fails_while_file(payload: Switch, ctx: JobContext) -> str:
+    """Fails while the file at `path` exists; deleting it stands for deploying the fix (dashboard retry tests)."""
+    if os.path.exists(payload.path):
+        raise RuntimeError("switched off: %s exists" % payload.path)
+    return "fixed"
