@@ -81,7 +81,7 @@ end
 -- if more of its name wait (a concurrency slot just freed).
 local function finished(id, name, state, detail, now)
   local key = jkey(id)
-  local f = redis.call('HMGET', key, 'dedupe_key', 'parent_id')
+  local f = redis.call('HMGET', key, 'dedupe_key', 'parent_id', 'capped')
   if f[1] and f[1] ~= '' and redis.call('GET', ns .. ':dedupe:' .. f[1]) == id then
     redis.call('DEL', ns .. ':dedupe:' .. f[1])
   end
@@ -99,7 +99,9 @@ local function finished(id, name, state, detail, now)
     end
   end
   redis.call('DEL', ns .. ':outcomes:' .. id)
-  if redis.call('ZCARD', ns .. ':queue:' .. name) > 0 then wake() end
+  -- Only a concurrency slot freeing up makes a waiting job startable; a rate-limited name is
+  -- woken by the time its window opens (dequeue's hint), not by every finish.
+  if f[3] == '1' and redis.call('ZCARD', ns .. ':queue:' .. name) > 0 then wake() end
 end
 """
 
@@ -128,7 +130,13 @@ return 1
 # Returns {id, name, msg, attempt, spawned} or {seconds until a rate-limited name frees up (0: none)}.
 DEQUEUE = _LIB + """
 local cfg = cjson.decode(ARGV[5])
-local now = tonumber(ARGV[3])
+-- One clock for every consumer: Redis's. Start times then order as jobs really started, which
+-- the rate-limit window depends on. (ARGV[3], the caller's clock, is only a fallback.)
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local lease_s = tonumber(ARGV[4]) - tonumber(ARGV[3])
+local started = string.format('%.6f', now)
+local deadline = string.format('%.6f', now + lease_s)
 local hint = 0
 local function window(name, kv, per)
   local rl = ns .. ':rl:' .. name .. ':' .. kv
@@ -194,13 +202,13 @@ for _ = 1, 200 do
       end
     end
     if room then
-      move(id, best, 'waiting', 'active', ARGV[3])
+      move(id, best, 'waiting', 'active', started)
       local attempt = redis.call('HINCRBY', key, 'attempts', 1)
-      redis.call('HSET', key, 'state', 'active', 'started_at', ARGV[3], 'worker', ARGV[2], 'lease_until', ARGV[4])
+      redis.call('HSET', key, 'state', 'active', 'started_at', started, 'worker', ARGV[2], 'lease_until', deadline)
       redis.call('HDEL', key, 'delay_reason')
-      redis.call('ZADD', ns .. ':leases', ARGV[4], id)
+      redis.call('ZADD', ns .. ':leases', deadline, id)
       if rl then
-        redis.call('ZADD', rl, ARGV[3], id)
+        redis.call('ZADD', rl, started, id)
         redis.call('ZREM', ns .. ':rlcal:' .. best .. ':' .. (c.k and (s[3] or '') or ''), id)
       end
       count(best, 'started')
@@ -430,7 +438,7 @@ redis.call('SREM', ns .. ':names', name)
 return removed
 """
 
-_INTERNAL = {"msg", "qscore", "lease_until", "dedupe_key", "rate_key", "spawned", "pending"}
+_INTERNAL = {"msg", "qscore", "lease_until", "dedupe_key", "rate_key", "spawned", "pending", "capped"}
 _JSON_FIELDS = ("payload", "progress", "result", "children")
 _FLOAT_FIELDS = ("created_at", "started_at", "finished_at", "run_at")
 _INT_FIELDS = ("attempts", "max_attempts", "priority", "stalls", "max_stalls")
@@ -472,7 +480,8 @@ class RedisJobStore(JobStore):
         return "%s:idx:%s:%s" % (self.ns, name, state)
 
     def _fields(self, record: JobRecord) -> list[Any]:
-        fields: list[Any] = []
+        limits = self.limits.get(record.name)
+        fields: list[Any] = ["capped", 1] if limits is not None and limits.concurrency else []
         for field, value in record.to_dict().items():
             if field == "id" or value is None:
                 continue

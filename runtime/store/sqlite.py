@@ -172,8 +172,11 @@ class SqliteJobStore(JobStore):
                     hint = free_in if hint == 0 else min(hint, free_in)
         return blocked, hint
 
-    def _take(self, owner: str, now: float, lease_s: float) -> tuple[Dequeued | None, float]:
+    def _take(self, owner: str, lease_s: float) -> tuple[Dequeued | None, float]:
         with self._tx() as curs:
+            # The clock is read holding the write lock, so start times are in the order jobs
+            # really started: the rate-limit window depends on it.
+            now = time.time()
             blocked, hint = self._blocked(curs, now)
             exclude = " and name not in (%s)" % ", ".join("?" * len(blocked)) if blocked else ""
             for _ in range(200):
@@ -204,12 +207,12 @@ class SqliteJobStore(JobStore):
         return None, hint
 
     def dequeue(self, owner: str, now: float, lease_s: float, wait_s: float) -> Dequeued | None:
-        got, hint = self._take(owner, now, lease_s)
+        got, hint = self._take(owner, lease_s)
         if got is None and wait_s > 0:
             wait = min(wait_s, 0.2, hint) if hint > 0 else min(wait_s, 0.2)  # other processes are seen by polling
             with self._wake:
                 self._wake.wait(wait)
-            got, _ = self._take(owner, time.time(), lease_s)
+            got, _ = self._take(owner, lease_s)
         return got
 
     def renew(self, owner: str, job_ids: list[str], now: float, lease_s: float) -> int:
