@@ -1,30 +1,21 @@
-"""batch-update: update many tickers, paced toward the provider, and complete with a summary.
+"""batch-update: one update-asset-prices child per ticker, and a summary once every child is done.
 
-Until the runtime has flows (children with a parent waiting for them), the per-ticker updates run
-inside this job, one provider request each through `ctx.services.quotes` (which holds requests to
-BRAPI_RATE_LIMIT). One bad ticker never fails the batch: it lands in `failed` with its reason.
-Only when nothing could be updated and every failure was the provider's (down, timing out,
-rate-limiting) does the batch raise, so the job's retries run it again later; a refused key fails
-it at once, since every other ticker would be refused too.
+A flow: the first run spawns the children and returns; the job then waits (`waiting-children`)
+without holding a worker, the children run on any consumer under update-asset-prices' own rate
+limit toward the provider, and this handler runs again with `ctx.children` to sum up. One bad
+ticker never fails the batch (`children_fail = "continue"`): it lands in `failed` with its reason.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from market.errors import MarketError, ProviderAuthError, ProviderUnavailable, RateLimited
 from market.tickers import TICKER_PATTERN
-from runtime import JobContext, UnrecoverableError
-
-from handlers.update_asset_prices import update_ticker
+from runtime import JobContext
 
 Ticker = Annotated[str, Field(pattern=TICKER_PATTERN)]
-ATTEMPTS_PER_TICKER = 3  # a rate-limited or timed-out ticker is asked again this many times in all
-RETRY_WAIT_S = 1.0  # after a timeout or an outage, wait this times the attempt number (429: its Retry-After)
-WAIT_CAP_S = 30.0  # never sleep longer than this for one ticker's retry
 
 
 class Payload(BaseModel):
@@ -33,53 +24,18 @@ class Payload(BaseModel):
     tickers: list[Ticker] = Field(min_length=1, max_length=500, description="B3 tickers, e.g. PETR4")
 
 
-def run_batch(tickers: list[str], ctx: JobContext) -> dict[str, Any]:
-    """Update each ticker (duplicates once), with progress after each; `{"updated": [...], "failed": {t: reason}}`."""
-    tickers = list(dict.fromkeys(tickers))
+def handle(payload: Payload, ctx: JobContext) -> dict[str, Any] | None:
+    tickers = list(dict.fromkeys(payload.tickers))
+    if ctx.children is None:
+        ctx.spawn("update-asset-prices", [{"ticker": t} for t in tickers])
+        return None
     updated: list[str] = []
-    errors: dict[str, MarketError] = {}
-    for done, ticker in enumerate(tickers, 1):
-        try:
-            error = _update_with_retries(ticker, ctx)
-        except ProviderAuthError as exc:
-            raise UnrecoverableError(exc.message) from exc
-        if error is None:
+    failed: dict[str, str] = {}
+    for child in ctx.children:
+        ticker = tickers[int(child.id.rsplit(".", 1)[1])]
+        if child.state == "completed":
             updated.append(ticker)
         else:
-            errors[ticker] = error
-            ctx.log.warning("%s not updated: %s", ticker, error.message)
-        ctx.progress(round(100 * done / len(tickers)))
-    if errors and not updated and all(e.retryable for e in errors.values()):
-        first = next(iter(errors.values()))
-        source = getattr(first, "source", "the quote provider")
-        raise ProviderUnavailable(source, tickers, "no ticker could be updated; first error: %s" % first.message)
-    ctx.log.info("%d updated, %d failed", len(updated), len(errors))
-    return {"updated": updated, "failed": {ticker: error.message for ticker, error in errors.items()}}
-
-
-def _update_with_retries(ticker: str, ctx: JobContext) -> MarketError | None:
-    """None when the ticker was updated, else its last error. Provider hiccups are tried again."""
-    for attempt in range(1, ATTEMPTS_PER_TICKER + 1):
-        try:
-            update_ticker(ticker, ctx)
-            return None
-        except ProviderAuthError:
-            raise
-        except MarketError as exc:
-            if not exc.retryable or attempt == ATTEMPTS_PER_TICKER:
-                return exc
-            wait = exc.retry_after if isinstance(exc, RateLimited) and exc.retry_after is not None else RETRY_WAIT_S * attempt
-            _sleep(min(wait, WAIT_CAP_S), ctx)
-    raise AssertionError("unreachable")
-
-
-def _sleep(seconds: float, ctx: JobContext) -> None:
-    # In short steps, so a timed-out attempt stops here instead of carrying on in the background.
-    deadline = time.monotonic() + seconds
-    while (left := deadline - time.monotonic()) > 0:
-        ctx.check_timeout()
-        time.sleep(min(left, 0.2))
-
-
-def handle(payload: Payload, ctx: JobContext) -> dict[str, Any]:
-    return run_batch(payload.tickers, ctx)
+            failed[ticker] = child.error or "failed"
+    ctx.log.info("%d updated, %d failed", len(updated), len(failed))
+    return {"updated": [t for t in tickers if t in updated], "failed": failed}

@@ -159,6 +159,18 @@ async def retry_all(request: web.Request) -> web.Response:
     return respond(m.RetryAllResult(name=name, retried=await blocking(request.app[RUNTIME].retry_failed, name)))
 
 
+async def drain(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    return respond(m.Drained(name=name, removed=await blocking(request.app[RUNTIME].drain, name)))
+
+
+async def obliterate(request: web.Request) -> web.Response:
+    q = parse_query(request, m.ObliterateQuery)
+    name = request.match_info["name"]
+    removed = await blocking(request.app[RUNTIME].obliterate, name, confirm=q.confirm, force=q.force)
+    return respond(m.Drained(name=name, removed=removed))
+
+
 async def healthz(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     try:
@@ -192,6 +204,10 @@ ROUTES = [
           responses={200: m.Cleaned, 400: E, 404: E, 422: E}),
     Route("POST", "/api/v1/queues/{name}/retry", retry_all, "Retry every failed job of a name",
           responses={200: m.RetryAllResult, 404: E}),
+    Route("POST", "/api/v1/queues/{name}/drain", drain, "Remove every waiting job of a name",
+          responses={200: m.Drained, 404: E}),
+    Route("DELETE", "/api/v1/queues/{name}", obliterate, "Obliterate a name's queue, records and totals",
+          query=m.ObliterateQuery, responses={200: m.Drained, 400: E, 404: E, 409: E, 422: E}),
     Route("GET", "/healthz", healthz, "Liveness and store reachability", responses={200: m.Health, 503: m.Health},
           auth=False),
 ]

@@ -119,3 +119,13 @@ class ErrorDetail(BaseModel):
 
 class Error(BaseModel):
     error: ErrorDetail
+
+
+class Drained(BaseModel):
+    name: str
+    removed: int
+
+
+class ObliterateQuery(Strict):
+    confirm: bool = Field(default=False, description="must be true: this deletes every job and record of the name")
+    force: bool = Field(default=False, description="also while jobs of the name are running")

@@ -149,6 +149,31 @@ def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
     return OK
 
 
+def cmd_control(args: argparse.Namespace, settings: Settings) -> int:
+    """pause / resume / drain / obliterate a job name; promote / remove a job; clean old records."""
+    runtime = _runtime(settings, bus=True)
+    command = args.command
+    if command == "pause":
+        print("%s paused" % args.job if runtime.pause(args.job) else "%s was already paused" % args.job)
+    elif command == "resume":
+        print("%s resumed; %d job(s) waiting" % (args.job, runtime.resume(args.job)))
+    elif command == "drain":
+        print("%d waiting %s job(s) removed" % (runtime.drain(args.job), args.job))
+    elif command == "obliterate":
+        print("%d %s record(s) removed" % (runtime.obliterate(args.job, confirm=args.yes, force=args.force), args.job))
+    elif command == "promote":
+        print("%s now %s" % (args.id, runtime.promote(args.id).state))
+    elif command == "remove":
+        runtime.remove(args.id)
+        print("%s removed" % args.id)
+    elif command == "clean":
+        print("%d %s %s record(s) removed" % (runtime.clean(args.job, args.state, args.age, args.limit), args.state, args.job))
+    events = getattr(runtime.events, "close", None)
+    if events is not None:
+        events()
+    return OK
+
+
 def cmd_schedules(args: argparse.Namespace, settings: Settings) -> int:
     runtime = _runtime(settings)
     now = dt.datetime.now(dt.timezone.utc)
@@ -201,6 +226,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", nargs="?")
     p.add_argument("--failed", metavar="JOB", help="retry every failed job of this name")
     sub.add_parser("schedules", help="cron jobs with their next and last run")
+    for name, text in (("pause", "no consumer starts jobs of this name until resume"), ("resume", "let them start again"),
+                       ("drain", "remove every waiting job of this name")):
+        sub.add_parser(name, help=text).add_argument("job")
+    p = sub.add_parser("obliterate", help="remove a name's queue, records and totals")
+    p.add_argument("job")
+    p.add_argument("--yes", action="store_true", help="confirm: this deletes every job and record of the name")
+    p.add_argument("--force", action="store_true", help="also while jobs of the name are running")
+    sub.add_parser("promote", help="run a delayed job now").add_argument("id")
+    sub.add_parser("remove", help="delete a job that is not running").add_argument("id")
+    p = sub.add_parser("clean", help="delete old records of one state")
+    p.add_argument("job")
+    p.add_argument("--state", default="completed", choices=["completed", "failed", "waiting", "delayed"])
+    p.add_argument("--age", type=float, default=0, help="only records older than this many seconds")
+    p.add_argument("--limit", type=int, default=1000)
     p = sub.add_parser("seed", help="track the usual B3 tickers, with sample price history to analyse")
     p.add_argument("--history-days", type=int, default=120, help="days of sample closes per new ticker (default 120)")
     return parser
@@ -215,6 +254,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "status": cmd_status,
     "retry": cmd_retry,
     "schedules": cmd_schedules,
+    **dict.fromkeys(["pause", "resume", "drain", "obliterate", "promote", "remove", "clean"], cmd_control),
     "seed": cmd_seed,
 }
 

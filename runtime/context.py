@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from runtime.errors import JobTimeout
@@ -18,6 +19,16 @@ class JobLog(logging.LoggerAdapter):  # type: ignore[type-arg]
 
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
         return "%s[%s] %s" % (self.extra["job"], self.extra["job_id"], msg), kwargs  # type: ignore[index]
+
+
+@dataclass(frozen=True)
+class ChildResult:
+    """How one child of a flow ended: `result` when completed, `error` when failed."""
+
+    id: str
+    state: str
+    result: Any = None
+    error: str | None = None
 
 
 class JobContext:
@@ -34,6 +45,8 @@ class JobContext:
         services: Any,
         events: EventSink,
         on_progress: Callable[[Any], None] | None = None,
+        on_spawn: Callable[[str, list[dict[str, Any]], int], list[str]] | None = None,
+        children: list[ChildResult] | None = None,
     ):
         self.job_id = job_id
         self.job = job
@@ -46,6 +59,10 @@ class JobContext:
         self._deadline = None if timeout_s is None else time.monotonic() + timeout_s
         self._timeout_s = timeout_s
         self._abandoned = threading.Event()
+        self._on_spawn = on_spawn
+        self.spawned = 0
+        # None on a job's first run; after its children are all done, how each ended.
+        self.children = children
 
     @property
     def time_remaining(self) -> float | None:
@@ -70,6 +87,19 @@ class JobContext:
         """Publish a domain event (e.g. `asset:updated`); never raises for a bus outage."""
         self.check_timeout()
         self._events.emit(event, (self.job_id, self.job), data)
+
+    def spawn(self, job: str, payloads: list[dict[str, Any]]) -> list[str]:
+        """Create child jobs; when this handler returns, the job waits for them without holding a
+        worker, then its handler runs again with `ctx.children` telling how each ended.
+
+        Child ids derive from this job's id, so a rerun after a crash does not create them twice.
+        """
+        self.check_timeout()
+        if self._on_spawn is None:
+            raise RuntimeError("spawn is only available to jobs run by a consumer")
+        ids = self._on_spawn(job, payloads, self.spawned)
+        self.spawned += len(ids)
+        return ids
 
     def abandon(self) -> None:
         """Called by the runtime when the attempt timed out: the next ctx call raises JobTimeout."""

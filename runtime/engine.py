@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
 import time
 import types
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
@@ -18,7 +21,7 @@ from runtime.hueyapp import build_huey
 from runtime.manifest import MAX_PRIORITY, Manifest, import_object, load_manifest
 from runtime.records import COMPLETED, DELAYED, FAILED, WAITING, JobRecord
 from runtime.settings import Settings
-from runtime.store.base import JobStore
+from runtime.store.base import JobStore, Limits
 from runtime.store.redis import RedisJobStore
 from runtime.store.sqlite import SqliteJobStore
 
@@ -44,6 +47,29 @@ def load_services(settings: Settings) -> Any:
     return factory(settings)
 
 
+@dataclass(frozen=True)
+class NewJob:
+    record: JobRecord
+    message: bytes
+    dedupe_key: str
+    rate_key: str
+
+
+def limits_of(manifest: Manifest) -> dict[str, Limits]:
+    out = {}
+    for name, job in manifest.jobs.items():
+        spec = job.spec
+        rate = spec.rate_limit
+        if spec.concurrency or rate:
+            out[name] = Limits(
+                concurrency=spec.concurrency,
+                rate_limit=rate.limit if rate else None,
+                rate_per_s=rate.per if rate else None,
+                rate_keyed=bool(rate and rate.key),
+            )
+    return out
+
+
 class Runtime:
     """Everything a process needs to enqueue, run and inspect jobs, on the configured backend."""
 
@@ -63,9 +89,10 @@ class Runtime:
             if self.settings.redis_url
             else SqliteJobStore(self.huey.storage)
         )
+        self.store.set_limits(limits_of(self.manifest))
         self.tasks = {name: self.huey.task(name=name)(_dispatched_by_executor) for name in self.manifest.jobs}
         self.services = services if services is not None else load_services(self.settings)
-        self.executor = Executor(self.huey, self.store, self.manifest, self.events, self.services, self.settings.lease_s)
+        self.executor = Executor(self.huey, self.store, self.manifest, self.events, self.services, self.settings.lease_s, self.prepare)
         self.huey.executor = self.executor
 
     # -- enqueue -------------------------------------------------------------------------------
@@ -79,7 +106,42 @@ class Runtime:
         priority: int | None = None,
         job_id: str | None = None,
     ) -> tuple[JobRecord, bool]:
-        """Validate and enqueue a job; returns (record, created). An existing job_id returns that job."""
+        """Validate and enqueue a job; returns (record, created).
+
+        An existing `job_id`, or an equal job (the manifest's `dedupe` fields) that is waiting,
+        delayed or active, is returned instead of enqueueing a second one.
+        """
+        new = self.prepare(name, payload, delay=delay, priority=priority, job_id=job_id)
+        if job_id is not None:
+            existing = self.store.get(job_id)
+            if existing is not None:
+                return existing, False
+        if new.dedupe_key:
+            # Published after the store decided, so a deduplicated enqueue publishes nothing.
+            record, created = self.store.create(new.record, new.message, dedupe_key=new.dedupe_key, rate_key=new.rate_key)
+            if created:
+                self._emit_queued(record)
+            return record, created
+        # Published before the job is visible, so no consumer's job:active can overtake it.
+        self._emit_queued(new.record)
+        self._flush_events()
+        return self.store.create(new.record, new.message, rate_key=new.rate_key)
+
+    def _emit_queued(self, record: JobRecord) -> None:
+        data = {"run_at": record.run_at, "reason": "delay"} if record.run_at else {}
+        self.events.emit("job:delayed" if record.run_at else "job:waiting", (record.id, record.name), data)
+
+    def prepare(
+        self,
+        name: str,
+        payload: Any,
+        *,
+        delay: float | None = None,
+        priority: int | None = None,
+        job_id: str | None = None,
+        parent_id: str | None = None,
+    ) -> "NewJob":
+        """Validate a job and build its record and message (every field problem reported at once)."""
         job = self.manifest.job(name)
         problems = []
         if delay is not None and not (0 <= delay <= 366 * 86400):
@@ -99,7 +161,8 @@ class Runtime:
         priority = priority if priority is not None else job.spec.priority
         now = time.time()
         run_at = now + delay if delay else None
-        task = self.tasks[name].s(model.model_dump(mode="json"))
+        data = model.model_dump(mode="json")
+        task = self.tasks[name].s(data)
         task.id = job_id or uuid.uuid4().hex
         task.revoke_id = "r:%s" % task.id
         task.priority = priority
@@ -109,23 +172,22 @@ class Runtime:
             id=task.id,
             name=name,
             state=DELAYED if run_at else WAITING,
-            payload=task.args[0],
+            payload=data,
             max_attempts=job.max_attempts,
             max_stalls=job.spec.max_stalls,
             priority=priority,
             created_at=now,
             run_at=run_at,
+            delay_reason="delay" if run_at else None,
+            parent_id=parent_id,
         )
-        message = self.huey.serialize_task(task)
-        if job_id is not None:
-            existing = self.store.get(job_id)
-            if existing is not None:
-                return existing, False
-        # Published before the job is visible, so no consumer's job:active can overtake it.
-        data = {"run_at": run_at, "reason": "delay"} if run_at else {}
-        self.events.emit("job:delayed" if run_at else "job:waiting", (record.id, name), data)
-        self._flush_events()
-        return self.store.create(record, message)
+        dedupe_key = ""
+        if job.spec.dedupe and parent_id is None:
+            values = json.dumps([data.get(f) for f in job.spec.dedupe], sort_keys=True, default=str)
+            dedupe_key = "%s:%s" % (name, hashlib.sha1(values.encode()).hexdigest())
+        limit = job.spec.rate_limit
+        rate_key = str(data.get(limit.key)) if limit is not None and limit.key else ""
+        return NewJob(record, self.huey.serialize_task(task), dedupe_key, rate_key)
 
     def _flush_events(self) -> None:
         flush = getattr(self.events, "flush", None)
@@ -195,6 +257,19 @@ class Runtime:
 
     def paused(self) -> set[str]:
         return self.store.paused()
+
+    def drain(self, name: str) -> int:
+        """Remove every waiting job of a name."""
+        self.manifest.job(name)
+        return self.store.drain(name)
+
+    def obliterate(self, name: str, *, confirm: bool, force: bool = False) -> int:
+        """Remove a name's queue, records and totals. `confirm` must be True; `force` also while jobs run."""
+        if not confirm:
+            raise InvalidArgument("confirm", "obliterate deletes every %s job and record; pass confirm=true" % name)
+        if name not in self.manifest.jobs and name not in self.store.counts([]):
+            self.manifest.job(name)
+        return self.store.obliterate(name, force)
 
     def clean(self, name: str, state: str, older_than_s: float = 0, limit: int = 1000) -> int:
         """Delete up to `limit` records of `name` in `state` (not active) older than `older_than_s` seconds."""

@@ -18,19 +18,19 @@ import threading
 import time
 import traceback
 import uuid
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import msgspec
 import redis
 from pydantic import ValidationError
 
 from runtime.backoff import next_delay
-from runtime.context import JobContext
+from runtime.context import ChildResult, JobContext
 from runtime.errors import JobTimeout, Retry, UnrecoverableError
 from runtime.events import EventSink
 from runtime.manifest import Job, Keep, Manifest
 from runtime.records import encode_json
-from runtime.store.base import Dequeued, JobStore, Lease
+from runtime.store.base import Dequeued, JobStore, Lease, NewChild
 
 logger = logging.getLogger("b3jobs.executor")
 
@@ -49,7 +49,17 @@ _INIT_LOCK = threading.Lock()
 class Executor:
     """Takes leased jobs for Huey's workers and runs them; one per process (forked workers get their own)."""
 
-    def __init__(self, huey: Any, store: JobStore, manifest: Manifest, events: EventSink, services: Any, lease_s: float):
+    def __init__(
+        self,
+        huey: Any,
+        store: JobStore,
+        manifest: Manifest,
+        events: EventSink,
+        services: Any,
+        lease_s: float,
+        prepare: Callable[..., Any],
+    ):
+        self.prepare = prepare
         self.huey = huey
         self.store = store
         self.manifest = manifest
@@ -161,7 +171,7 @@ class Executor:
     def run(self, task: Any) -> None:
         got: Dequeued = task.b3
         try:
-            self._run(task, got.lease)
+            self._run(task, got)
         except KeyboardInterrupt:
             # Shutdown interrupted the handler: hand the job back now instead of at lease expiry.
             if self.store.release(got.job_id, got.lease):
@@ -171,11 +181,19 @@ class Executor:
             with self._lock:
                 self.in_flight.pop(got.job_id, None)
 
-    def _run(self, task: Any, lease: Lease) -> None:
+    def _run(self, task: Any, got: Dequeued) -> None:
         job = self.manifest.jobs[task.name]
         ref = (task.id, job.name)
+        lease = got.lease
         attempt = lease.attempt
         self.events.emit("job:active", ref, {"attempt": attempt, "worker": lease.owner})
+        children = self._children(got) if got.spawned else None
+        if children is not None and job.spec.children_fail == "fail_parent":
+            failed = [c for c in children if c.state != "completed"]
+            if failed:
+                reasons = "; ".join("%s: %s" % (c.id, c.error) for c in failed[:3])
+                self._fail(job, task, lease, "%d of %d children failed: %s" % (len(failed), len(children), reasons), "")
+                return
         if task.expires_resolved is not None and task.expires_resolved < naive_utc(time.time()):
             self._fail(job, task, lease, "expired: not started within %ss of enqueue" % job.spec.expires, "")
             return
@@ -194,6 +212,8 @@ class Executor:
             services=self.services,
             events=self.events,
             on_progress=lambda value: self.store.set_progress(task.id, lease, encode_json(value)),
+            on_spawn=lambda name, payloads, first: self._spawn(task.id, lease, name, payloads, first),
+            children=children,
         )
         started = time.monotonic()
         try:
@@ -202,12 +222,37 @@ class Executor:
         except Exception as exc:
             self._after_error(job, task, lease, exc)
             return
+        if ctx.spawned:
+            state = self.store.wait_children(task.id, lease, time.time())
+            logger.info("%s[%s] spawned %d child job(s); now %s", job.name, task.id, ctx.spawned, state)
+            if state is not None:
+                self.events.emit("job:" + state, ref, {"children": ctx.spawned})
+            return
         if not self.store.complete(task.id, lease, result_json, time.time(), job.spec.keep_completed):
             logger.warning("%s[%s] attempt %d finished after its lease moved on; result dropped", job.name, task.id, attempt)
             return
         duration = time.monotonic() - started
         logger.info("%6.3fs ● %s[%s] attempt %d", duration, job.name, task.id, attempt)
         self.events.emit("job:completed", ref, {"result": msgspec.Raw(result_json), "attempts": attempt, "duration_s": duration})
+
+    def _children(self, got: Dequeued) -> list[ChildResult]:
+        out = []
+        for outcome in sorted(self.store.child_outcomes(got.job_id), key=lambda o: _child_order(o.id)):
+            if outcome.state == "completed":
+                out.append(ChildResult(outcome.id, outcome.state, result=msgspec.json.decode(outcome.detail)))
+            else:
+                out.append(ChildResult(outcome.id, outcome.state, error=outcome.detail))
+        return out
+
+    def _spawn(self, parent_id: str, lease: Lease, name: str, payloads: list[dict[str, Any]], first: int) -> list[str]:
+        children = []
+        for n, payload in enumerate(payloads, start=first):
+            new = self.prepare(name, payload, job_id="%s.%d" % (parent_id, n), parent_id=parent_id)
+            children.append(NewChild(new.record, new.message, new.rate_key))
+        self.store.spawn(parent_id, lease, children, time.time())
+        for child in children:
+            self.events.emit("job:waiting", (child.record.id, name), {"parent": parent_id})
+        return [c.record.id for c in children]
 
     def _after_error(self, job: Job, task: Any, lease: Lease, exc: Exception) -> None:
         attempt = lease.attempt
@@ -230,6 +275,11 @@ class Executor:
         if self.store.fail(task.id, lease, reason, tb, time.time(), job.spec.keep_failed):
             logger.error("! %s[%s] failed after %d attempt(s): %s", job.name, task.id, lease.attempt, reason)
             self.events.emit("job:failed", (task.id, job.name), {"error": reason, "attempts": lease.attempt})
+
+
+def _child_order(child_id: str) -> tuple[int, str]:
+    head, _, n = child_id.rpartition(".")
+    return (int(n), head) if n.isdigit() else (0, child_id)
 
 
 class Outage:

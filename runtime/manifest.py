@@ -63,6 +63,7 @@ class JobSpec(BaseModel):
     rate_limit: RateLimit | None = None
     concurrency: int | None = Field(default=None, ge=1)
     dedupe: tuple[str, ...] = ()
+    children_fail: Literal["continue", "fail_parent"] = "fail_parent"
     max_stalls: int = Field(default=3, ge=1)
     keep_completed: Keep = Keep(count=100)
     keep_failed: Keep = Keep(count=1000)
@@ -73,11 +74,6 @@ class JobSpec(BaseModel):
         if value in ("fixed", "exponential") or ":" in value:
             return value
         raise ValueError('must be "fixed", "exponential" or "module:function", got %r' % value)
-
-
-# Keys the manifest format defines whose enforcement arrives with later work; refusing them is
-# better than silently not doing what the manifest says.
-NOT_YET_ENFORCED = ("rate_limit", "concurrency", "dedupe")
 
 
 @dataclass(frozen=True)
@@ -208,9 +204,13 @@ def _resolve(name: str, spec: JobSpec, problems: list[str]) -> Job | None:
             problems.append("%s.input: the payload model needs fields, so a cron job must set input" % at)
     if spec.retry_delay > spec.max_retry_delay:
         problems.append("%s.retry_delay: must be <= max_retry_delay (%s), got %s" % (at, spec.max_retry_delay, spec.retry_delay))
-    for key in NOT_YET_ENFORCED:
-        if getattr(spec, key) not in (None, ()):
-            problems.append("%s.%s: recognised but not enforced by this version of b3-jobs yet; remove it" % (at, key))
+    if payload_model is not None:
+        fields = sorted(payload_model.model_fields)
+        for field in spec.dedupe:
+            if field not in fields:
+                problems.append("%s.dedupe: %r is not a payload field; fields: %s" % (at, field, ", ".join(fields)))
+        if spec.rate_limit is not None and spec.rate_limit.key is not None and spec.rate_limit.key not in fields:
+            problems.append("%s.rate_limit.key: %r is not a payload field; fields: %s" % (at, spec.rate_limit.key, ", ".join(fields)))
     if len(problems) > before:
         return None
     assert handler is not None and payload_model is not None

@@ -39,6 +39,7 @@ class JobRecord(msgspec.Struct, kw_only=True):
     started_at: float | None = None
     finished_at: float | None = None
     run_at: float | None = None  # when a delayed job becomes due
+    delay_reason: str | None = None  # why it is delayed: a backoff, an enqueue delay, a rate limit
     parent_id: str | None = None
     children: list[str] = []
 

@@ -205,3 +205,21 @@ def test_without_a_token_only_loopback_may_be_served() -> None:
     require_safe_bind(Settings(host="0.0.0.0", token="t"))
     with pytest.raises(InvalidArgument, match="refusing to serve 0.0.0.0 without B3JOBS_TOKEN"):
         require_safe_bind(Settings(host="0.0.0.0"))
+
+
+async def test_drain_and_obliterate(api: Any, runtime: Runtime) -> None:
+    await make_failed(runtime)
+    for _ in range(3):
+        runtime.enqueue("noop", {})
+    resp = await api.post("/api/v1/queues/noop/drain")
+    assert resp.status == 200 and (await resp.json()) == {"name": "noop", "removed": 3}
+    assert (await api.post("/api/v1/queues/nope/drain")).status == 404
+    refused = await api.delete("/api/v1/queues/echo")
+    assert refused.status == 400 and "confirm=true" in (await refused.json())["error"]["message"]
+    runtime.enqueue("echo", {"text": "running"})
+    take(runtime, runtime.list("waiting", "echo", 0, 1)[0].id)
+    busy = await api.delete("/api/v1/queues/echo", params={"confirm": "true"})
+    assert busy.status == 409
+    gone = await api.delete("/api/v1/queues/echo", params={"confirm": "true", "force": "true"})
+    assert gone.status == 200 and (await gone.json()) == {"name": "echo", "removed": 2}
+    assert runtime.counts()["echo"] == dict.fromkeys(["waiting", "delayed", "active", "waiting-children", "completed", "failed"], 0)

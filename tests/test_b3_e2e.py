@@ -171,9 +171,11 @@ def test_a_batch_of_20_with_2_unknown_completes_within_the_rate_limit(
     # And never more than 5 requests in any second reached the provider
     assert fake.request_count == 20
     assert fake.peak_per_second() <= 5
+    # And it ran as a flow: one update-asset-prices child per ticker, each ending on the bus
+    assert len(done.children) == 20
     sink: TimedSink = runtime.events  # type: ignore[assignment]
-    progress = [data["progress"] for _, data in sink.of(record.id, "job:progress")]
-    assert len(progress) == 20 and progress[-1] == 100 and progress == sorted(progress)
+    ends = [name for name, job, _ in sink.events if job and job[0] in done.children and name in ("job:completed", "job:failed")]
+    assert sorted(ends) == ["job:completed"] * 18 + ["job:failed"] * 2
     assert all(runtime.services.store.latest_quote(t) is not None for t in known)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pathlib import Path
 
 import pytest
@@ -88,7 +90,7 @@ def test_update_payload_takes_one_b3_ticker() -> None:
             update_asset_prices.Payload.model_validate(bad)
 
 
-# -- batch-update -----------------------------------------------------------------------------------
+# -- the batch run inside daily-update -----------------------------------------------------------------------------------
 
 
 def test_batch_updates_each_ticker_and_one_bad_one_does_not_fail_it(tmp_path: Path, fake: FakeBrapi) -> None:
@@ -98,7 +100,7 @@ def test_batch_updates_each_ticker_and_one_bad_one_does_not_fail_it(tmp_path: Pa
     tickers = ["PETR4", "VALE3", "ZZZZ11", "B3SA3", "PETR4", "BOVA11", "ITUB4"]
     try:
         # When the batch runs
-        summary = batch_update.handle(batch_update.Payload(tickers=tickers), ctx)
+        summary = daily_update.run_batch(tickers, ctx)
     finally:
         services.close()
     # Then it sums up who was updated and why the other failed
@@ -114,7 +116,7 @@ def test_batch_updates_each_ticker_and_one_bad_one_does_not_fail_it(tmp_path: Pa
 def test_a_rate_limited_ticker_is_asked_again_after_retry_after(services: Services, fake: FakeBrapi) -> None:
     fake.rate_limit(retry_after="0.3", count=1)
     ctx, _ = make_ctx(services, "batch-update")
-    summary = batch_update.handle(batch_update.Payload(tickers=["PETR4", "VALE3"]), ctx)
+    summary = daily_update.run_batch(["PETR4", "VALE3"], ctx)
     assert summary == {"updated": ["PETR4", "VALE3"], "failed": {}}
     first, second = fake.requests[0], fake.requests[1]
     assert (first.status, second.status) == (429, 200) and second.time - first.time >= 0.3
@@ -123,12 +125,12 @@ def test_a_rate_limited_ticker_is_asked_again_after_retry_after(services: Servic
 def test_with_the_provider_down_for_every_ticker_the_batch_raises_for_a_retry(
     services: Services, fake: FakeBrapi, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(batch_update, "RETRY_WAIT_S", 0.01)
+    monkeypatch.setattr(daily_update, "RETRY_WAIT_S", 0.01)
     fake.fail(503, count=100)
     ctx, _ = make_ctx(services, "batch-update")
     with pytest.raises(ProviderUnavailable, match="no ticker could be updated"):
-        batch_update.handle(batch_update.Payload(tickers=["PETR4", "VALE3"]), ctx)
-    assert fake.request_count == 2 * batch_update.ATTEMPTS_PER_TICKER
+        daily_update.run_batch(["PETR4", "VALE3"], ctx)
+    assert fake.request_count == 2 * daily_update.ATTEMPTS_PER_TICKER
 
 
 def test_a_refused_key_fails_the_batch_at_once(tmp_path: Path, fake: FakeBrapi) -> None:
@@ -136,7 +138,7 @@ def test_a_refused_key_fails_the_batch_at_once(tmp_path: Path, fake: FakeBrapi) 
     ctx, _ = make_ctx(services, "batch-update")
     try:
         with pytest.raises(UnrecoverableError, match="refused the credentials"):
-            batch_update.handle(batch_update.Payload(tickers=["PETR4", "VALE3", "WEGE3"]), ctx)
+            daily_update.run_batch(["PETR4", "VALE3", "WEGE3"], ctx)
     finally:
         services.close()
     assert fake.request_count == 1
@@ -170,3 +172,25 @@ def test_daily_update_with_no_assets_does_nothing(services: Services, fake: Fake
     ctx, _ = make_ctx(services, "daily-update")
     assert daily_update.handle(daily_update.Payload(), ctx) == {"updated": [], "failed": {}}
     assert fake.request_count == 0
+
+
+def test_batch_update_spawns_one_child_per_ticker_then_sums_them_up() -> None:
+    from runtime.context import ChildResult, JobContext
+    from runtime.events import RecordingSink
+
+    spawned: list[tuple[str, list[dict[str, Any]]]] = []
+
+    def on_spawn(job: str, payloads: list[dict[str, Any]], first: int) -> list[str]:
+        spawned.append((job, payloads))
+        return ["b1.%d" % (first + i) for i in range(len(payloads))]
+
+    payload = batch_update.Payload(tickers=["PETR4", "VALE3", "PETR4", "XXXX3"])
+    first = JobContext(job_id="b1", job="batch-update", attempt=1, max_attempts=1, timeout_s=None, services=None,
+                       events=RecordingSink(), on_spawn=on_spawn)
+    assert batch_update.handle(payload, first) is None
+    assert spawned == [("update-asset-prices", [{"ticker": "PETR4"}, {"ticker": "VALE3"}, {"ticker": "XXXX3"}])]
+    children = [ChildResult("b1.0", "completed", result={"price": 1}), ChildResult("b1.2", "failed", error="unknown ticker"),
+                ChildResult("b1.1", "completed", result={"price": 2})]
+    again = JobContext(job_id="b1", job="batch-update", attempt=1, max_attempts=1, timeout_s=None, services=None,
+                       events=RecordingSink(), children=children)
+    assert batch_update.handle(payload, again) == {"updated": ["PETR4", "VALE3"], "failed": {"XXXX3": "unknown ticker"}}

@@ -34,6 +34,33 @@ class Dequeued:
     name: str
     message: bytes
     lease: Lease
+    spawned: bool = False  # a parent back from waiting-children: its children's outcomes are ready
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a job name's manifest table says about starting its jobs, for `dequeue`."""
+
+    concurrency: int | None = None
+    rate_limit: int | None = None
+    rate_per_s: float | None = None
+    rate_keyed: bool = False
+
+
+@dataclass(frozen=True)
+class NewChild:
+    record: JobRecord
+    message: bytes
+    rate_key: str = ""
+
+
+@dataclass(frozen=True)
+class ChildOutcome:
+    """A child job's end, as its parent sees it: `detail` is the result JSON or the failure reason."""
+
+    id: str
+    state: str
+    detail: str
 
 
 @dataclass(frozen=True)
@@ -53,18 +80,47 @@ STALLED_TOO_OFTEN = "stalled too often: its worker died or stopped heartbeating 
 class JobStore(ABC):
     """Job records and their queue, on one backend."""
 
+    limits: dict[str, Limits] = {}
+
+    def set_limits(self, limits: dict[str, Limits]) -> None:
+        """The manifest's concurrency and rate limits, enforced by `dequeue` across all consumers."""
+        self.limits = limits
+
     @abstractmethod
-    def create(self, record: JobRecord, message: bytes) -> tuple[JobRecord, bool]:
+    def create(self, record: JobRecord, message: bytes, *, dedupe_key: str = "", rate_key: str = "") -> tuple[JobRecord, bool]:
         """Store a new job: queued when waiting, due at `run_at` when delayed.
 
-        If the id exists, change nothing and return (existing, False).
+        If the id exists, or `dedupe_key` names an equal job that is waiting, delayed or active,
+        change nothing and return (that job, False).
         """
+
+    @abstractmethod
+    def spawn(self, parent_id: str, lease: Lease, children: list[NewChild], now: float) -> int:
+        """Create children of a running parent (each once, whatever reruns); returns how many were new."""
+
+    @abstractmethod
+    def wait_children(self, parent_id: str, lease: Lease, now: float) -> str | None:
+        """The parent's handler returned after spawning: `waiting-children` (or `waiting` if all are done)."""
+
+    @abstractmethod
+    def child_outcomes(self, parent_id: str) -> list[ChildOutcome]:
+        """How each finished child of a parent ended."""
+
+    @abstractmethod
+    def drain(self, name: str) -> int:
+        """Remove every waiting job of a name; returns how many."""
+
+    @abstractmethod
+    def obliterate(self, name: str, force: bool = False) -> int:
+        """Remove a name's queue, records and totals; refuses (InvalidState) while jobs are active unless forced."""
 
     @abstractmethod
     def dequeue(self, owner: str, now: float, lease_s: float, wait_s: float) -> Dequeued | None:
         """Take the next waiting job (priority, then FIFO), mark it active and lease it to `owner`.
 
-        Jobs of paused names are skipped. Waits up to `wait_s` for one when the queue is empty.
+        Names that are paused, at their concurrency, or out of rate-limit room are skipped; a job
+        whose rate-limit key is out of room is delayed to the first window with room (no attempt
+        spent). Waits up to `wait_s` for a job when there is none to take.
         """
 
     @abstractmethod

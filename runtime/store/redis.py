@@ -16,13 +16,14 @@ Redis Cluster is not supported.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
 from runtime.errors import InvalidState, JobNotFound
 from runtime.manifest import Keep
 from runtime.records import ACTIVE, COMPLETED, DELAYED, FAILED, STATES, WAITING, JobRecord, decode_json, encode_json
-from runtime.store.base import METRICS, STALLED_TOO_OFTEN, Dequeued, JobStore, Lease, Reaped
+from runtime.store.base import METRICS, STALLED_TOO_OFTEN, ChildOutcome, Dequeued, JobStore, Lease, NewChild, Reaped
 
 _LIB = """
 local ns = ARGV[1]
@@ -32,30 +33,40 @@ local function move(id, name, from_state, to_state, score)
   redis.call('ZREM', idx(name, from_state), id)
   redis.call('ZADD', idx(name, to_state), score, id)
 end
-local function queue(id, qscore)
-  redis.call('ZADD', ns .. ':queue', qscore, id)
+local function wake()
   redis.call('LPUSH', ns .. ':wake', 1)
   redis.call('LTRIM', ns .. ':wake', 0, 63)
+end
+local function queue(name, id, qscore)
+  redis.call('ZADD', ns .. ':queue:' .. name, qscore, id)
+  wake()
 end
 local function new_qscore(priority)
   local seq = redis.call('INCR', ns .. ':seq') % 4294967296
   return string.format('%.0f', (tonumber(priority) or 0) * 4294967296 + seq)
 end
+local function requeue(id, name, priority)
+  local qscore = new_qscore(priority)
+  redis.call('HSET', jkey(id), 'qscore', qscore)
+  queue(name, id, qscore)
+end
 local function count(name, metric)
   redis.call('HINCRBY', ns .. ':stats:' .. name, metric, 1)
 end
-local function trim(name, state, now, count, age)
+local function trim(name, state, now, keep_count, age)
   local z = idx(name, state)
-  if count >= 0 then
-    local extra = redis.call('ZCARD', z) - count
+  if keep_count >= 0 then
+    local extra = redis.call('ZCARD', z) - keep_count
     if extra > 0 then
-      for _, old in ipairs(redis.call('ZRANGE', z, 0, extra - 1)) do redis.call('DEL', jkey(old)) end
+      for _, old in ipairs(redis.call('ZRANGE', z, 0, extra - 1)) do
+        redis.call('DEL', jkey(old), ns .. ':outcomes:' .. old)
+      end
       redis.call('ZREMRANGEBYRANK', z, 0, extra - 1)
     end
   end
   if age >= 0 then
     for _, old in ipairs(redis.call('ZRANGEBYSCORE', z, '-inf', now - age, 'LIMIT', 0, 1000)) do
-      redis.call('DEL', jkey(old))
+      redis.call('DEL', jkey(old), ns .. ':outcomes:' .. old)
       redis.call('ZREM', z, old)
     end
   end
@@ -66,42 +77,146 @@ local function holds(key, owner, attempt)
   if s[1] ~= 'active' or s[2] ~= owner or s[3] ~= attempt then return nil end
   return s[4]
 end
+-- A job reached completed or failed: free its dedupe key, tell its parent, wake a consumer
+-- if more of its name wait (a concurrency slot just freed).
+local function finished(id, name, state, detail, now)
+  local key = jkey(id)
+  local f = redis.call('HMGET', key, 'dedupe_key', 'parent_id', 'capped')
+  if f[1] and f[1] ~= '' and redis.call('GET', ns .. ':dedupe:' .. f[1]) == id then
+    redis.call('DEL', ns .. ':dedupe:' .. f[1])
+  end
+  if f[2] and f[2] ~= '' then
+    local parent = f[2]
+    redis.call('HSET', ns .. ':outcomes:' .. parent, id, state .. '\\n' .. (detail or ''))
+    local pkey = jkey(parent)
+    if redis.call('HINCRBY', pkey, 'pending', -1) <= 0 then
+      local ps = redis.call('HMGET', pkey, 'state', 'name', 'priority')
+      if ps[1] == 'waiting-children' then
+        move(parent, ps[2], 'waiting-children', 'waiting', now)
+        redis.call('HSET', pkey, 'state', 'waiting')
+        requeue(parent, ps[2], ps[3])
+      end
+    end
+  end
+  redis.call('DEL', ns .. ':outcomes:' .. id)
+  -- Only a concurrency slot freeing up makes a waiting job startable; a rate-limited name is
+  -- woken by the time its window opens (dequeue's hint), not by every finish.
+  if f[3] == '1' and redis.call('ZCARD', ns .. ':queue:' .. name) > 0 then wake() end
+end
 """
 
-# ARGV: ns, id, name, state, index score, priority, fields...
+# ARGV: ns, id, name, state, index score, priority, dedupe key, fields...
+# Returns 1 created, 0 the id exists, or the id of the equal job a dedupe key points to.
 CREATE = _LIB + """
 local key = jkey(ARGV[2])
 if redis.call('EXISTS', key) == 1 then return 0 end
+if ARGV[7] ~= '' then
+  local other = redis.call('GET', ns .. ':dedupe:' .. ARGV[7])
+  if other then
+    local st = redis.call('HGET', jkey(other), 'state')
+    if st == 'waiting' or st == 'delayed' or st == 'active' or st == 'waiting-children' then return other end
+  end
+  redis.call('SET', ns .. ':dedupe:' .. ARGV[7], ARGV[2])
+end
 local qscore = new_qscore(ARGV[6])
-redis.call('HSET', key, 'qscore', qscore, unpack(ARGV, 7))
+redis.call('HSET', key, 'qscore', qscore, 'dedupe_key', ARGV[7], unpack(ARGV, 8))
 redis.call('ZADD', idx(ARGV[3], ARGV[4]), ARGV[5], ARGV[2])
 redis.call('SADD', ns .. ':names', ARGV[3])
-if ARGV[4] == 'waiting' then queue(ARGV[2], qscore) end
+if ARGV[4] == 'waiting' then queue(ARGV[3], ARGV[2], qscore) end
 return 1
 """
 
-# ARGV: ns, owner, now, lease deadline. Returns {id, name, msg, attempt} or nil.
+# ARGV: ns, owner, now, lease deadline, limits (JSON: {name: {c: concurrency, l: limit, p: per, k: keyed}}).
+# Returns {id, name, msg, attempt, spawned} or {seconds until a rate-limited name frees up (0: none)}.
 DEQUEUE = _LIB + """
-for _ = 1, 100 do
-  local popped = redis.call('ZPOPMIN', ns .. ':queue')
-  if #popped == 0 then return nil end
-  local id, qscore = popped[1], popped[2]
+local cfg = cjson.decode(ARGV[5])
+-- One clock for every consumer: Redis's. Start times then order as jobs really started, which
+-- the rate-limit window depends on. (ARGV[3], the caller's clock, is only a fallback.)
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local lease_s = tonumber(ARGV[4]) - tonumber(ARGV[3])
+local started = string.format('%.6f', now)
+local deadline = string.format('%.6f', now + lease_s)
+local hint = 0
+local function window(name, kv, per)
+  local rl = ns .. ':rl:' .. name .. ':' .. kv
+  redis.call('ZREMRANGEBYSCORE', rl, '-inf', now - per)
+  return rl, redis.call('ZCARD', rl)
+end
+local function free_in(rl, per)
+  local oldest = redis.call('ZRANGE', rl, 0, 0, 'WITHSCORES')
+  return tonumber(oldest[2]) + per - now
+end
+-- A keyed limit is full for this job's key: delay the job to the first window with room,
+-- booking windows so the jobs of one key spread out instead of all waking at once.
+local function rate_delay(id, name, kv, c, rl)
+  local cal = ns .. ':rlcal:' .. name .. ':' .. kv
+  redis.call('ZREMRANGEBYSCORE', cal, '-inf', now - c.p)
+  local slot = now + free_in(rl, c.p)
+  local last = redis.call('ZREVRANGE', cal, 0, 0, 'WITHSCORES')
+  if #last > 0 and tonumber(last[2]) >= slot then
+    slot = tonumber(last[2])
+    if redis.call('ZCOUNT', cal, slot, slot) >= c.l then slot = slot + c.p end
+  end
+  redis.call('ZADD', cal, slot, id)
+  move(id, name, 'waiting', 'delayed', slot)
+  redis.call('HSET', jkey(id), 'state', 'delayed', 'run_at', slot,
+    'delay_reason', 'rate limit: ' .. c.l .. ' per ' .. c.p .. 's for ' .. kv)
+end
+for _ = 1, 200 do
+  local best, best_score = nil, nil
+  for _, name in ipairs(redis.call('SMEMBERS', ns .. ':names')) do
+    local c = cfg[name] or {}
+    local ok = redis.call('SISMEMBER', ns .. ':paused', name) == 0
+    if ok and c.c and redis.call('ZCARD', idx(name, 'active')) >= c.c then ok = false end
+    if ok and c.l and not c.k then
+      local rl, n = window(name, '', c.p)
+      if n >= c.l then
+        ok = false
+        local wait = free_in(rl, c.p)
+        if hint == 0 or wait < hint then hint = wait end
+      end
+    end
+    if ok then
+      local head = redis.call('ZRANGE', ns .. ':queue:' .. name, 0, 0, 'WITHSCORES')
+      if #head > 0 and (best_score == nil or tonumber(head[2]) < best_score) then
+        best, best_score = name, tonumber(head[2])
+      end
+    end
+  end
+  if not best then return {tostring(hint)} end
+  local id = redis.call('ZPOPMIN', ns .. ':queue:' .. best)[1]
   local key = jkey(id)
-  local s = redis.call('HMGET', key, 'state', 'name', 'msg')
+  local s = redis.call('HMGET', key, 'state', 'msg', 'rate_key', 'spawned')
   if s[1] == 'waiting' then
-    if redis.call('SISMEMBER', ns .. ':paused', s[2]) == 1 then
-      redis.call('ZADD', ns .. ':parked:' .. s[2], qscore, id)
-    else
-      move(id, s[2], 'waiting', 'active', ARGV[3])
+    local c = cfg[best] or {}
+    local rl = nil
+    local room = true
+    if c.l then
+      local kv = c.k and (s[3] or '') or ''
+      local n
+      rl, n = window(best, kv, c.p)
+      if n >= c.l then
+        room = false
+        rate_delay(id, best, kv, c, rl)
+      end
+    end
+    if room then
+      move(id, best, 'waiting', 'active', started)
       local attempt = redis.call('HINCRBY', key, 'attempts', 1)
-      redis.call('HSET', key, 'state', 'active', 'started_at', ARGV[3], 'worker', ARGV[2], 'lease_until', ARGV[4])
-      redis.call('ZADD', ns .. ':leases', ARGV[4], id)
-      count(s[2], 'started')
-      return {id, s[2], s[3], attempt}
+      redis.call('HSET', key, 'state', 'active', 'started_at', started, 'worker', ARGV[2], 'lease_until', deadline)
+      redis.call('HDEL', key, 'delay_reason')
+      redis.call('ZADD', ns .. ':leases', deadline, id)
+      if rl then
+        redis.call('ZADD', rl, started, id)
+        redis.call('ZREM', ns .. ':rlcal:' .. best .. ':' .. (c.k and (s[3] or '') or ''), id)
+      end
+      count(best, 'started')
+      return {id, best, s[2], attempt, s[4] or ''}
     end
   end
 end
-return nil
+return {tostring(hint)}
 """
 
 # ARGV: ns, owner, now, deadline, ids...
@@ -120,7 +235,7 @@ redis.call('ZADD', ns .. ':consumers', ARGV[3], ARGV[2])
 return held
 """
 
-# ARGV: ns, now, limit. Returns {id, name, stalls, failed(0/1)} per reaped job.
+# ARGV: ns, now, limit, message template. Returns {id, name, stalls, failed(0/1)} per reaped job.
 REAP = _LIB + """
 local out = {}
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', ns .. ':leases', '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))) do
@@ -131,17 +246,18 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', ns .. ':leases', '-inf', ARGV[2]
     local stalls = redis.call('HINCRBY', key, 'stalls', 1)
     redis.call('HINCRBY', key, 'attempts', -1)
     redis.call('HDEL', key, 'worker', 'lease_until')
+    count(s[2], 'stalled')
     if stalls > tonumber(s[3] or '3') then
+      local reason = string.format(ARGV[4], stalls)
       move(id, s[2], 'active', 'failed', ARGV[2])
-      redis.call('HSET', key, 'state', 'failed', 'finished_at', ARGV[2], 'error', string.format(ARGV[4], stalls), 'traceback', '')
-      count(s[2], 'stalled')
+      redis.call('HSET', key, 'state', 'failed', 'finished_at', ARGV[2], 'error', reason, 'traceback', '')
       count(s[2], 'failed')
+      finished(id, s[2], 'failed', reason, ARGV[2])
       table.insert(out, {id, s[2], stalls, 1})
     else
       move(id, s[2], 'active', 'waiting', ARGV[2])
       redis.call('HSET', key, 'state', 'waiting')
-      queue(id, s[4])
-      count(s[2], 'stalled')
+      queue(s[2], id, s[4])
       table.insert(out, {id, s[2], stalls, 0})
     end
   end
@@ -159,7 +275,7 @@ redis.call('HINCRBY', key, 'attempts', -1)
 redis.call('HDEL', key, 'worker', 'lease_until')
 redis.call('HSET', key, 'state', 'waiting')
 redis.call('ZREM', ns .. ':leases', ARGV[2])
-queue(ARGV[2], redis.call('HGET', key, 'qscore'))
+queue(name, ARGV[2], redis.call('HGET', key, 'qscore'))
 return 1
 """
 
@@ -172,16 +288,14 @@ for i = 4, #ARGV do
     local key = jkey(id)
     move(id, name, 'delayed', 'waiting', ARGV[2])
     redis.call('HSET', key, 'state', 'waiting', 'run_at', '')
-    local qscore = new_qscore(redis.call('HGET', key, 'priority'))
-    redis.call('HSET', key, 'qscore', qscore)
-    queue(id, qscore)
+    requeue(id, name, redis.call('HGET', key, 'priority'))
     table.insert(out, {id, name})
   end
 end
 return out
 """
 
-# ARGV: ns, id, owner, attempt, final state, now, keep count, keep age, fields...
+# ARGV: ns, id, owner, attempt, final state, now, keep count, keep age, outcome detail, fields...
 FINISH = _LIB + """
 local key = jkey(ARGV[2])
 local name = holds(key, ARGV[3], ARGV[4])
@@ -189,8 +303,9 @@ if not name then return 0 end
 move(ARGV[2], name, 'active', ARGV[5], ARGV[6])
 redis.call('ZREM', ns .. ':leases', ARGV[2])
 redis.call('HDEL', key, 'worker', 'lease_until')
-redis.call('HSET', key, 'state', ARGV[5], 'finished_at', ARGV[6], unpack(ARGV, 9))
+redis.call('HSET', key, 'state', ARGV[5], 'finished_at', ARGV[6], unpack(ARGV, 10))
 count(name, ARGV[5])
+finished(ARGV[2], name, ARGV[5], ARGV[9], ARGV[6])
 trim(name, ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]))
 return 1
 """
@@ -203,7 +318,7 @@ if not name then return 0 end
 move(ARGV[2], name, 'active', 'delayed', ARGV[5])
 redis.call('ZREM', ns .. ':leases', ARGV[2])
 redis.call('HDEL', key, 'worker', 'lease_until')
-redis.call('HSET', key, 'state', 'delayed', 'run_at', ARGV[5], 'error', ARGV[6], 'traceback', ARGV[7])
+redis.call('HSET', key, 'state', 'delayed', 'run_at', ARGV[5], 'error', ARGV[6], 'traceback', ARGV[7], 'delay_reason', 'backoff')
 count(name, 'retried')
 return 1
 """
@@ -216,7 +331,53 @@ redis.call('HSET', key, 'progress', ARGV[5])
 return 1
 """
 
-# ARGV: ns, id, now, from state, operation. Moves a failed (retry) or delayed (promote) job to the queue.
+# ARGV: ns, parent id, owner, attempt, now, then per child: id, name, msg, priority, rate key, fields (JSON list)
+# Children are created once (their ids are derived from the parent's), so a parent run again after
+# a crash does not create them twice. Returns how many were created.
+SPAWN = _LIB + """
+local pkey = jkey(ARGV[2])
+if not holds(pkey, ARGV[3], ARGV[4]) then return -1 end
+local children = cjson.decode(redis.call('HGET', pkey, 'children') or '[]')
+local created = 0
+for i = 6, #ARGV, 6 do
+  local id, name = ARGV[i], ARGV[i + 1]
+  local key = jkey(id)
+  if redis.call('EXISTS', key) == 0 then
+    local qscore = new_qscore(ARGV[i + 3])
+    redis.call('HSET', key, 'qscore', qscore, 'msg', ARGV[i + 2], 'rate_key', ARGV[i + 4], unpack(cjson.decode(ARGV[i + 5])))
+    redis.call('ZADD', idx(name, 'waiting'), ARGV[5], id)
+    redis.call('SADD', ns .. ':names', name)
+    queue(name, id, qscore)
+    table.insert(children, id)
+    created = created + 1
+  end
+end
+redis.call('HSET', pkey, 'children', cjson.encode(children), 'spawned', 1)
+redis.call('HINCRBY', pkey, 'pending', created)
+return created
+"""
+
+# ARGV: ns, id, owner, attempt, now. The parent's handler returned after spawning: wait for the
+# children without holding a worker (or go straight back to the queue if they are all done).
+WAIT_CHILDREN = _LIB + """
+local key = jkey(ARGV[2])
+local name = holds(key, ARGV[3], ARGV[4])
+if not name then return false end
+redis.call('ZREM', ns .. ':leases', ARGV[2])
+redis.call('HDEL', key, 'worker', 'lease_until')
+redis.call('HINCRBY', key, 'attempts', -1)
+if tonumber(redis.call('HGET', key, 'pending') or '0') <= 0 then
+  move(ARGV[2], name, 'active', 'waiting', ARGV[5])
+  redis.call('HSET', key, 'state', 'waiting')
+  requeue(ARGV[2], name, redis.call('HGET', key, 'priority'))
+  return 'waiting'
+end
+move(ARGV[2], name, 'active', 'waiting-children', ARGV[5])
+redis.call('HSET', key, 'state', 'waiting-children')
+return 'waiting-children'
+"""
+
+# ARGV: ns, id, now, from state. Moves a failed (retry) or delayed (promote) job to the queue.
 TO_QUEUE = _LIB + """
 local key = jkey(ARGV[2])
 local s = redis.call('HMGET', key, 'state', 'name', 'priority')
@@ -228,9 +389,8 @@ if ARGV[4] == 'failed' then
   redis.call('HDEL', key, 'error', 'traceback', 'finished_at', 'started_at', 'result')
 end
 redis.call('HSET', key, 'state', 'waiting', 'run_at', '')
-local qscore = new_qscore(s[3])
-redis.call('HSET', key, 'qscore', qscore)
-queue(ARGV[2], qscore)
+redis.call('HDEL', key, 'delay_reason')
+requeue(ARGV[2], s[2], s[3])
 return 'ok'
 """
 
@@ -241,35 +401,44 @@ local s = redis.call('HMGET', key, 'state', 'name')
 if not s[1] then return false end
 if s[1] == 'active' then return s[1] end
 redis.call('ZREM', idx(s[2], s[1]), ARGV[2])
-redis.call('ZREM', ns .. ':queue', ARGV[2])
-redis.call('ZREM', ns .. ':parked:' .. s[2], ARGV[2])
-redis.call('DEL', key)
+redis.call('ZREM', ns .. ':queue:' .. s[2], ARGV[2])
+redis.call('DEL', key, ns .. ':outcomes:' .. ARGV[2])
 return 'ok'
 """
 
-# ARGV: ns, index key suffix (name), state, cutoff, limit
+# ARGV: ns, name, state, cutoff, limit
 CLEAN = _LIB + """
 local z = idx(ARGV[2], ARGV[3])
 local ids = redis.call('ZRANGEBYSCORE', z, '-inf', '(' .. ARGV[4], 'LIMIT', 0, tonumber(ARGV[5]))
 for _, id in ipairs(ids) do
-  redis.call('DEL', jkey(id))
+  redis.call('DEL', jkey(id), ns .. ':outcomes:' .. id)
   redis.call('ZREM', z, id)
-  redis.call('ZREM', ns .. ':queue', id)
-  redis.call('ZREM', ns .. ':parked:' .. ARGV[2], id)
+  redis.call('ZREM', ns .. ':queue:' .. ARGV[2], id)
 end
 return #ids
 """
 
-# ARGV: ns, name
-RESUME = _LIB + """
-redis.call('SREM', ns .. ':paused', ARGV[2])
-local parked = redis.call('ZRANGE', ns .. ':parked:' .. ARGV[2], 0, -1, 'WITHSCORES')
-for i = 1, #parked, 2 do queue(parked[i], parked[i + 1]) end
-redis.call('DEL', ns .. ':parked:' .. ARGV[2])
-return #parked / 2
+# ARGV: ns, name, force (0/1). Everything of one job name; refuses while jobs are active unless forced.
+OBLITERATE = _LIB + """
+local name = ARGV[2]
+local active = redis.call('ZCARD', idx(name, 'active'))
+if active > 0 and ARGV[3] ~= '1' then return -active end
+local removed = 0
+for _, state in ipairs({'waiting', 'delayed', 'active', 'waiting-children', 'completed', 'failed'}) do
+  for _, id in ipairs(redis.call('ZRANGE', idx(name, state), 0, -1)) do
+    redis.call('DEL', jkey(id), ns .. ':outcomes:' .. id)
+    redis.call('ZREM', ns .. ':leases', id)
+    removed = removed + 1
+  end
+  redis.call('DEL', idx(name, state))
+end
+redis.call('DEL', ns .. ':queue:' .. name, ns .. ':stats:' .. name)
+redis.call('SREM', ns .. ':paused', name)
+redis.call('SREM', ns .. ':names', name)
+return removed
 """
 
-_INTERNAL = {"msg", "qscore", "lease_until"}
+_INTERNAL = {"msg", "qscore", "lease_until", "dedupe_key", "rate_key", "spawned", "pending", "capped"}
 _JSON_FIELDS = ("payload", "progress", "result", "children")
 _FLOAT_FIELDS = ("created_at", "started_at", "finished_at", "run_at")
 _INT_FIELDS = ("attempts", "max_attempts", "priority", "stalls", "max_stalls")
@@ -301,7 +470,8 @@ class RedisJobStore(JobStore):
         self._reap, self._release, self._promote_due = register(REAP), register(RELEASE), register(PROMOTE_DUE)
         self._finish_lua, self._retry_later, self._progress = register(FINISH), register(RETRY_LATER), register(PROGRESS)
         self._to_queue, self._remove, self._clean = register(TO_QUEUE), register(REMOVE), register(CLEAN)
-        self._resume = register(RESUME)
+        self._spawn, self._wait_children = register(SPAWN), register(WAIT_CHILDREN)
+        self._obliterate = register(OBLITERATE)
 
     def _key(self, job_id: str) -> str:
         return "%s:job:%s" % (self.ns, job_id)
@@ -309,35 +479,57 @@ class RedisJobStore(JobStore):
     def _idx(self, name: str, state: str) -> str:
         return "%s:idx:%s:%s" % (self.ns, name, state)
 
-    def create(self, record: JobRecord, message: bytes) -> tuple[JobRecord, bool]:
-        fields: list[Any] = ["msg", message]
+    def _fields(self, record: JobRecord) -> list[Any]:
+        limits = self.limits.get(record.name)
+        fields: list[Any] = ["capped", 1] if limits is not None and limits.concurrency else []
         for field, value in record.to_dict().items():
             if field == "id" or value is None:
                 continue
             fields.append(field)
             fields.append(encode_json(value) if field in _JSON_FIELDS else value)
+        return fields
+
+    def create(self, record: JobRecord, message: bytes, *, dedupe_key: str = "", rate_key: str = "") -> tuple[JobRecord, bool]:
+        fields = ["msg", message, "rate_key", rate_key, *self._fields(record)]
         index_score = record.run_at if record.state == DELAYED and record.run_at else record.created_at
-        created = self._create(
-            args=[self.ns, record.id, record.name, record.state, index_score, record.priority or 0, *fields]
+        outcome = self._create(
+            args=[self.ns, record.id, record.name, record.state, index_score, record.priority or 0, dedupe_key, *fields]
         )
-        if created:
+        if outcome == 1:
             return record, True
-        existing = self.get(record.id)
-        if existing is None:  # removed between the two calls: try once more
-            return self.create(record, message)
+        existing = self.get(record.id if outcome == 0 else outcome.decode())
+        if existing is None:  # removed or finished between the two calls: try once more
+            return self.create(record, message, dedupe_key=dedupe_key, rate_key=rate_key)
         return existing, False
 
+    def _limits_json(self) -> str:
+        config = {}
+        for name, limits in self.limits.items():
+            entry: dict[str, Any] = {}
+            if limits.concurrency:
+                entry["c"] = limits.concurrency
+            if limits.rate_limit:
+                entry.update(l=limits.rate_limit, p=limits.rate_per_s, k=limits.rate_keyed)
+            if entry:
+                config[name] = entry
+        return json.dumps(config) if config else "{}"
+
     def dequeue(self, owner: str, now: float, lease_s: float, wait_s: float) -> Dequeued | None:
-        got = self._dequeue(args=[self.ns, owner, now, now + lease_s])
-        if got is None and wait_s > 0:
-            # Idle: block until an enqueue (or a requeue) pushes a wake-up token, then try again.
-            if self.r.blpop(["%s:wake" % self.ns], timeout=wait_s) is not None:
-                now = time.time()
-                got = self._dequeue(args=[self.ns, owner, now, now + lease_s])
-        if got is None:
+        config = self._limits_json()
+        got = self._dequeue(args=[self.ns, owner, now, now + lease_s, config])
+        if len(got) == 1 and wait_s > 0:
+            # Nothing to take: block until an enqueue or a freed slot pushes a wake-up token, or
+            # until a rate-limit window opens, whichever is first; then try once more.
+            hint = float(got[0])
+            wait = min(wait_s, hint) if hint > 0 else wait_s
+            if wait >= 0.01:
+                self.r.blpop(["%s:wake" % self.ns], timeout=wait)
+            now = time.time()
+            got = self._dequeue(args=[self.ns, owner, now, now + lease_s, config])
+        if len(got) == 1:
             return None
-        job_id, name, message, attempt = got
-        return Dequeued(job_id.decode(), name.decode(), bytes(message), Lease(owner, int(attempt)))
+        job_id, name, message, attempt, spawned = got
+        return Dequeued(job_id.decode(), name.decode(), bytes(message), Lease(owner, int(attempt)), spawned == b"1")
 
     def renew(self, owner: str, job_ids: list[str], now: float, lease_s: float) -> int:
         return int(self._renew(args=[self.ns, owner, now, now + lease_s, *job_ids]))
@@ -357,15 +549,15 @@ class RedisJobStore(JobStore):
         return bool(self._progress(args=[self.ns, job_id, lease.owner, lease.attempt, progress_json]))
 
     def complete(self, job_id: str, lease: Lease, result_json: bytes, now: float, keep: Keep) -> bool:
-        return self._run_finish(job_id, lease, COMPLETED, now, keep, "result", result_json)
+        return self._run_finish(job_id, lease, COMPLETED, now, keep, result_json, "result", result_json)
 
     def fail(self, job_id: str, lease: Lease, error: str, traceback: str, now: float, keep: Keep) -> bool:
-        return self._run_finish(job_id, lease, FAILED, now, keep, "error", error, "traceback", traceback)
+        return self._run_finish(job_id, lease, FAILED, now, keep, error, "error", error, "traceback", traceback)
 
-    def _run_finish(self, job_id: str, lease: Lease, state: str, now: float, keep: Keep, *fields: Any) -> bool:
+    def _run_finish(self, job_id: str, lease: Lease, state: str, now: float, keep: Keep, detail: Any, *fields: Any) -> bool:
         count = -1 if keep.count is None else keep.count
         age = -1 if keep.age is None else keep.age
-        args = [self.ns, job_id, lease.owner, lease.attempt, state, now, count, age, *fields]
+        args = [self.ns, job_id, lease.owner, lease.attempt, state, now, count, age, detail, *fields]
         return bool(self._finish_lua(args=args))
 
     def retry_later(self, job_id: str, lease: Lease, error: str, traceback: str, run_at: float) -> bool:
@@ -403,7 +595,51 @@ class RedisJobStore(JobStore):
         return bool(self.r.sadd("%s:paused" % self.ns, name))
 
     def resume(self, name: str) -> int:
-        return int(self._resume(args=[self.ns, name]))
+        with self.r.pipeline() as pipe:
+            pipe.srem("%s:paused" % self.ns, name)
+            pipe.zcard("%s:queue:%s" % (self.ns, name))
+            pipe.lpush("%s:wake" % self.ns, *([1] * 8))
+            pipe.ltrim("%s:wake" % self.ns, 0, 63)
+            _, waiting, _, _ = pipe.execute()
+        return int(waiting)
+
+    def spawn(self, parent_id: str, lease: Lease, children: list[NewChild], now: float) -> int:
+        args: list[Any] = [self.ns, parent_id, lease.owner, lease.attempt, now]
+        for child in children:
+            fields = [f.decode() if isinstance(f, bytes) else f for f in self._fields(child.record)]
+            args += [child.record.id, child.record.name, child.message, child.record.priority or 0, child.rate_key,
+                     json.dumps(fields)]
+        created = int(self._spawn(args=args))
+        if created < 0:
+            raise InvalidState(parent_id, "not held by this worker", "spawn children of", (ACTIVE,))
+        return created
+
+    def wait_children(self, parent_id: str, lease: Lease, now: float) -> str | None:
+        state = self._wait_children(args=[self.ns, parent_id, lease.owner, lease.attempt, now])
+        return state.decode() if state else None
+
+    def child_outcomes(self, parent_id: str) -> list[ChildOutcome]:
+        rows = self.r.hgetall("%s:outcomes:%s" % (self.ns, parent_id))
+        out = []
+        for child_id, raw in rows.items():
+            state, _, detail = raw.decode().partition("\n")
+            out.append(ChildOutcome(child_id.decode(), state, detail))
+        return out
+
+    def drain(self, name: str) -> int:
+        removed = 0
+        for job_id in self.ids_in_state(name, WAITING):
+            try:
+                removed += self.remove(job_id)
+            except InvalidState:
+                continue  # started meanwhile
+        return removed
+
+    def obliterate(self, name: str, force: bool = False) -> int:
+        removed = int(self._obliterate(args=[self.ns, name, 1 if force else 0]))
+        if removed < 0:
+            raise InvalidState(name, "%d job(s) active" % -removed, "obliterate", ("no active jobs",))
+        return removed
 
     def paused(self) -> set[str]:
         return {n.decode() for n in self.r.smembers("%s:paused" % self.ns)}

@@ -17,12 +17,12 @@ from huey.storage import SqliteStorage
 from runtime.errors import InvalidState, JobNotFound
 from runtime.manifest import Keep
 from runtime.records import ACTIVE, COMPLETED, DELAYED, FAILED, STATES, WAITING, JobRecord, decode_json, encode_json
-from runtime.store.base import METRICS, STALLED_TOO_OFTEN, Dequeued, JobStore, Lease, Reaped
+from runtime.store.base import METRICS, STALLED_TOO_OFTEN, ChildOutcome, Dequeued, JobStore, Lease, Limits, NewChild, Reaped
 
 _COLUMNS = (
     "id", "name", "state", "payload", "attempts", "max_attempts", "stalls", "max_stalls", "worker", "progress",
-    "result", "error", "traceback", "priority", "created_at", "started_at", "finished_at", "run_at", "parent_id",
-    "children",
+    "result", "error", "traceback", "priority", "created_at", "started_at", "finished_at", "run_at", "delay_reason",
+    "parent_id", "children",
 )
 _JSON = ("payload", "progress", "result", "children")
 _SELECT = "select %s from b3_jobs" % ", ".join(_COLUMNS)
@@ -38,9 +38,19 @@ class B3SqliteStorage(SqliteStorage):
         " stalls integer not null default 0, max_stalls integer not null default 3, worker text,"
         " progress text, result text, error text, traceback text, priority integer,"
         " created_at real not null, started_at real, finished_at real, run_at real,"
-        " parent_id text, children text not null default '[]', state_ts real not null,"
+        " delay_reason text, parent_id text, children text not null default '[]', state_ts real not null,"
         " msg blob not null, prio_rank integer not null default 0, enq_seq integer not null default 0,"
-        " lease_until real)",
+        " lease_until real, dedupe_key text, rate_key text not null default '', spawned integer not null default 0,"
+        " pending integer not null default 0)",
+        "create unique index if not exists b3_jobs_dedupe on b3_jobs (dedupe_key)"
+        " where dedupe_key is not null and state in ('waiting', 'delayed', 'active', 'waiting-children')",
+        "create index if not exists b3_jobs_parent on b3_jobs (parent_id) where parent_id is not null",
+        "create table if not exists b3_outcomes (parent text not null, child text not null, state text not null,"
+        " detail text not null, primary key (parent, child))",
+        "create table if not exists b3_rate (name text not null, key text not null, ts real not null, id text not null)",
+        "create index if not exists b3_rate_window on b3_rate (name, key, ts)",
+        "create table if not exists b3_ratecal (name text not null, key text not null, slot real not null,"
+        " id text primary key)",
         "create index if not exists b3_jobs_name_state_ts on b3_jobs (name, state, state_ts)",
         "create index if not exists b3_jobs_state_ts on b3_jobs (state, state_ts)",
         "create index if not exists b3_jobs_queue on b3_jobs (prio_rank, enq_seq) where state = 'waiting'",
@@ -87,47 +97,122 @@ class SqliteJobStore(JobStore):
         row = curs.execute("select state, name from b3_jobs where id = ?", (job_id,)).fetchone()
         return (row[0], row[1]) if row else None
 
-    def create(self, record: JobRecord, message: bytes) -> tuple[JobRecord, bool]:
+    def create(self, record: JobRecord, message: bytes, *, dedupe_key: str = "", rate_key: str = "") -> tuple[JobRecord, bool]:
         data = record.to_dict()
         values = [encode_json(data[c]) if c in _JSON else data[c] for c in _COLUMNS]
         state_ts = record.run_at if record.state == DELAYED and record.run_at else record.created_at
         columns = ", ".join(_COLUMNS)
         with self._tx() as curs:
-            curs.execute(
-                "insert or ignore into b3_jobs (%s, state_ts, msg, prio_rank, enq_seq) values (%s)"
-                % (columns, ", ".join("?" * (len(_COLUMNS) + 4))),
-                (*values, state_ts, message, record.priority or 0, time.time_ns()),
-            )
-            created = curs.rowcount == 1
+            if dedupe_key:
+                other = curs.execute(
+                    "select id from b3_jobs where dedupe_key = ?"
+                    " and state in ('waiting', 'delayed', 'active', 'waiting-children')",
+                    (dedupe_key,),
+                ).fetchone()
+                if other is not None:
+                    existing_id = other[0]
+                    created = False
+            if not dedupe_key or other is None:
+                curs.execute(
+                    "insert or ignore into b3_jobs (%s, state_ts, msg, prio_rank, enq_seq, dedupe_key, rate_key)"
+                    " values (%s)" % (columns, ", ".join("?" * (len(_COLUMNS) + 6))),
+                    (*values, state_ts, message, record.priority or 0, time.time_ns(), dedupe_key or None, rate_key),
+                )
+                created = curs.rowcount == 1
+                existing_id = record.id
         if created:
             self._notify()
             return record, True
-        existing = self.get(record.id)
-        return (existing, False) if existing is not None else self.create(record, message)
+        existing = self.get(existing_id)
+        return (existing, False) if existing is not None else self.create(record, message, dedupe_key=dedupe_key, rate_key=rate_key)
 
-    def _take(self, owner: str, now: float, lease_s: float) -> Dequeued | None:
-        with self._tx() as curs:
-            row = curs.execute(
-                "select id, name, msg from b3_jobs where state = 'waiting'"
-                " and name not in (select name from b3_paused) order by prio_rank, enq_seq limit 1"
-            ).fetchone()
-            if row is None:
-                return None
-            attempt = curs.execute(
-                "update b3_jobs set state = 'active', started_at = ?, state_ts = ?, attempts = attempts + 1,"
-                " worker = ?, lease_until = ? where id = ? returning attempts",
-                (now, now, owner, now + lease_s, row[0]),
+    def _window(self, curs: sqlite3.Cursor, name: str, key: str, per: float, now: float) -> tuple[int, float]:
+        """Starts of (name, key) in the last `per` seconds, and seconds until the oldest leaves."""
+        curs.execute("delete from b3_rate where name = ? and key = ? and ts <= ?", (name, key, now - per))
+        count, oldest = curs.execute(
+            "select count(*), min(ts) from b3_rate where name = ? and key = ?", (name, key)
+        ).fetchone()
+        return int(count), (oldest + per - now) if oldest is not None else 0.0
+
+    def _rate_delay(self, curs: sqlite3.Cursor, job_id: str, name: str, key: str, limits: Limits, now: float) -> None:
+        # Book the first window with room, so the jobs of one key spread out instead of all waking at once.
+        assert limits.rate_limit is not None and limits.rate_per_s is not None
+        per = limits.rate_per_s
+        curs.execute("delete from b3_ratecal where name = ? and key = ? and slot < ?", (name, key, now - per))
+        slot = now + self._window(curs, name, key, per, now)[1]
+        last = curs.execute("select max(slot) from b3_ratecal where name = ? and key = ?", (name, key)).fetchone()[0]
+        if last is not None and last >= slot:
+            slot = last
+            booked = curs.execute(
+                "select count(*) from b3_ratecal where name = ? and key = ? and slot = ?", (name, key, slot)
             ).fetchone()[0]
-            _count(curs, row[1], "started")
-        return Dequeued(row[0], row[1], bytes(row[2]), Lease(owner, int(attempt)))
+            if booked >= limits.rate_limit:
+                slot += per
+        curs.execute("insert or replace into b3_ratecal (name, key, slot, id) values (?, ?, ?, ?)", (name, key, slot, job_id))
+        curs.execute(
+            "update b3_jobs set state = 'delayed', run_at = ?, state_ts = ?, delay_reason = ? where id = ?",
+            (slot, slot, "rate limit: %d per %gs for %s" % (limits.rate_limit, per, key), job_id),
+        )
+
+    def _blocked(self, curs: sqlite3.Cursor, now: float) -> tuple[set[str], float]:
+        """Names no job may start of now (paused, at concurrency, unkeyed rate limit full), and when to look again."""
+        blocked = {r[0] for r in curs.execute("select name from b3_paused").fetchall()}
+        hint = 0.0
+        for name, limits in self.limits.items():
+            if limits.concurrency is not None:
+                active = curs.execute(
+                    "select count(*) from b3_jobs where name = ? and state = 'active'", (name,)
+                ).fetchone()[0]
+                if active >= limits.concurrency:
+                    blocked.add(name)
+            if limits.rate_limit and limits.rate_per_s and not limits.rate_keyed:
+                count, free_in = self._window(curs, name, "", limits.rate_per_s, now)
+                if count >= limits.rate_limit:
+                    blocked.add(name)
+                    hint = free_in if hint == 0 else min(hint, free_in)
+        return blocked, hint
+
+    def _take(self, owner: str, lease_s: float) -> tuple[Dequeued | None, float]:
+        with self._tx() as curs:
+            # The clock is read holding the write lock, so start times are in the order jobs
+            # really started: the rate-limit window depends on it.
+            now = time.time()
+            blocked, hint = self._blocked(curs, now)
+            exclude = " and name not in (%s)" % ", ".join("?" * len(blocked)) if blocked else ""
+            for _ in range(200):
+                row = curs.execute(
+                    "select id, name, msg, rate_key, spawned from b3_jobs where state = 'waiting'%s"
+                    " order by prio_rank, enq_seq limit 1" % exclude,
+                    tuple(blocked),
+                ).fetchone()
+                if row is None:
+                    return None, hint
+                job_id, name, msg, rate_key, spawned = row
+                limits = self.limits.get(name)
+                key = rate_key if limits is not None and limits.rate_keyed else ""
+                if limits is not None and limits.rate_limit and limits.rate_per_s and limits.rate_keyed:
+                    if self._window(curs, name, key, limits.rate_per_s, now)[0] >= limits.rate_limit:
+                        self._rate_delay(curs, job_id, name, key, limits, now)
+                        continue
+                attempt = curs.execute(
+                    "update b3_jobs set state = 'active', started_at = ?, state_ts = ?, attempts = attempts + 1,"
+                    " worker = ?, lease_until = ?, delay_reason = null where id = ? returning attempts",
+                    (now, now, owner, now + lease_s, job_id),
+                ).fetchone()[0]
+                if limits is not None and limits.rate_limit:
+                    curs.execute("insert into b3_rate (name, key, ts, id) values (?, ?, ?, ?)", (name, key, now, job_id))
+                    curs.execute("delete from b3_ratecal where id = ?", (job_id,))
+                _count(curs, name, "started")
+                return Dequeued(job_id, name, bytes(msg), Lease(owner, int(attempt)), bool(spawned)), hint
+        return None, hint
 
     def dequeue(self, owner: str, now: float, lease_s: float, wait_s: float) -> Dequeued | None:
-        got = self._take(owner, now, lease_s)
+        got, hint = self._take(owner, lease_s)
         if got is None and wait_s > 0:
+            wait = min(wait_s, 0.2, hint) if hint > 0 else min(wait_s, 0.2)  # other processes are seen by polling
             with self._wake:
-                self._wake.wait(min(wait_s, 0.2))  # other processes' enqueues are seen by polling
-            now = time.time()
-            got = self._take(owner, now, lease_s)
+                self._wake.wait(wait)
+            got, _ = self._take(owner, lease_s)
         return got
 
     def renew(self, owner: str, job_ids: list[str], now: float, lease_s: float) -> int:
@@ -167,6 +252,7 @@ class SqliteJobStore(JobStore):
                 _count(curs, name, "stalled")
                 if stalls > max_stalls:
                     _count(curs, name, "failed")
+                    self._finished(curs, job_id, FAILED, STALLED_TOO_OFTEN % stalls, now)
         if out:
             self._notify()
         return out
@@ -220,7 +306,25 @@ class SqliteJobStore(JobStore):
         if keep.age is not None:
             curs.execute("delete from b3_jobs where name = ? and state = ? and state_ts < ?", (name, state, now - keep.age))
 
-    def _finish(self, job_id: str, lease: Lease, state: str, now: float, keep: Keep, **fields: Any) -> bool:
+    def _finished(self, curs: sqlite3.Cursor, job_id: str, state: str, detail: str, now: float) -> None:
+        """A job reached completed or failed: tell its parent (its dedupe key frees itself: see the index)."""
+        parent = curs.execute("select parent_id from b3_jobs where id = ?", (job_id,)).fetchone()
+        if parent is not None and parent[0]:
+            curs.execute(
+                "insert or replace into b3_outcomes (parent, child, state, detail) values (?, ?, ?, ?)",
+                (parent[0], job_id, state, detail),
+            )
+            left = curs.execute(
+                "update b3_jobs set pending = pending - 1 where id = ? returning pending, state", (parent[0],)
+            ).fetchone()
+            if left is not None and left[0] <= 0 and left[1] == "waiting-children":
+                curs.execute(
+                    "update b3_jobs set state = 'waiting', state_ts = ?, enq_seq = ? where id = ?",
+                    (now, time.time_ns(), parent[0]),
+                )
+        curs.execute("delete from b3_outcomes where parent = ?", (job_id,))
+
+    def _finish(self, job_id: str, lease: Lease, state: str, now: float, keep: Keep, detail: str, **fields: Any) -> bool:
         sets = ", ".join("%s = ?" % f for f in fields)
         with self._tx() as curs:
             name = self._holds(curs, job_id, lease)
@@ -231,15 +335,16 @@ class SqliteJobStore(JobStore):
                 " where id = ?" % sets,
                 (state, now, now, *fields.values(), job_id),
             )
+            self._finished(curs, job_id, state, detail, now)
             self._trim(curs, name, state, now, keep)
             _count(curs, name, state)
             return True
 
     def complete(self, job_id: str, lease: Lease, result_json: bytes, now: float, keep: Keep) -> bool:
-        return self._finish(job_id, lease, COMPLETED, now, keep, result=result_json)
+        return self._finish(job_id, lease, COMPLETED, now, keep, result_json.decode(), result=result_json)
 
     def fail(self, job_id: str, lease: Lease, error: str, traceback: str, now: float, keep: Keep) -> bool:
-        return self._finish(job_id, lease, FAILED, now, keep, error=error, traceback=traceback)
+        return self._finish(job_id, lease, FAILED, now, keep, error, error=error, traceback=traceback)
 
     def retry_later(self, job_id: str, lease: Lease, error: str, traceback: str, run_at: float) -> bool:
         with self._tx() as curs:
@@ -287,7 +392,68 @@ class SqliteJobStore(JobStore):
             if found[0] == ACTIVE:
                 raise InvalidState(job_id, found[0], "remove", (WAITING, DELAYED, COMPLETED, FAILED))
             curs.execute("delete from b3_jobs where id = ?", (job_id,))
+            curs.execute("delete from b3_outcomes where parent = ?", (job_id,))
             return True
+
+    def spawn(self, parent_id: str, lease: Lease, children: list[NewChild], now: float) -> int:
+        created_ids = []
+        with self._tx() as curs:
+            if self._holds(curs, parent_id, lease) is None:
+                raise InvalidState(parent_id, "not held by this worker", "spawn children of", (ACTIVE,))
+            for child in children:
+                data = child.record.to_dict()
+                values = [encode_json(data[c]) if c in _JSON else data[c] for c in _COLUMNS]
+                curs.execute(
+                    "insert or ignore into b3_jobs (%s, state_ts, msg, prio_rank, enq_seq, rate_key) values (%s)"
+                    % (", ".join(_COLUMNS), ", ".join("?" * (len(_COLUMNS) + 5))),
+                    (*values, now, child.message, child.record.priority or 0, time.time_ns(), child.rate_key),
+                )
+                if curs.rowcount == 1:
+                    created_ids.append(child.record.id)
+            row = curs.execute("select children from b3_jobs where id = ?", (parent_id,)).fetchone()
+            known = decode_json(row[0])
+            curs.execute(
+                "update b3_jobs set children = ?, spawned = 1, pending = pending + ? where id = ?",
+                (encode_json(known + created_ids), len(created_ids), parent_id),
+            )
+        self._notify()
+        return len(created_ids)
+
+    def wait_children(self, parent_id: str, lease: Lease, now: float) -> str | None:
+        with self._tx() as curs:
+            if self._holds(curs, parent_id, lease) is None:
+                return None
+            pending = curs.execute("select pending from b3_jobs where id = ?", (parent_id,)).fetchone()[0]
+            state = "waiting" if pending <= 0 else "waiting-children"
+            curs.execute(
+                "update b3_jobs set state = ?, state_ts = ?, enq_seq = ?, attempts = attempts - 1, worker = null,"
+                " lease_until = null where id = ?",
+                (state, now, time.time_ns(), parent_id),
+            )
+        if state == "waiting":
+            self._notify()
+        return state
+
+    def child_outcomes(self, parent_id: str) -> list[ChildOutcome]:
+        rows = self.storage.sql("select child, state, detail from b3_outcomes where parent = ?", (parent_id,), results=True)
+        return [ChildOutcome(child, state, detail) for child, state, detail in rows]
+
+    def drain(self, name: str) -> int:
+        with self._tx() as curs:
+            curs.execute("delete from b3_jobs where name = ? and state = 'waiting'", (name,))
+            return curs.rowcount
+
+    def obliterate(self, name: str, force: bool = False) -> int:
+        with self._tx() as curs:
+            active = curs.execute("select count(*) from b3_jobs where name = ? and state = 'active'", (name,)).fetchone()[0]
+            if active and not force:
+                raise InvalidState(name, "%d job(s) active" % active, "obliterate", ("no active jobs",))
+            curs.execute("delete from b3_outcomes where parent in (select id from b3_jobs where name = ?)", (name,))
+            curs.execute("delete from b3_jobs where name = ?", (name,))
+            removed = curs.rowcount
+            for table in ("b3_stats", "b3_paused", "b3_rate", "b3_ratecal", "b3_ticks"):
+                curs.execute("delete from %s where name = ?" % table, (name,))
+            return removed
 
     def clean(self, name: str, state: str, older_than: float, limit: int) -> int:
         with self._tx() as curs:
@@ -376,5 +542,6 @@ class SqliteJobStore(JobStore):
 
     def destroy(self) -> None:
         with self._tx() as curs:
-            for table in ("b3_jobs", "b3_ticks", "b3_paused", "b3_consumers", "b3_stats"):
+            for table in ("b3_jobs", "b3_ticks", "b3_paused", "b3_consumers", "b3_stats", "b3_outcomes", "b3_rate",
+                          "b3_ratecal"):
                 curs.execute("delete from %s" % table)

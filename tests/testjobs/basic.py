@@ -119,3 +119,39 @@ def fails_while_file(payload: Switch, ctx: JobContext) -> str:
     if os.path.exists(payload.path):
         raise RuntimeError("switched off: %s exists" % payload.path)
     return "fixed"
+class Ticker(BaseModel):
+    ticker: str
+
+
+def started(payload: Ticker, ctx: JobContext) -> str:
+    return payload.ticker
+
+
+class FlowPlan(BaseModel):
+    children: int = Field(ge=0, le=1000)
+    failing: list[int] = []
+    child_seconds: float = 0.0
+
+
+class FlowChild(BaseModel):
+    i: int
+    fail: bool = False
+    seconds: float = 0.0
+
+
+def flow_parent(payload: FlowPlan, ctx: JobContext) -> dict[str, object] | None:
+    """Fans out `children` children (some failing), then sums up their results."""
+    if ctx.children is None:
+        ctx.spawn("flow-child", [{"i": i, "fail": i in payload.failing, "seconds": payload.child_seconds}
+                                 for i in range(payload.children)])
+        return None
+    results = [c.result for c in ctx.children if c.state == "completed"]
+    failures = {c.id: c.error for c in ctx.children if c.state == "failed"}
+    return {"results": results, "failures": failures}
+
+
+def flow_child(payload: FlowChild, ctx: JobContext) -> int:
+    time.sleep(payload.seconds)
+    if payload.fail:
+        raise UnrecoverableError("child %d fails on purpose" % payload.i)
+    return payload.i * payload.i
