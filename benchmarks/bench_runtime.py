@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_runtime.py                  # full run, ~10 min
     .venv/bin/python benchmarks/bench_runtime.py --quick          # smoke test, small N, 1 rep
-    .venv/bin/python benchmarks/bench_runtime.py --commandstats   # also count Redis commands per job
+    .venv/bin/python benchmarks/bench_runtime.py --commandstats --bus-check   # + Redis commands per job, event delivery
 
 Systems: bare Huey (`PriorityRedisHuey`, the storage class b3-jobs uses on Redis; plain
 `RedisHuey` as a second reference; `SqliteHuey`), all with results=False and a noop task, and
@@ -25,6 +25,12 @@ Results: one JSON line per run (--out), and a markdown table on stdout.
 Keys: every run uses its own namespace (bench<random>) on the Redis at BENCH_REDIS_URL
 (default redis://127.0.0.1:6379/0) and deletes its keys afterwards. SQLite files live in a
 temporary directory that is removed at the end.
+
+Pinned code: others edit runtime/, bus/ and tests/ while this runs, so the script first copies
+the project's packages (runtime/, bus/, ...), benchmarks/, tests/schedules.toml and
+tests/testjobs/ to a temporary directory and runs from there (PYTHONPATH, cwd): every run of
+one invocation measures the same code.
+The header line names the commit and the uncommitted files it was copied from.
 """
 
 from __future__ import annotations
@@ -39,27 +45,59 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import redis
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+ROOT = HERE.parent  # the pinned copy, once pin_code() has re-run us
+ORIGIN = Path(os.environ.get("BENCH_ORIGIN", ROOT))  # the work tree the copy was taken from
 PY = sys.executable
 MANIFEST = ROOT / "tests" / "schedules.toml"
+# The project's packages (any top-level directory with an __init__.py), and what the benchmark uses.
+PINNED_PARTS = tuple(sorted(p.name for p in ROOT.iterdir() if (p / "__init__.py").exists())) + (
+    "benchmarks", "tests/schedules.toml", "tests/testjobs")
+
+
+def pin_code() -> None:
+    """Copy the code under test to a temporary directory and re-run this script from there."""
+    if "BENCH_ORIGIN" in os.environ or "--table-from" in sys.argv:
+        return
+    copy = Path(tempfile.mkdtemp(prefix="b3bench-code-"))
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc", "*.jsonl", "fanout")
+    for part in PINNED_PARTS:
+        (copy / part).parent.mkdir(parents=True, exist_ok=True)
+        if (ROOT / part).is_dir():
+            shutil.copytree(ROOT / part, copy / part, ignore=skip)
+        else:
+            shutil.copy2(ROOT / part, copy / part)
+    env = dict(os.environ, BENCH_ORIGIN=str(ROOT), PYTHONPATH=str(copy))
+    os.chdir(copy)
+    script = copy / "benchmarks" / Path(__file__).name
+    os.execve(sys.executable, [sys.executable, str(script), *sys.argv[1:]], env)
+
+
+if __name__ == "__main__":
+    pin_code()
 sys.path.insert(0, str(HERE))
 
 import bare_huey  # noqa: E402
 from runtime.engine import Runtime  # noqa: E402
+from runtime.errors import ManifestError  # noqa: E402
+from runtime.manifest import load_manifest  # noqa: E402
 from runtime.settings import Settings  # noqa: E402
 
 REDIS_URL = bare_huey.REDIS_URL
 HZ = os.sysconf("SC_CLK_TCK")
 FIRST_IDS = 16  # b3-jobs: the first-enqueued jobs whose started_at we catch (≥ worker count)
-SYSTEMS = {"redis": ("huey-priority", "huey-plain", "b3-jobs"), "sqlite": ("huey-sqlite", "b3-jobs")}
+SYSTEMS = {"redis": ("huey-priority", "huey-plain", "b3-jobs", "b3-jobs+bus"),
+           "sqlite": ("huey-sqlite", "b3-jobs", "b3-jobs+bus")}
+BASELINE = {"redis": "huey-priority", "sqlite": "huey-sqlite"}  # bare Huey on b3-jobs' own storage class
 BARE_KIND = {"huey-priority": "priority", "huey-plain": "plain", "huey-sqlite": "sqlite"}
 
 
@@ -161,6 +199,10 @@ def wait_until(predicate, timeout: float, interval: float, proc: subprocess.Pope
     return None
 
 
+def new_namespace() -> str:
+    return "bench%s" % uuid.uuid4().hex[:10]
+
+
 def timed_enqueue(call, n: int, phase=None) -> float:
     """Make n enqueue calls; the rate of calls 1..n-1 (call 0 sets up connections)."""
     call()
@@ -178,9 +220,9 @@ def timed_enqueue(call, n: int, phase=None) -> float:
 # -- bare Huey -------------------------------------------------------------------------------
 
 
-def run_bare(run: Run, tmp: Path, timeout: float, phase=None) -> None:
+def run_bare(run: Run, tmp: Path, timeout: float, phase=None, name: str | None = None) -> None:
     kind = BARE_KIND[run.system]
-    name = "bench%s" % uuid.uuid4().hex[:10]
+    name = name or new_namespace()
     db = str(tmp / ("%s.db" % name)) if kind == "sqlite" else None
     marks = tmp / name
     marks.mkdir()
@@ -214,77 +256,110 @@ def b3_env(backend: str, namespace: str, data_dir: Path) -> dict[str, str]:
 
 
 class B3Probe:
-    """Cheap read-only looks at a b3-jobs store while a consumer drains it."""
+    """Looks at a b3-jobs store, through the Runtime's own API, while a consumer drains it."""
 
     def __init__(self, rt: Runtime, first_ids: list[str]):
         self.rt, self.first_ids, self.started = rt, first_ids, {}
-        self.redis = rt.settings.redis_url is not None
 
     def catch_first(self) -> bool:
-        """Record started_at of the first-enqueued jobs (before the keep_completed trim deletes them)."""
-        todo = [i for i in self.first_ids if i not in self.started]
-        if not todo:
-            return True
-        if self.redis:
-            store = self.rt.store
-            with store.r.pipeline(transaction=False) as pipe:
-                for i in todo:
-                    pipe.hget(store._key(i), "started_at")
-                values = pipe.execute()
-            found = {i: float(v) for i, v in zip(todo, values) if v}
-        else:
-            marks = ",".join("?" * len(todo))
-            rows = self.rt.store.storage.sql(
-                "select id, started_at from b3_jobs where id in (%s) and started_at is not null" % marks, todo, results=True)
-            found = dict(rows)
-        self.started.update(found)
+        """Note started_at of the first-enqueued jobs (before the keep_completed trim deletes them)."""
+        for job_id in self.first_ids:
+            if job_id not in self.started:
+                record = self.rt.store.get(job_id)
+                if record is not None and record.started_at:
+                    self.started[job_id] = record.started_at
         return len(self.started) == len(self.first_ids)
 
     def left(self) -> int:
-        """Jobs not yet finished: messages on Huey's queue plus records waiting or active."""
-        if self.redis:
-            store = self.rt.store
-            with store.r.pipeline(transaction=False) as pipe:
-                pipe.zcard(store.storage.queue_key)
-                pipe.zcard(store._idx("noop", "waiting"))
-                pipe.zcard(store._idx("noop", "active"))
-                return sum(pipe.execute())
-        rows = self.rt.store.storage.sql(
-            "select (select count(*) from task), (select count(*) from b3_jobs where state in ('waiting', 'active'))",
-            results=True)
-        return sum(rows[0])
+        """Jobs of the run not finished yet."""
+        counts = self.rt.counts().get("noop", {})
+        return sum(counts.get(state, 0) for state in ("waiting", "delayed", "active"))
 
     def window(self) -> tuple[float, float]:
         newest = self.rt.list(state="completed", name="noop", limit=1)
         return min(self.started.values()), newest[0].finished_at
 
 
-def run_b3(run: Run, tmp: Path, timeout: float, phase=None) -> None:
-    namespace = "bench%s" % uuid.uuid4().hex[:10]
+def run_b3(run: Run, tmp: Path, timeout: float, phase=None, name: str | None = None, listen: bool = False) -> None:
+    """b3-jobs: the default Runtime and benchmarks/b3_consumer.py; "+bus": as the CLI does it, events on Kombu.
+
+    listen=True (bus only) binds a queue to the event exchange, as a web process does, lets the
+    consumer run until no more events arrive, and notes how many of the 3 per job got there.
+    """
+    bus = run.system.endswith("+bus")
+    namespace = name or new_namespace()
     env = b3_env(run.backend, namespace, tmp)
     settings = Settings.from_env(env)
-    rt = Runtime(settings)
+    events = None
+    if bus:  # what `python -m runtime enqueue` / the consumer build: runtime/cli.py _runtime(bus=True)
+        from bus.publisher import KombuPublisher
+
+        events = KombuPublisher(settings.bus_url or settings.redis_url or "memory://", namespace=namespace)
+    rt = Runtime(settings, events=events)
+    listener = EventCounter(events.url, namespace) if listen else None
     try:
         ids: list[str] = []
         run.enqueue_rate = timed_enqueue(lambda: ids.append(rt.enqueue("noop", {})[0].id), run.n, phase)
         probe = B3Probe(rt, ids[:FIRST_IDS])
-        cmd = [PY, "-m", "runtime", "--log-level", "WARNING", "consumer", "--workers", str(run.workers),
-               "--worker-type", "thread", "--no-cron"]
+        consumer = ["-m", "runtime", "--log-level", "WARNING", "consumer"] if bus else [str(HERE / "b3_consumer.py")]
+        cmd = [PY, *consumer, "--workers", str(run.workers)] + (["--worker-type", "thread", "--no-cron"] if bus else [])
         drain(run, cmd, env, tmp, timeout, done=lambda: probe.catch_first() and probe.left() == 0,
-              window=probe.window, left=probe.left, first=probe.catch_first, phase=phase)
+              window=probe.window, left=probe.left, first=probe.catch_first, phase=phase,
+              settle=listener.settle if listener else None)
+        if listener:
+            got = listener.count()
+            run.note += "events delivered: %d of %d (%.0f%%)" % (got, 3 * run.n, 100 * got / (3 * run.n))
         counts = rt.counts()["noop"]
-        if counts["failed"] or counts["waiting"] or counts["active"] or counts["delayed"]:
+        if run.ok and (counts["failed"] or counts["waiting"] or counts["active"] or counts["delayed"]):
             run.ok, run.note = False, "counts after drain: %s" % counts
     finally:
+        if events is not None:
+            events.close()
+        if listener:
+            listener.close()
         rt.store.destroy()
         rt.close()
+
+
+class EventCounter:
+    """A queue bound to `#` on the event exchange (as a web process binds one), to count deliveries."""
+
+    def __init__(self, url: str, namespace: str):
+        from kombu import Connection, Queue
+
+        from bus.publisher import exchange, transport_options
+
+        self.conn = Connection(url, transport_options=transport_options(url, namespace))
+        self.queue = Queue("bench.events.%s" % namespace, exchange=exchange(), routing_key="#", durable=False)
+        self.bound = self.queue(self.conn.default_channel)
+        self.bound.declare()
+
+    def count(self) -> int:
+        # queue_declare(passive=True) says 404 here: Kombu's Redis transport checks the queue's
+        # key without the global_keyprefix. The channel's own size method uses the right key.
+        return self.bound.channel._size(self.queue.name)
+
+    def settle(self, quiet: float = 1.0, limit: float = 60) -> None:
+        """Wait until no event has arrived for `quiet` seconds (the publisher thread caught up)."""
+        deadline, last, since = time.monotonic() + limit, -1, time.monotonic()
+        while time.monotonic() < deadline:
+            now_count = self.count()
+            if now_count != last:
+                last, since = now_count, time.monotonic()
+            elif time.monotonic() - since >= quiet:
+                return
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        self.bound.delete()
+        self.conn.release()
 
 
 # -- the drain, common to both ---------------------------------------------------------------
 
 
 def drain(run: Run, cmd: list[str], env: dict, tmp: Path, timeout: float, done, window, left, first=None,
-          phase=None) -> None:
+          phase=None, settle=None) -> None:
     """Start the consumer, wait for the queue to drain, compute the rate from the job timestamps."""
     log = tmp / "consumer.log"
     spawned = time.time()
@@ -294,15 +369,18 @@ def drain(run: Run, cmd: list[str], env: dict, tmp: Path, timeout: float, done, 
     try:
         if first is not None:  # catch the first jobs' records quickly, then poll slowly
             wait_until(first, timeout, 0.005, proc)
-        finished = wait_until(done, timeout, 0.05, proc)
+        finished = wait_until(done, timeout, 0.2, proc)  # the rate comes from the jobs' own timestamps
         cpu = meter.stop()
+        if settle is not None and finished:
+            settle()
     finally:
         stop(proc)
     if phase:
         phase("drained")
     if not finished:
-        run.ok, run.note = False, "not drained after %ss (%s jobs left, consumer rc %s): see %s" % (
-            timeout, left(), proc.returncode, log)
+        tail = log.read_text(errors="replace")[-600:] if log.exists() else ""
+        run.ok, run.note = False, "not drained after %ss (%s jobs left, consumer rc %s); log tail: %s" % (
+            timeout, left(), proc.returncode, tail)
         return
     first, last = window()
     run.drain_rate = run.n / (last - first)
@@ -314,11 +392,14 @@ def drain(run: Run, cmd: list[str], env: dict, tmp: Path, timeout: float, done, 
 # -- the plan and the report -----------------------------------------------------------------
 
 
-def measure(backend: str, system: str, workers: int, n: int, rep: int, timeout: float) -> Run:
+def measure(backend: str, system: str, workers: int, n: int, rep: int, timeout: float, listen: bool = False) -> Run:
     run = Run(backend, system, workers, n, rep)
     tmp = Path(tempfile.mkdtemp(prefix="b3bench"))
     try:
-        (run_b3 if system == "b3-jobs" else run_bare)(run, tmp, timeout)
+        if system.startswith("b3"):
+            run_b3(run, tmp, timeout, listen=listen)
+        else:
+            run_bare(run, tmp, timeout)
     except Exception as exc:  # keep going; the run is reported as failed
         run.ok, run.note = False, "%s: %s" % (type(exc).__name__, exc)
     finally:
@@ -341,100 +422,205 @@ def median_of(runs: list[Run], max_foreign: float, key: str) -> tuple[float, str
 
 
 def report(runs: list[Run], plan: list[tuple[str, str, int]], max_foreign: float) -> str:
+    """The markdown table: medians per cell, and b3-jobs' rates as a fraction of bare Huey's."""
     by_cell = {c: [r for r in runs if (r.backend, r.system, r.workers) == c] for c in plan}
     med = {c: {k: median_of(rs, max_foreign, k) for k in ("enqueue_rate", "drain_rate")} for c, rs in by_cell.items()}
+
+    def ratio(c: tuple[str, str, int], ref: str, key: str) -> str:
+        base = med.get((c[0], ref, c[2]))
+        return "%.2f×" % (med[c][key][0] / base[key][0]) if base and c[1].startswith("b3") else "–"
+
     lines = [
-        "| backend | system | workers | N | enqueue (jobs/s) | drain (jobs/s) | b3-jobs / this: enqueue | b3-jobs / this: drain "
-        "| consumer CPU µs/job | foreign cores (median) | runs (clean/all) |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| backend | workers | system | enqueue (jobs/s) | drain (jobs/s) | enqueue ÷ bare Huey (same storage) "
+        "| drain ÷ bare Huey (same storage) | drain ÷ RedisHuey | consumer CPU µs/job | foreign cores | runs clean/all |",
+        "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
-    for c in plan:
+    for c in sorted(plan, key=lambda c: (c[0] != "redis", c[2], SYSTEMS[c[0]].index(c[1]))):
         backend, system, workers = c
-        rs = [r for r in by_cell[c] if r.ok]
+        ok = [r for r in by_cell[c] if r.ok]
         (enq, m1), (drn, m2) = med[c]["enqueue_rate"], med[c]["drain_rate"]
-        b3 = med.get((backend, "b3-jobs", workers))
-        ratio = lambda k, v: "–" if system == "b3-jobs" else "%.2f×" % (b3[k][0] / v)  # noqa: E731
-        cpu = statistics.median(r.consumer_cpu_us_per_job for r in rs) if rs else float("nan")
-        foreign = statistics.median(r.cores.get("foreign", 0) for r in rs) if rs else float("nan")
-        clean = sum(1 for r in rs if r.cores.get("foreign", 0) <= max_foreign)
-        lines.append("| %s | %s | %d | %d | %s%s | %s%s | %s | %s | %.0f | %.2f | %d/%d |" % (
-            backend, system, workers, by_cell[c][0].n, f"{enq:,.0f}", m1, f"{drn:,.0f}", m2,
-            ratio("enqueue_rate", enq), ratio("drain_rate", drn), cpu, foreign, clean, len(by_cell[c])))
+        cpu = statistics.median(r.consumer_cpu_us_per_job for r in ok) if ok else float("nan")
+        foreign = statistics.median(r.cores.get("foreign", 0) for r in ok) if ok else float("nan")
+        clean = sum(1 for r in ok if r.cores.get("foreign", 0) <= max_foreign)
+        plain = ratio(c, "huey-plain", "drain_rate") if backend == "redis" else "–"
+        if not ok:
+            lines.append("| %s | %d | %s | failed: %s | | | | | | | 0/%d |" % (
+                backend, workers, system, by_cell[c][-1].note[:80].replace("|", "/"), len(by_cell[c])))
+            continue
+        lines.append("| %s | %d | %s | %s%s | %s%s | %s | %s | %s | %.0f | %.2f | %d/%d |" % (
+            backend, workers, system, f"{enq:,.0f}", m1, f"{drn:,.0f}", m2,
+            ratio(c, BASELINE[backend], "enqueue_rate"), ratio(c, BASELINE[backend], "drain_rate"), plain,
+            cpu, foreign, clean, len(by_cell[c])))
     return "\n".join(lines)
 
 
 # -- Redis commands per job ------------------------------------------------------------------
 
 
+class CommandCounter(threading.Thread):
+    """Counts, from MONITOR, the Redis commands that name one namespace, split into phases.
+
+    The benchmark marks a phase with `ECHO <marker>:<phase>`; MONITOR keeps the server's order,
+    so the split is exact. Commands that other clients of the shared Redis send don't name our
+    namespace and are left out; so are this process's own connections (the ones that enqueued)
+    once the consumer runs. Commands run inside Lua scripts are counted apart ("lua").
+    """
+
+    def __init__(self, namespace: str):
+        super().__init__(daemon=True)
+        self.ns, self.marker = namespace.encode(), ("mark-%s" % namespace).encode()
+        self.client = redis.Redis.from_url(REDIS_URL)
+        self.phases: dict[str, tuple[Counter, Counter]] = {}
+        self.done = threading.Event()
+        self.conn = self.client.connection_pool.get_connection()
+        self.conn.send_command("MONITOR")
+        self.conn.read_response()
+
+    def mark(self, phase: str) -> None:
+        self.client.echo(self.marker + b":" + phase.encode())
+
+    def run(self) -> None:
+        calls, lua, ours, phase = Counter(), Counter(), set(), None
+        while True:
+            line = self.conn.read_response()
+            _ts, rest = line.split(b" ", 1)
+            client, command = rest[rest.index(b" ") + 1:].split(b"]", 1)
+            name = command.split(b'"', 2)[1].lower().decode()
+            if self.marker in command and name == "echo":
+                if phase is not None:
+                    self.phases[phase] = (calls, lua)
+                phase, calls, lua = command.split(b":")[-1].rstrip(b'"').decode(), Counter(), Counter()
+                ours.add(client)
+                if phase == "end":
+                    break
+            elif self.ns in command and phase is not None:
+                if phase == "enqueue" and client != b"lua":
+                    ours.add(client)  # this process's connections
+                elif phase != "enqueue" and client in ours:
+                    continue  # our polling while the consumer drains
+                (lua if client == b"lua" else calls)[name] += 1
+        self.conn.disconnect()
+        self.done.set()
+
+
 def commandstats(n: int) -> str:
-    """Redis commands per enqueue and per drained job (w=1), from INFO commandstats deltas."""
-    r = redis.Redis.from_url(REDIS_URL)
+    """Redis commands per enqueue call and per drained job (1 worker), for each Redis system."""
 
-    def calls() -> dict[str, int]:
-        return {k.removeprefix("cmdstat_"): v["calls"] for k, v in r.info("commandstats").items()}
+    def per_job(counts: Counter, jobs: int) -> str:
+        parts = sorted(((v / jobs, k) for k, v in counts.items()), reverse=True)
+        total = sum(counts.values()) / jobs
+        return "**%.1f**: %s" % (total, ", ".join("%s %.2f" % (k, v) for v, k in parts if v >= 0.02)) if counts else "0"
 
-    def per_job(before: dict[str, int], after: dict[str, int], jobs: int) -> str:
-        d = {k: (v - before.get(k, 0)) / jobs for k, v in after.items()}
-        return ", ".join("%s %.2f" % kv for kv in sorted(d.items(), key=lambda kv: -kv[1]) if kv[1] >= 0.05)
-
-    out = ["| system | per enqueue call | per job in the consumer (w=1) |", "|---|---|---|"]
+    out = ["| system | per enqueue call: round trips | (inside Lua) | per job in the consumer: round trips | (inside Lua) |",
+           "|---|---|---|---|---|"]
     for system in SYSTEMS["redis"]:
-        snap: dict[str, dict[str, int]] = {}
+        namespace = new_namespace()
+        counter = CommandCounter(namespace)
+        counter.start()
         run, tmp = Run("redis", system, 1, n, 0), Path(tempfile.mkdtemp(prefix="b3bench"))
         try:
-            (run_b3 if system == "b3-jobs" else run_bare)(run, tmp, 120, lambda name: snap.__setitem__(name, calls()))
+            (run_b3 if system.startswith("b3") else run_bare)(run, tmp, 120, counter.mark, namespace)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        out.append("| %s | %s | %s |" % (system, per_job(snap["enqueue"], snap["enqueued"], n - 1),
-                                        per_job(snap["enqueued"], snap["drained"], n)))
+            counter.mark("end")
+            counter.done.wait(30)
+        (enq, enq_lua), (drn, drn_lua) = counter.phases["enqueue"], counter.phases["enqueued"]
+        out.append("| %s | %s | %s | %s | %s |" % (system, per_job(enq, n - 1), per_job(enq_lua, n - 1),
+                                                    per_job(drn, n), per_job(drn_lua, n)))
     return "\n".join(out)
 
 
+def bus_check(n: int, workers: list[int], timeout: float) -> str:
+    """b3-jobs+bus on Redis with a listening queue: how many of the 3 events per job arrive."""
+    out = ["| workers | N | drain (jobs/s) | events delivered |", "|--:|--:|--:|---|"]
+    for w in workers:
+        run = measure("redis", "b3-jobs+bus", w, n, 0, timeout, listen=True)
+        print("bus check w=%d: drain %.0f/s %s" % (w, run.drain_rate, run.note), flush=True)
+        out.append("| %d | %d | %s | %s |" % (w, n, f"{run.drain_rate:,.0f}" if run.ok else "failed", run.note.strip()))
+    return "\n".join(out)
+
+
+def code_version() -> str:
+    """The commit measured, and whether runtime/ had uncommitted changes (others edit it meanwhile)."""
+    git = lambda *a: subprocess.run(["git", *a], cwd=ORIGIN, capture_output=True, text=True).stdout.strip()  # noqa: E731
+    dirty = git("status", "--short", "--", *PINNED_PARTS).replace("\n", ", ")
+    return "%s%s" % (git("rev-parse", "--short", "HEAD"), " + uncommitted: %s" % dirty if dirty else " (clean)")
+
+
 # -- main ------------------------------------------------------------------------------------
+
+
+def run_plan(args: argparse.Namespace) -> str:
+    """Every cell, --reps times in shuffled order; a disturbed run is tried again. Returns the table."""
+    plan = cells(args.backends, args.workers)
+    runs: list[Run] = []
+    with open(args.out, "a") as out:
+        for rep in range(args.reps):
+            for backend, system, workers in random.sample(plan, len(plan)):  # shuffled: no order bias
+                n = args.n_redis if backend == "redis" else args.n_sqlite
+                for attempt in range(args.retries + 1):
+                    run = measure(backend, system, workers, n, rep, args.timeout)
+                    run.note += " attempt %d" % attempt if attempt else ""
+                    runs.append(run)
+                    out.write(json.dumps(asdict(run)) + "\n")
+                    out.flush()
+                    print("%-6s %-13s w=%d rep %d: enqueue %6.0f/s  drain %6.0f/s  start-up %.2fs  cores %s %s" % (
+                        backend, system, workers, rep, run.enqueue_rate, run.drain_rate, run.startup_s,
+                        run.cores, "" if run.ok else "FAILED " + run.note), flush=True)
+                    if run.ok and run.cores.get("foreign", 0) <= args.max_foreign:
+                        break
+    return report(runs, plan, args.max_foreign)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--n-redis", type=int, default=20_000)
-    parser.add_argument("--n-sqlite", type=int, default=10_000)
+    parser.add_argument("--n-sqlite", type=int, default=5_000)  # b3-jobs SQLite drain is O(N²) now: keep runs < 60 s
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--backends", nargs="+", default=["redis", "sqlite"], choices=["redis", "sqlite"])
     parser.add_argument("--max-foreign", type=float, default=0.15, help="cores of others' CPU use a clean run allows")
     parser.add_argument("--retries", type=int, default=2, help="extra attempts for a disturbed run")
     parser.add_argument("--timeout", type=float, default=180, help="seconds a drain may take")
-    parser.add_argument("--out", default=str(HERE / "results_runtime.jsonl"))
+    parser.add_argument("--out", default=str(ORIGIN / "benchmarks" / "results_runtime.jsonl"), help="raw runs, appended")
     parser.add_argument("--quick", action="store_true", help="N=2000, 1 rep: a smoke test")
-    parser.add_argument("--commandstats", action="store_true", help="also count Redis commands per job")
-    parser.add_argument("--commandstats-only", action="store_true")
+    parser.add_argument("--no-table", action="store_true", help="skip the main measurement (extras only)")
+    parser.add_argument("--commandstats", action="store_true", help="also count Redis commands per job (MONITOR)")
+    parser.add_argument("--table-from", metavar="JSONL", help="only print the table of runs saved by --out")
+    parser.add_argument("--bus-check", action="store_true",
+                        help="also count the events a listening queue receives from b3-jobs+bus (N = --n-redis)")
     args = parser.parse_args()
     if args.quick:
         args.reps, args.n_redis, args.n_sqlite = 1, 2000, 2000
+    if args.table_from:
+        runs = [Run(**json.loads(line)) for line in open(args.table_from)]
+        plan = [c for c in cells(args.backends, args.workers) if any((r.backend, r.system, r.workers) == c for r in runs)]
+        print(report(runs, plan, args.max_foreign))
+        return
 
     print("# %s, %d cores, Python %s, load %s" % (time.strftime("%Y-%m-%d %H:%M:%S %Z"), os.cpu_count(),
                                                   sys.version.split()[0], os.getloadavg()), flush=True)
-    if not args.commandstats_only:
-        plan = cells(args.backends, args.workers)
-        runs: list[Run] = []
-        with open(args.out, "a") as out:
-            for rep in range(args.reps):
-                for backend, system, workers in random.sample(plan, len(plan)):  # shuffled: no order bias
-                    n = args.n_redis if backend == "redis" else args.n_sqlite
-                    for attempt in range(args.retries + 1):
-                        run = measure(backend, system, workers, n, rep, args.timeout)
-                        run.note += " attempt %d" % attempt if attempt else ""
-                        runs.append(run)
-                        out.write(json.dumps(asdict(run)) + "\n")
-                        out.flush()
-                        print("%-6s %-13s w=%d rep %d: enqueue %8.0f/s  drain %7.0f/s  start-up %.2fs  cores %s %s" % (
-                            backend, system, workers, rep, run.enqueue_rate, run.drain_rate, run.startup_s,
-                            run.cores, "" if run.ok else "FAILED " + run.note), flush=True)
-                        if run.ok and run.cores.get("foreign", 0) <= args.max_foreign:
-                            break
-        print("\n" + report(runs, plan, args.max_foreign))
-    if args.commandstats or args.commandstats_only:
-        print("\nRedis commands per job (INFO commandstats deltas over 2000 jobs; the Redis is shared, so others' "
-              "commands, and this script's polling, would show too):\n")
+    print("# code: %s, run from a copy: %s" % (code_version(), Path(sys.modules[Runtime.__module__].__file__).parent), flush=True)
+    try:
+        load_manifest(MANIFEST)
+    except ManifestError as exc:
+        sys.exit("the test manifest does not load (being edited?), try again: %s" % exc)
+    try:
+        run_main(args)
+    finally:
+        if ROOT != ORIGIN and ROOT.name.startswith("b3bench-code-"):
+            shutil.rmtree(ROOT, ignore_errors=True)
+
+
+def run_main(args: argparse.Namespace) -> None:
+    if not args.no_table:
+        print("\n" + run_plan(args), flush=True)
+    if args.bus_check:
+        print("\nEvent delivery, b3-jobs+bus on Redis with one queue bound to the exchange (as a web process):\n")
+        print(bus_check(args.n_redis, args.workers, args.timeout), flush=True)
+    if args.commandstats:
+        print("\nRedis commands per job (MONITOR, 2,000 jobs, only commands naming the run's namespace, "
+              "this script's own polling left out):\n")
         print(commandstats(2000))
 
 
