@@ -33,7 +33,7 @@ def test_a_job_whose_consumer_is_killed_runs_again_elsewhere(runtime: Runtime, t
     record, _ = runtime.enqueue("logged-sleep", {"log": str(log), "seconds": 2.5})
     a = start_consumer(env)
     try:
-        wait_for(lambda: runtime.get(record.id).state == "active", timeout=15, what="job to start on A")
+        wait_for(lambda: runs_of(log).get(record.id), timeout=15, what="the handler to start on A")
         # When A is SIGKILLed mid-job and B runs
         kill(a)
         b = start_consumer(env)
