@@ -44,7 +44,7 @@ def exchange() -> Exchange:
 class KombuPublisher:
     """An EventSink on Kombu. `published`, `dropped` count what happened to emitted events."""
 
-    def __init__(self, url: str, *, namespace: str = "b3jobs", max_queue: int = 10_000):
+    def __init__(self, url: str, *, namespace: str = "b3jobs", max_queue: int = 50_000):
         self.url = url
         self.namespace = namespace
         self.published = 0

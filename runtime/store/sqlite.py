@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 from huey.storage import SqliteStorage
 
-from runtime.errors import InvalidState, JobNotFound
+from runtime.errors import B3JobsError, InvalidState, JobNotFound
 from runtime.manifest import Keep
 from runtime.records import ACTIVE, COMPLETED, DELAYED, FAILED, STATES, WAITING, JobRecord, decode_json, encode_json
 from runtime.store.base import METRICS, STALLED_TOO_OFTEN, ChildOutcome, Dequeued, JobStore, Lease, Limits, NewChild, Reaped
@@ -90,6 +90,12 @@ def _row_to_record(row: tuple[Any, ...]) -> JobRecord:
 class SqliteJobStore(JobStore):
     def __init__(self, storage: B3SqliteStorage):
         self.storage = storage
+        columns = {r[1] for r in storage.sql("pragma table_info(b3_jobs)", results=True)}
+        if "rate_key" not in columns:
+            raise B3JobsError(
+                "%s was created by an older b3-jobs (before leases and limits); move it away to start afresh"
+                % storage.filename
+            )
         # Same-process enqueues wake idle workers at once; other processes are seen by polling.
         self._wake = threading.Condition()
 
