@@ -15,7 +15,6 @@ deleted at the end. SQLite: a temporary directory.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import sys
@@ -27,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from faults import TEST_MANIFEST, consumer_env, kill, start_consumer, stop  # noqa: E402
+from faults import TEST_MANIFEST, consumer_env, kill, report, start_consumer, stop  # noqa: E402
 from runtime.engine import Runtime  # noqa: E402
 from runtime.events import LogSink  # noqa: E402
 from runtime.manifest import load_manifest  # noqa: E402
@@ -113,12 +112,7 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="b3-fault-") as tmp:
         result = fault_run(args, Path(tmp))
-    for key, value in result.items():
-        print("%-20s %s" % (key, value))
-    if args.json:
-        with args.json.open("a") as out:
-            out.write(json.dumps(result) + "\n")
-    return 0 if result["promise_kept"] else 1
+    return report(result, args.json)
 
 
 if __name__ == "__main__":

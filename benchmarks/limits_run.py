@@ -11,7 +11,6 @@ every job completed, and the time from the first start to the last finish agains
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -22,21 +21,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from faults import TEST_MANIFEST, consumer_env, start_consumer, stop  # noqa: E402
+from faults import TEST_MANIFEST, consumer_env, most_in_any_window, report, start_consumer, stop  # noqa: E402
 from runtime.engine import Runtime  # noqa: E402
 from runtime.events import LogSink  # noqa: E402
 from runtime.manifest import load_manifest  # noqa: E402
 from runtime.settings import Settings  # noqa: E402
 
 
-def most_in_any_window(times: list[float], window_s: float) -> int:
-    times = sorted(times)
-    most, first = 0, 0
-    for last, t in enumerate(times):
-        while times[first] <= t - window_s:
-            first += 1
-        most = max(most, last - first + 1)
-    return most
 
 
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
@@ -89,12 +80,7 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="b3-limits-") as tmp:
         result = run(args, Path(tmp))
-    for key, value in result.items():
-        print("%-30s %s" % (key, value))
-    if args.json:
-        with args.json.open("a") as out:
-            out.write(json.dumps(result) + "\n")
-    return 0 if result["promise_kept"] else 1
+    return report(result, args.json)
 
 
 if __name__ == "__main__":

@@ -105,3 +105,26 @@ class PrivateRedis:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(sig)
             self.proc.wait(10)
+
+
+def most_in_any_window(times: list[float], window_s: float) -> int:
+    """The largest number of `times` inside any half-open window of `window_s` seconds."""
+    times = sorted(times)
+    most, first = 0, 0
+    for last, t in enumerate(times):
+        while times[first] <= t - window_s:
+            first += 1
+        most = max(most, last - first + 1)
+    return most
+
+
+def report(result: dict[str, object], json_path: Path | None) -> int:
+    """Print a run's figures one per line (and append them as JSON); exit 0 when its promise held."""
+    import json
+
+    for key, value in result.items():
+        print("%-30s %s" % (key, value))
+    if json_path:
+        with json_path.open("a") as out:
+            out.write(json.dumps(result) + "\n")
+    return 0 if result["promise_kept"] else 1

@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -20,6 +18,7 @@ from runtime.manifest import load_manifest
 from runtime.web import build_web
 
 from conftest import CI, TEST_MANIFEST, require_redis, running_consumer
+from faults import PrivateRedis
 
 AMQP_URL = os.environ.get("B3JOBS_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 
@@ -105,52 +104,14 @@ async def test_a_job_enqueued_over_http_is_seen_live_in_order_once(
         worker_runtime.store.destroy()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class PrivateRedis:
-    """A redis-server of this test's own, on a free port, stopped by its pid (never the shared one)."""
-
-    def __init__(self, tmp: Path):
-        if shutil.which("redis-server") is None:
-            if CI:
-                pytest.fail("CI=true but redis-server is not installed")
-            pytest.skip("redis-server not installed")
-        self.port = free_port()
-        self.tmp = tmp
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return "redis://127.0.0.1:%d/0" % self.port
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.tmp)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("private redis-server did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(5)
-
-
 async def test_with_the_bus_down_jobs_complete_and_events_resume(
     settings_for: Callable[..., Any], aiohttp_client: Callable[..., Any], tmp_path: Path
 ) -> None:
-    broker = PrivateRedis(tmp_path)
-    broker.start()
+    if shutil.which("redis-server") is None:
+        if CI:
+            pytest.fail("CI=true but redis-server is not installed")
+        pytest.skip("redis-server not installed")
+    broker = PrivateRedis(tmp_path / "broker").start()
     settings = settings_for("sqlite")
     manifest = load_manifest(TEST_MANIFEST)
     publisher = KombuPublisher(broker.url, namespace=settings.namespace)

@@ -11,18 +11,9 @@ from typing import Any, Callable
 from runtime.engine import Runtime
 
 from conftest import running_consumer, wait_for, wait_state
-from faults import consumer_env, kill, start_consumer, stop
+from faults import consumer_env, kill, most_in_any_window, start_consumer, stop
 
 
-def most_in_any_window(times: list[float], window_s: float) -> int:
-    """The largest number of `times` inside any half-open window of `window_s` seconds."""
-    times = sorted(times)
-    most, first = 0, 0
-    for last, t in enumerate(times):
-        while times[first] <= t - window_s:
-            first += 1
-        most = max(most, last - first + 1)
-    return most
 
 
 def consumers(runtimes: list[Runtime], workers: int) -> ExitStack:

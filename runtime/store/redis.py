@@ -71,6 +71,10 @@ local function trim(name, state, now, keep_count, age)
     end
   end
 end
+local function unlease(key, id)
+  redis.call('ZREM', ns .. ':leases', id)
+  redis.call('HDEL', key, 'worker', 'lease_until')
+end
 -- The lease check every finish makes: still active, same owner, same attempt.
 local function holds(key, owner, attempt)
   local s = redis.call('HMGET', key, 'state', 'worker', 'attempts', 'name')
@@ -272,9 +276,8 @@ local name = holds(key, ARGV[3], ARGV[4])
 if not name then return 0 end
 move(ARGV[2], name, 'active', 'waiting', ARGV[5])
 redis.call('HINCRBY', key, 'attempts', -1)
-redis.call('HDEL', key, 'worker', 'lease_until')
+unlease(key, ARGV[2])
 redis.call('HSET', key, 'state', 'waiting')
-redis.call('ZREM', ns .. ':leases', ARGV[2])
 queue(name, ARGV[2], redis.call('HGET', key, 'qscore'))
 return 1
 """
@@ -301,8 +304,7 @@ local key = jkey(ARGV[2])
 local name = holds(key, ARGV[3], ARGV[4])
 if not name then return 0 end
 move(ARGV[2], name, 'active', ARGV[5], ARGV[6])
-redis.call('ZREM', ns .. ':leases', ARGV[2])
-redis.call('HDEL', key, 'worker', 'lease_until')
+unlease(key, ARGV[2])
 redis.call('HSET', key, 'state', ARGV[5], 'finished_at', ARGV[6], unpack(ARGV, 10))
 count(name, ARGV[5])
 finished(ARGV[2], name, ARGV[5], ARGV[9], ARGV[6])
@@ -316,8 +318,7 @@ local key = jkey(ARGV[2])
 local name = holds(key, ARGV[3], ARGV[4])
 if not name then return 0 end
 move(ARGV[2], name, 'active', 'delayed', ARGV[5])
-redis.call('ZREM', ns .. ':leases', ARGV[2])
-redis.call('HDEL', key, 'worker', 'lease_until')
+unlease(key, ARGV[2])
 redis.call('HSET', key, 'state', 'delayed', 'run_at', ARGV[5], 'error', ARGV[6], 'traceback', ARGV[7], 'delay_reason', 'backoff')
 count(name, 'retried')
 return 1
@@ -363,8 +364,7 @@ WAIT_CHILDREN = _LIB + """
 local key = jkey(ARGV[2])
 local name = holds(key, ARGV[3], ARGV[4])
 if not name then return false end
-redis.call('ZREM', ns .. ':leases', ARGV[2])
-redis.call('HDEL', key, 'worker', 'lease_until')
+unlease(key, ARGV[2])
 redis.call('HINCRBY', key, 'attempts', -1)
 if tonumber(redis.call('HGET', key, 'pending') or '0') <= 0 then
   move(ARGV[2], name, 'active', 'waiting', ARGV[5])
