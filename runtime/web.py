@@ -13,11 +13,14 @@ from aiohttp import web
 
 from runtime import api_models as m
 from runtime.api import RUNTIME, ROUTES, respond
+from runtime.api_dashboard import DASHBOARD_ROUTES
 from runtime.api_market import MARKET_ROUTES
+from runtime.dashboard import setup_dashboard
 from runtime.engine import Runtime
 from runtime.errors import (
     B3JobsError, InvalidArgument, InvalidState, JobNotFound, PayloadError, UnknownJob,
 )
+from runtime.metrics import bus_tap, setup_metrics
 from runtime.openapi import document
 from runtime.settings import Settings
 
@@ -97,13 +100,15 @@ def create_app(runtime: Runtime, relay: Any = None, *, token: str | None = None)
         client_max_size=MAX_BODY_BYTES,
     )
     app[RUNTIME] = runtime
-    routes = [*ROUTES, *MARKET_ROUTES]
+    routes = [*ROUTES, *MARKET_ROUTES, *DASHBOARD_ROUTES]
     app[OPENAPI] = document(routes)
     for route in routes:
         app.router.add_route(route.method, route.path, route.handler)
     app.router.add_get("/api/openapi.json", openapi)
     if relay is not None:
         relay.setup(app)
+    setup_metrics(app, relay)
+    setup_dashboard(app)
     return app
 
 
@@ -126,13 +131,19 @@ def bus_url(settings: Settings, default: str | None = None) -> str:
     return settings.bus_url or settings.redis_url or default or "memory://"
 
 
-def bridge_context(url: str, relay: Any, namespace: str) -> Any:
-    """cleanup_ctx: a Kombu consumer thread feeding the relay on this app's loop."""
+def bridge_context(url: str, relay: Any, namespace: str, taps: tuple[Any, ...] = ()) -> Any:
+    """cleanup_ctx: a Kombu consumer thread feeding the relay on this app's loop (and `taps`, on the thread)."""
     from bus.consumer import BusBridge
 
     async def context(app: web.Application) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
-        bridge = BusBridge(url, lambda raw: loop.call_soon_threadsafe(relay.ingest_raw, raw), namespace=namespace)
+
+        def on_raw(raw: bytes) -> None:
+            loop.call_soon_threadsafe(relay.ingest_raw, raw)
+            for tap in taps:
+                tap(raw)
+
+        bridge = BusBridge(url, on_raw, namespace=namespace)
         bridge.start()
         yield
         await loop.run_in_executor(None, bridge.stop)
@@ -150,7 +161,7 @@ def build_web(settings: Settings, runtime: Runtime | None = None, *, url: str | 
         runtime = Runtime(settings, events=KombuPublisher(url, namespace=settings.namespace))
     relay = Relay(token=settings.token)
     app = create_app(runtime, relay, token=settings.token)
-    app.cleanup_ctx.append(bridge_context(url, relay, settings.namespace))
+    app.cleanup_ctx.append(bridge_context(url, relay, settings.namespace, taps=(bus_tap(app),)))
     return app
 
 

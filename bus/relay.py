@@ -1,0 +1,730 @@
+"""The websocket relay: fans event envelopes out to browsers and scripts over `/ws`.
+
+Protocol (v1)
+=============
+
+One websocket, JSON text frames. Client messages are JSON objects with an `op`; server control
+messages also carry an `op` and never an `event`; everything else the server sends is events.
+
+Connecting
+----------
+When the relay has a token (`B3JOBS_TOKEN`), a connection must prove it, either with the header
+`Authorization: Bearer <token>` on the upgrade request (scripts) or, for browsers, which cannot
+set headers on a websocket, with a first message `{"op": "auth", "token": "<token>"}` within
+5 s (answered `{"op": "authenticated"}`). Anything else is closed with code **4401**
+"unauthorized". A token is never taken from the URL: URLs end up in logs.
+
+Client → server
+---------------
+    {"op": "subscribe", "events": ["job:*", "asset:updated"], "where": {"ticker": "PETR4"}, "since": 41}
+    {"op": "unsubscribe", "events": ["job:*"]}
+    {"op": "auth", "token": "..."}
+
+- `events`: event-name patterns, `*` and `?` as in shell globs (`job:*`, `*:progress`, `*`).
+- `where` (optional): every key must equal the event's `data` field of that name; the key `job`
+  matches the job name (`envelope.job.name`, or `data.job` for events without a job, such as
+  `queue:paused`). A list value means "any of": `{"ticker": ["PETR4", "VALE3"]}`. Values are
+  JSON scalars.
+- `since` (optional): the last `seq` the client saw; see Resume.
+- Each `subscribe` adds its patterns, each with its own `where`, to the connection's subscription;
+  an event is sent once when any of them matches. `unsubscribe` removes the patterns named
+  (whatever their `where`).
+
+Every client message gets exactly one reply, in order:
+`{"op": "subscribed", "events": [...], "seq": S, "oldest": O, "replay": R}` (see Resume),
+`{"op": "unsubscribed", "events": [...removed]}`, `{"op": "authenticated"}`, or
+`{"op": "error", "code": "bad_json" | "bad_message" | "unknown_op" | "bad_subscription", "message": "..."}`
+(the connection stays open after an error).
+
+Server → client: events
+-----------------------
+Every event is an envelope `{"id", "seq", "event", "ts", "job": {"id", "name"} | null, "data"}`
+(see `bus.envelope`). Events are batched: an event waits 10 ms (`flush_interval_s`) for others to
+join it (longer only while the previous round of writes is still going out), then one flush sends
+each client at most one frame: a single envelope object when one event is due for it, else a
+JSON array of envelopes in `seq` order. The frame is built once per distinct subscription and
+shared by every client that has it. A client that fell behind may get one array covering several
+flushes (up to 1,000 events per frame).
+So a reader does: `msg = JSON.parse(frame); if (Array.isArray(msg)) ...each envelope...;
+else if ("op" in msg) ...control...; else ...one envelope...`.
+
+`seq` rises by 1 per event received by this relay process (starting at 1); a client sees a
+subset (its filters), so gaps in the `seq` it sees are normal.
+
+Resume
+------
+`subscribed.seq` (S) is the relay's position when the subscription took effect: every matching
+event with `seq > S` arrives live. `oldest` is the oldest `seq` still held in the replay buffer
+(the last 10,000 events by default), or null.
+
+With `since: N`, if every event with `seq > N` is still held, the R matching ones with
+`N < seq <= S` are sent right after `subscribed`, in order, then live events follow: no gap and
+no duplicate (events this connection already received through an earlier subscription are not
+sent again). If they are not all held (the buffer moved on, or the relay restarted and `N` is
+beyond its `seq`), the relay sends `{"op": "gap", "since": N, "oldest": O, "latest": S}` and goes
+live: the client reloads its state over HTTP. A resume against another web process is not
+promised: `seq` is per relay process.
+
+Slow clients
+------------
+Each client has its own queue and writer, so a slow socket never delays the others. When more
+than 5,000 live events wait for one client, the relay first coalesces `*:progress` events (only
+the newest per job and event name is kept); if still over, it closes the socket with code
+**4408** "too slow: N events pending" (reconnect and resume with `since`). Heartbeat pings every
+20 s drop dead sockets. Shutdown closes every socket with 1001 (going away).
+
+Wiring
+------
+    relay = Relay(token=settings.token)
+    relay.setup(app)          # GET /ws, the flush task (cleanup_ctx), GOING_AWAY on shutdown
+    # from the Kombu consumer thread:
+    loop.call_soon_threadsafe(relay.ingest_raw, body)
+
+`setup` is `app.router.add_get("/ws", relay.handle)`, `app.cleanup_ctx.append(relay.context)`
+and `app.on_shutdown.append(relay.shutdown)`. The last matters: aiohttp waits for running
+handlers (up to its shutdown timeout, 60 s) before it runs the cleanup contexts, and a websocket
+handler runs until its socket closes; `context` closes whatever is still open at cleanup.
+`bus.client.RelayClient` is a Python client with resume built in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import fnmatch
+import functools
+import hmac
+import itertools
+import logging
+import time
+from dataclasses import asdict, dataclass
+from typing import Annotated, Any, AsyncIterator, Iterable, Iterator, Union
+
+import msgspec
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from bus.envelope import Envelope, decode, encode
+
+log = logging.getLogger(__name__)
+
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_TOO_SLOW = 4408
+MAX_INBOUND_BYTES = 64 * 1024
+MAX_FILTERS = 128
+MAX_PATTERN_CHARS = 255
+MAX_EVENTS_PER_FRAME = 1000
+CLOSE_TIMEOUT_S = 5.0
+
+Scalar = Union[str, int, float, bool, None]
+WhereKey = tuple[tuple[str, tuple[Scalar, ...]], ...]
+FilterKey = tuple[str, WhereKey]
+
+
+# ---------------------------------------------------------------- client messages
+
+
+class Subscribe(msgspec.Struct, forbid_unknown_fields=True):
+    op: str
+    events: list[str]
+    where: dict[str, Union[Scalar, list[Scalar]]] | None = None
+    since: Annotated[int, msgspec.Meta(ge=0)] | None = None
+
+
+class Unsubscribe(msgspec.Struct, forbid_unknown_fields=True):
+    op: str
+    events: list[str]
+
+
+class Auth(msgspec.Struct, forbid_unknown_fields=True):
+    op: str
+    token: str
+
+
+MESSAGES: dict[str, type[Subscribe] | type[Unsubscribe] | type[Auth]] = {
+    "subscribe": Subscribe,
+    "unsubscribe": Unsubscribe,
+    "auth": Auth,
+}
+
+
+class BadMessage(Exception):
+    """A client message the relay refuses; answered with an `op: error`, the socket stays open."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def parse_message(raw: str | bytes) -> Subscribe | Unsubscribe | Auth:
+    """Decode one client message, or raise BadMessage saying what was wrong."""
+    try:
+        obj = msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise BadMessage("bad_json", "message is not valid JSON: %s" % exc) from exc
+    if not isinstance(obj, dict):
+        raise BadMessage("bad_message", "message must be a JSON object, got %s" % type(obj).__name__)
+    kind = MESSAGES.get(obj.get("op"))  # type: ignore[arg-type]
+    if kind is None:
+        raise BadMessage("unknown_op", "op must be one of %s, got %r" % (", ".join(MESSAGES), obj.get("op")))
+    try:
+        return msgspec.convert(obj, kind)
+    except msgspec.ValidationError as exc:
+        keys = ", ".join(f.name for f in msgspec.structs.fields(kind))
+        raise BadMessage("bad_message", "%s: %s (%s takes: %s)" % (obj["op"], exc, obj["op"], keys)) from exc
+
+
+def check_patterns(patterns: list[str]) -> None:
+    if not patterns:
+        raise BadMessage("bad_subscription", "events must name at least one event or pattern")
+    for pattern in patterns:
+        if not pattern or len(pattern) > MAX_PATTERN_CHARS:
+            message = "event pattern must be 1-%d characters, got %r" % (MAX_PATTERN_CHARS, pattern)
+            raise BadMessage("bad_subscription", message)
+
+
+# ---------------------------------------------------------------- events held by the relay
+
+
+class Held:
+    """One received event: its envelope (with `seq`), its bytes, encoded once, and its coalescing key."""
+
+    __slots__ = ("seq", "envelope", "raw", "progress_key")
+
+    def __init__(self, envelope: Envelope) -> None:
+        self.seq = envelope.seq
+        self.envelope = envelope
+        self.raw = encode(envelope)
+        job, name = envelope.job, envelope.event
+        self.progress_key = (job.id, name) if job is not None and name.endswith(":progress") else None
+
+
+def build_frame(items: list[Held] | tuple[Held, ...]) -> bytes:
+    """One envelope as itself, several as a JSON array: the bytes are joined, never re-encoded."""
+    if len(items) == 1:
+        return items[0].raw
+    return b"[" + b",".join(item.raw for item in items) + b"]"
+
+
+def batches(items: list[Held], size: int = MAX_EVENTS_PER_FRAME) -> Iterator[list[Held]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# ---------------------------------------------------------------- filters
+
+
+def where_key(where: dict[str, Any] | None) -> WhereKey:
+    """A hashable, order-free form of `where`: a scalar becomes a one-value "any of"."""
+    if not where:
+        return ()
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else (v,)) for k, v in where.items()))
+
+
+def filter_matches(key: FilterKey, envelope: Envelope) -> bool:
+    pattern, where = key
+    if not name_matches(envelope.event, pattern):
+        return False
+    return all(field_value(envelope, name) in allowed for name, allowed in where)
+
+
+@functools.lru_cache(maxsize=4096)
+def name_matches(event: str, pattern: str) -> bool:
+    """fnmatch on event names, remembered: there are few names and patterns, and many flushes."""
+    return fnmatch.fnmatchcase(event, pattern)
+
+
+_MISSING = object()
+
+
+def field_value(envelope: Envelope, name: str) -> Any:
+    """The value a `where` key is compared with: the job name for `job`, else the data field."""
+    if name == "job" and envelope.job is not None:
+        return envelope.job.name
+    return envelope.data.get(name, _MISSING)
+
+
+def any_matches(keys: Iterable[FilterKey], envelope: Envelope) -> bool:
+    return any(filter_matches(key, envelope) for key in keys)
+
+
+class Group:
+    """The clients with one distinct subscription: each flush builds its frame once for all of them."""
+
+    __slots__ = ("keys", "clients")
+
+    def __init__(self, keys: frozenset[FilterKey]) -> None:
+        self.keys = keys
+        self.clients: set[Client] = set()
+
+    def select(self, due: list[Held]) -> list[Held]:
+        return [item for item in due if any_matches(self.keys, item.envelope)]
+
+
+# ---------------------------------------------------------------- one connection
+
+
+@dataclass
+class Counters:
+    """What `Relay.stats()` reports besides the live counts; `events_sent` counts deliveries."""
+
+    events_ingested: int = 0
+    undecodable: int = 0
+    frames_sent: int = 0
+    events_sent: int = 0
+    coalesced: int = 0
+    slow_disconnects: int = 0
+
+
+class Chunk:
+    """A frame waiting in a client's queue; `items` is None for a control message."""
+
+    __slots__ = ("frame", "items", "live")
+
+    def __init__(self, frame: bytes, items: list[Held] | None, live: bool = False) -> None:
+        self.frame = frame
+        self.items = items
+        self.live = live
+
+
+class Client:
+    """One websocket: its subscription, its bounded queue of frames and the task that writes them."""
+
+    def __init__(self, ws: web.WebSocketResponse, request: web.Request, counters: Counters, max_pending: int) -> None:
+        self.ws = ws
+        self.request = request
+        self.peer = request.remote or "?"
+        self.filters: dict[FilterKey, int] = {}  # filter -> the seq after which it has had every event
+        self.group: Group | None = None
+        self.closing = False
+        self._counters = counters
+        self._max_pending = max_pending
+        self._pending: collections.deque[Chunk] = collections.deque()
+        self._pending_live = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self.writer = asyncio.get_running_loop().create_task(self._write_forever())
+
+    # -- queueing (on the loop, never awaits)
+
+    def send_control(self, message: dict[str, Any]) -> None:
+        self._enqueue(Chunk(msgspec.json.encode(message), None))
+
+    def send_replay(self, items: list[Held]) -> None:
+        for part in batches(items):
+            self._enqueue(Chunk(build_frame(part), part))
+
+    def push(self, frame: bytes, items: list[Held]) -> None:
+        """Queue one flush's frame; returns at once whatever the socket does."""
+        if self.closing:
+            return
+        self._pending_live += len(items)
+        self._enqueue(Chunk(frame, items, live=True))
+        if self._pending_live > self._max_pending:
+            self._counters.coalesced += self._coalesce()
+
+    @property
+    def over_limit(self) -> bool:
+        return self._pending_live > self._max_pending
+
+    @property
+    def pending_live(self) -> int:
+        return self._pending_live
+
+    def _enqueue(self, chunk: Chunk) -> None:
+        if self.closing:
+            return
+        self._pending.append(chunk)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _coalesce(self) -> int:
+        """Keep only the newest pending `*:progress` per job and event; returns how many were dropped."""
+        newest = {item.progress_key: item.seq for chunk in self._live_chunks() for item in chunk.items or ()}
+        kept: collections.deque[Chunk] = collections.deque()
+        dropped = 0
+        for chunk in self._pending:
+            if not chunk.live or chunk.items is None:
+                kept.append(chunk)
+                continue
+            items = [i for i in chunk.items if i.progress_key is None or newest[i.progress_key] == i.seq]
+            dropped += len(chunk.items) - len(items)
+            if items:
+                kept.append(chunk if len(items) == len(chunk.items) else Chunk(build_frame(items), items, live=True))
+        self._pending = kept
+        self._pending_live -= dropped
+        return dropped
+
+    def _live_chunks(self) -> Iterator[Chunk]:
+        return (chunk for chunk in self._pending if chunk.live)
+
+    # -- writing (its own task)
+
+    async def _write_forever(self) -> None:
+        try:
+            while not self.closing:
+                await self._until_pending()
+                for frame, count in self._take():
+                    await self.ws.send_frame(frame, WSMsgType.TEXT)
+                    self._counters.frames_sent += 1
+                    self._counters.events_sent += count
+        except ConnectionResetError:
+            pass  # the socket went away; the handler's receive loop sees it and unregisters us
+
+    async def _until_pending(self) -> None:
+        while not self._pending and not self.closing:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    def _take(self) -> Iterator[tuple[bytes, int]]:
+        """Everything queued, with consecutive event frames merged: a lagging client catches up in few writes."""
+        chunks, self._pending, self._pending_live = self._pending, collections.deque(), 0
+        if len(chunks) == 1:  # the usual case: one flush's frame, shared with the whole group
+            chunk = chunks[0]
+            return iter(((chunk.frame, len(chunk.items or ())),))
+        return frames_of(chunks)
+
+    def discard(self) -> None:
+        """Stop queueing; the writer is left alone, as it may share aiohttp's drain future with a close."""
+        self.closing = True
+        self._pending.clear()
+        self._pending_live = 0
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def stop(self) -> None:
+        """The socket is gone: end the writer."""
+        self.discard()
+        self.writer.cancel()
+
+
+def frames_of(chunks: Iterable[Chunk]) -> Iterator[tuple[bytes, int]]:
+    """(frame, events in it): control frames as they are, runs of event frames merged."""
+    run: list[Chunk] = []
+    for chunk in chunks:
+        if chunk.items is None:
+            yield from merged(run)
+            run = []
+            yield chunk.frame, 0
+        else:
+            run.append(chunk)
+    yield from merged(run)
+
+
+def merged(run: list[Chunk]) -> Iterator[tuple[bytes, int]]:
+    if len(run) == 1:
+        yield run[0].frame, len(run[0].items or ())
+        return
+    items = [item for chunk in run for item in chunk.items or ()]
+    for part in batches(items):
+        yield build_frame(part), len(part)
+
+
+# ---------------------------------------------------------------- the relay
+
+
+class Relay:
+    """Numbers incoming envelopes, keeps the last `replay_size`, and fans them out to `/ws` clients."""
+
+    def __init__(
+        self,
+        *,
+        token: str | None = None,
+        replay_size: int = 10_000,
+        max_pending: int = 5_000,
+        flush_interval_s: float = 0.01,
+        auth_timeout_s: float = 5.0,
+        heartbeat_s: float = 20.0,
+    ) -> None:
+        self._token = token.encode() if token else None
+        self._max_pending = max_pending
+        self._flush_interval_s = flush_interval_s
+        self._auth_timeout_s = auth_timeout_s
+        self._heartbeat_s = heartbeat_s
+        self._seq = 0
+        self._flushed_seq = 0  # every event up to here has been handed to the subscribed clients
+        self._replay: collections.deque[Held] = collections.deque(maxlen=replay_size)
+        self._due: list[Held] = []
+        self._due_event: asyncio.Event | None = None
+        self._first_due_at = 0.0
+        self._clients: set[Client] = set()
+        self._groups: dict[frozenset[FilterKey], Group] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._counters = Counters()
+
+    # -- wiring
+
+    def setup(self, app: web.Application, path: str = "/ws") -> None:
+        """Route, flush task and shutdown hook in one call."""
+        app.router.add_get(path, self.handle)
+        app.cleanup_ctx.append(self.context)
+        app.on_shutdown.append(self.shutdown)
+
+    async def context(self, app: web.Application) -> AsyncIterator[None]:
+        """cleanup_ctx: runs the flush task; on exit closes every socket with GOING_AWAY."""
+        self._due_event = asyncio.Event()
+        if self._due:
+            self._due_event.set()
+        flusher = asyncio.get_running_loop().create_task(self._flush_forever())
+        yield
+        flusher.cancel()
+        await asyncio.gather(flusher, return_exceptions=True)
+        await self.shutdown(app)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def shutdown(self, app: web.Application | None = None) -> None:
+        """on_shutdown: close every socket with GOING_AWAY, so aiohttp need not wait for the handlers."""
+        clients = list(self._clients)
+        for client in clients:
+            client.discard()
+        await asyncio.gather(*(self._close(c, WSCloseCode.GOING_AWAY, "server shutdown") for c in clients))
+
+    def stats(self) -> dict[str, int]:
+        live = {"clients": len(self._clients), "subscriptions": len(self._groups), "seq": self._seq}
+        return {**live, **asdict(self._counters)}
+
+    # -- input (on the event loop)
+
+    def ingest(self, envelope: Envelope) -> None:
+        """Number one envelope, encode it once, hold it for replay and queue it for the next flush."""
+        self._seq += 1
+        held = Held(msgspec.structs.replace(envelope, seq=self._seq))
+        self._replay.append(held)
+        self._due.append(held)
+        self._counters.events_ingested += 1
+        if len(self._due) == 1:
+            self._first_due_at = time.monotonic()
+            if self._due_event is not None:
+                self._due_event.set()
+
+    def ingest_raw(self, raw: bytes) -> None:
+        """ingest() for bytes off the bus; undecodable input is counted and logged, never raised."""
+        try:
+            envelope = decode(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            self._counters.undecodable += 1
+            if self._counters.undecodable <= 10 or self._counters.undecodable % 1000 == 0:
+                log.warning("undecodable event dropped (%d so far): %s: %.120r", self._counters.undecodable, exc, raw)
+            return
+        self.ingest(envelope)
+
+    # -- fan-out
+
+    async def _flush_forever(self) -> None:
+        assert self._due_event is not None
+        while True:
+            await self._due_event.wait()
+            # An event waits flush_interval_s for company, counted from its arrival: when the previous
+            # round of writes took longer than that, the next flush follows it at once.
+            delay = self._first_due_at + self._flush_interval_s - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self._due_event.clear()
+            try:
+                self._flush()
+            except Exception:  # a bug here must not stop delivery for good
+                log.exception("relay flush failed")
+
+    def _flush(self) -> None:
+        due, self._due = self._due, []
+        if not due:
+            return
+        self._flushed_seq = due[-1].seq
+        for group in list(self._groups.values()):
+            items = group.select(due)
+            if items:
+                self._deliver(group, build_frame(items), items)
+
+    def _deliver(self, group: Group, frame: bytes, items: list[Held]) -> None:
+        for client in list(group.clients):
+            client.push(frame, items)
+            if client.over_limit:
+                self._disconnect_slow(client)
+
+    def _disconnect_slow(self, client: Client) -> None:
+        pending = client.pending_live
+        self._counters.slow_disconnects += 1
+        log.warning("relay: closing %s: too slow, %d events pending", client.peer, pending)
+        self._unregister(client)
+        client.discard()
+        self._spawn(self._close(client, CLOSE_TOO_SLOW, "too slow: %d events pending" % pending))
+
+    # -- connections
+
+    async def handle(self, request: web.Request) -> web.WebSocketResponse:
+        """GET /ws: authenticate, then serve the connection's messages until it closes."""
+        ws = web.WebSocketResponse(compress=False, heartbeat=self._heartbeat_s, max_msg_size=MAX_INBOUND_BYTES)
+        await ws.prepare(request)
+        how = await self._authenticate(request, ws)
+        if how is None:
+            await ws.close(code=CLOSE_UNAUTHORIZED, message=b"unauthorized")
+            return ws
+        client = Client(ws, request, self._counters, self._max_pending)
+        self._clients.add(client)
+        if how == "message":
+            client.send_control({"op": "authenticated"})
+        try:
+            await self._serve(client)
+        finally:
+            self._unregister(client)
+            client.stop()
+        return ws
+
+    async def _authenticate(self, request: web.Request, ws: web.WebSocketResponse) -> str | None:
+        """How the connection proved the token ("open" when there is none, "header", "message"), or None."""
+        if self._token is None:
+            return "open"
+        header = request.headers.get("Authorization")
+        if header is not None:
+            scheme, _, token = header.partition(" ")
+            return "header" if scheme.lower() == "bearer" and self._token_ok(token.strip()) else None
+        try:
+            msg = await ws.receive(timeout=self._auth_timeout_s)
+        except asyncio.TimeoutError:
+            return None
+        return "message" if msg.type is WSMsgType.TEXT and self._auth_message_ok(msg.data) else None
+
+    def _auth_message_ok(self, data: str) -> bool:
+        try:
+            message = parse_message(data)
+        except BadMessage:
+            return False
+        return isinstance(message, Auth) and self._token_ok(message.token)
+
+    def _token_ok(self, token: str) -> bool:
+        """Constant-time comparison; with no token configured every token is fine."""
+        if self._token is None:
+            return True
+        return hmac.compare_digest(token.encode(), self._token)
+
+    async def _serve(self, client: Client) -> None:
+        async for msg in client.ws:
+            if msg.type is WSMsgType.TEXT:
+                self._on_text(client, msg.data)
+            elif msg.type is WSMsgType.BINARY:
+                self._reply_error(client, BadMessage("bad_message", "binary frames are not accepted; send JSON text"))
+
+    def _on_text(self, client: Client, data: str) -> None:
+        try:
+            message = parse_message(data)
+            if isinstance(message, Subscribe):
+                self._subscribe(client, message)
+            elif isinstance(message, Unsubscribe):
+                self._unsubscribe(client, message)
+            elif self._token_ok(message.token):
+                client.send_control({"op": "authenticated"})
+            else:
+                self._refuse(client)
+        except BadMessage as exc:
+            self._reply_error(client, exc)
+
+    def _refuse(self, client: Client) -> None:
+        """A wrong token on an open connection: close it as unauthorized."""
+        self._unregister(client)
+        client.discard()
+        self._spawn(self._close(client, CLOSE_UNAUTHORIZED, "unauthorized"))
+
+    def _reply_error(self, client: Client, exc: BadMessage) -> None:
+        client.send_control({"op": "error", "code": exc.code, "message": exc.message})
+
+    # -- subscriptions
+
+    def _subscribe(self, client: Client, message: Subscribe) -> None:
+        new = self._new_filters(client, message)
+        live, oldest = self._flushed_seq, self._oldest()
+        start = self._resume_point(message.since)
+        replay = self._replay_for(client, new, start) if start is not None else []
+        reply = {"op": "subscribed", "events": message.events, "seq": live, "oldest": oldest, "replay": len(replay)}
+        client.send_control(reply)
+        client.send_replay(replay)
+        if message.since is not None and start is None:
+            client.send_control({"op": "gap", "since": message.since, "oldest": oldest, "latest": live})
+        for key in new:
+            client.filters[key] = live if start is None else start
+        self._regroup(client)
+
+    def _new_filters(self, client: Client, message: Subscribe) -> list[FilterKey]:
+        check_patterns(message.events)
+        wkey = where_key(message.where)
+        new = [(pattern, wkey) for pattern in dict.fromkeys(message.events) if (pattern, wkey) not in client.filters]
+        total = len(client.filters) + len(new)
+        if total > MAX_FILTERS:
+            raise BadMessage("bad_subscription", "at most %d patterns per connection, got %d" % (MAX_FILTERS, total))
+        return new
+
+    def _unsubscribe(self, client: Client, message: Unsubscribe) -> None:
+        patterns = set(message.events)
+        removed = [key for key in client.filters if key[0] in patterns]
+        for key in removed:
+            del client.filters[key]
+        self._regroup(client)
+        client.send_control({"op": "unsubscribed", "events": sorted({key[0] for key in removed})})
+
+    def _oldest(self) -> int | None:
+        return self._replay[0].seq if self._replay else None
+
+    def _resume_point(self, since: int | None) -> int | None:
+        """`since` when every event after it up to the live position is still held, else None."""
+        if since is None or since > self._seq:
+            return None
+        if since >= self._flushed_seq:
+            return since
+        oldest = self._oldest()
+        return since if oldest is not None and oldest <= since + 1 else None
+
+    def _replay_for(self, client: Client, new: list[FilterKey], since: int) -> list[Held]:
+        """Held events in (since, live] matching the new filters that no earlier filter already sent."""
+        skip = max(0, since + 1 - self._replay[0].seq) if self._replay else 0
+        items = []
+        for item in itertools.islice(self._replay, skip, None):
+            if item.seq > self._flushed_seq:
+                break
+            if any_matches(new, item.envelope) and not self._already_sent(client, item):
+                items.append(item)
+        return items
+
+    def _already_sent(self, client: Client, item: Held) -> bool:
+        return any(item.seq > start and filter_matches(key, item.envelope) for key, start in client.filters.items())
+
+    def _regroup(self, client: Client) -> None:
+        self._leave_group(client)
+        if not client.filters:
+            return
+        keys = frozenset(client.filters)
+        group = self._groups.get(keys)
+        if group is None:
+            group = self._groups[keys] = Group(keys)
+        group.clients.add(client)
+        client.group = group
+
+    def _leave_group(self, client: Client) -> None:
+        group, client.group = client.group, None
+        if group is None:
+            return
+        group.clients.discard(client)
+        if not group.clients:
+            del self._groups[group.keys]
+
+    def _unregister(self, client: Client) -> None:
+        self._clients.discard(client)
+        self._leave_group(client)
+
+    # -- closing
+
+    async def _close(self, client: Client, code: int, reason: str) -> None:
+        """Close with a code; a peer that does not take the close frame within 5 s is cut off."""
+        try:
+            await asyncio.wait_for(client.ws.close(code=code, message=reason.encode()), CLOSE_TIMEOUT_S)
+        except (asyncio.TimeoutError, ConnectionError):
+            transport = client.request.transport
+            if transport is not None:
+                transport.abort()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
