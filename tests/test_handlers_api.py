@@ -162,3 +162,19 @@ async def test_with_a_token_the_b3_routes_need_it(b3: Runtime, aiohttp_client: C
     ok = await api.get("/api/v1/assets", headers={"Authorization": "Bearer s3cret"})
     assert ok.status == 200
     b3.services.close()
+
+
+async def test_100_concurrent_updates_of_petr4_make_one_job(api: Any, b3: Runtime) -> None:
+    import asyncio
+
+    # update-asset-prices is deduplicated by ticker (dedupe = ["ticker"] in the manifest)
+    replies = await asyncio.gather(*(api.post("/api/v1/jobs/update-asset-prices", json={"payload": {"ticker": "PETR4"}})
+                                     for _ in range(100)))
+    bodies = [await r.json() for r in replies]
+    assert sorted(r.status for r in replies) == [200] * 99 + [202]
+    assert len({b["id"] for b in bodies}) == 1
+    assert sum(b["deduplicated"] for b in bodies) == 99
+    assert b3.counts()["update-asset-prices"]["waiting"] == 1
+    # the original route answers with the same job
+    again = await (await api.post("/api/v1/assets/update/PETR4")).json()
+    assert again["jobId"] == bodies[0]["id"]
