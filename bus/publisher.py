@@ -67,7 +67,8 @@ class KombuPublisher:
             self._drop(1)
             return
         try:
-            self._queue.put_nowait(env.make(event, job, data))
+            # A shallow copy: the handler may go on changing its dict while the thread encodes it.
+            self._queue.put_nowait(env.make(event, job, dict(data)))
         except queue.Full:
             self._drop(1)
 
@@ -124,8 +125,14 @@ class KombuPublisher:
                 item.set()
                 continue
             try:
+                body = env.encode(item)
+            except (TypeError, ValueError) as exc:  # one bad event, not a broker failure
+                logger.warning("event %s dropped: cannot encode its data: %s", item.event, exc)
+                self._drop(1)
+                continue
+            try:
                 producer.publish(
-                    env.encode(item),
+                    body,
                     exchange=ex,
                     routing_key=env.routing_key(item),
                     declare=[ex],

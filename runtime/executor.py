@@ -94,7 +94,7 @@ class Executor:
             with self._lock:
                 ids = list(self.in_flight)
             try:
-                self.store.renew(self.owner, ids, time.time(), self.lease_s)
+                self.store.renew(self.owner, ids, None, self.lease_s)
             except Exception as exc:  # the store is down: the reaper will sort leases out later
                 logger.warning("lease heartbeat failed: %s", exc)
 
@@ -174,12 +174,17 @@ class Executor:
             self._run(task, got)
         except KeyboardInterrupt:
             # Shutdown interrupted the handler: hand the job back now instead of at lease expiry.
-            if self.store.release(got.job_id, got.lease):
-                logger.warning("%s[%s] interrupted by shutdown; handed back to the queue", task.name, task.id)
+            try:
+                if self.store.release(got.job_id, got.lease):
+                    logger.warning("%s[%s] interrupted by shutdown; handed back to the queue", task.name, task.id)
+            except STORE_ERRORS as exc:
+                logger.warning("%s[%s] not handed back (%s); its lease will expire", task.name, task.id, exc)
             raise
         finally:
             with self._lock:
-                self.in_flight.pop(got.job_id, None)
+                # Only this run's lease: the job may have been reaped and taken again by this process.
+                if self.in_flight.get(got.job_id) == got.lease:
+                    del self.in_flight[got.job_id]
 
     def _run(self, task: Any, got: Dequeued) -> None:
         job = self.manifest.jobs[task.name]
@@ -187,7 +192,7 @@ class Executor:
         lease = got.lease
         attempt = lease.attempt
         self.events.emit("job:active", ref, {"attempt": attempt, "worker": lease.owner})
-        children = self._children(got) if got.spawned else None
+        children = self._children(got) if got.children_done else None
         if children is not None and job.spec.children_fail == "fail_parent":
             failed = [c for c in children if c.state != "completed"]
             if failed:

@@ -54,7 +54,7 @@ def test_dequeue_leases_in_priority_then_fifo_order(runtime: Runtime) -> None:
     order = []
     while (got := take(store)) is not None:
         order.append(got.job_id)
-        assert got.message == b"m-" + got.job_id.encode() and got.lease == Lease(OWNER, 1)
+        assert got.message == b"m-" + got.job_id.encode() and (got.lease.owner, got.lease.attempt) == (OWNER, 1)
     # no priority first (as in BullMQ), then 1 = most urgent, FIFO within a priority
     assert order == ["none1", "none2", "high", "low1", "low2"]
     record = store.get("high")
@@ -84,8 +84,8 @@ def test_complete_is_fenced_by_the_lease(runtime: Runtime) -> None:
     store.create(new_record("j"), b"m")
     lease = take(store).lease
     assert store.set_progress("j", lease, b"42")
-    assert not store.complete("j", Lease("someone-else", 1), b"1", 2001.0, Keep(count=10))
-    assert not store.complete("j", Lease(OWNER, 2), b"1", 2001.0, Keep(count=10))
+    assert not store.complete("j", Lease("someone-else", 1, "other-token"), b"1", 2001.0, Keep(count=10))
+    assert not store.complete("j", Lease(OWNER, 2, lease.token), b"1", 2001.0, Keep(count=10))
     assert store.complete("j", lease, b'{"ok":true}', 2001.0, Keep(count=10))
     record = store.get("j")
     assert record is not None
@@ -106,7 +106,7 @@ def test_an_expired_lease_is_reaped_and_the_late_finisher_is_fenced(runtime: Run
     record = store.get("s")
     assert record is not None and (record.state, record.attempts, record.stalls, record.worker) == ("waiting", 0, 1, None)
     second = take(store, "live-consumer")
-    assert second.lease == Lease("live-consumer", 1)
+    assert (second.lease.owner, second.lease.attempt) == ("live-consumer", 1)
     # the first consumer was only slow: its late finish changes nothing
     assert not store.complete("s", first.lease, b'"late"', time.time(), Keep(count=10))
     assert store.complete("s", second.lease, b'"fresh"', time.time(), Keep(count=10))
@@ -316,3 +316,73 @@ def test_running_totals_and_live_consumers(runtime: Runtime) -> None:
     store.renew("c1", [], now=1000.0, lease_s=10)
     store.renew("c2", [], now=2000.0, lease_s=10)
     assert store.consumers(since=1500.0) == {"c2": 2000.0}
+
+
+def test_a_process_that_gets_its_own_job_back_cannot_finish_the_old_run(runtime: Runtime) -> None:
+    store = runtime.store
+    store.create(new_record("same-owner"), b"m")
+    old = take(store, OWNER, lease_s=0.01).lease
+    store.reap(time.time() + 1)
+    new = take(store, OWNER).lease
+    assert (old.owner, old.attempt) == (new.owner, new.attempt) and old.token != new.token
+    assert not store.complete("same-owner", old, b'"stale"', time.time(), Keep(count=10))
+    assert store.complete("same-owner", new, b'"fresh"', time.time(), Keep(count=10))
+
+
+def _flow(store, parent_id: str, children: int):  # type: ignore[no-untyped-def]
+    from runtime.store.base import NewChild
+
+    store.create(new_record(parent_id, name="flow-parent"), b"m")
+    lease = take(store).lease
+    kids = [NewChild(new_record("%s.%d" % (parent_id, i), name="flow-child"), b"c") for i in range(children)]
+    for kid in kids:
+        kid.record.parent_id = parent_id
+    assert store.spawn(parent_id, lease, kids, time.time()) == children
+    return lease
+
+
+def test_a_flow_parent_waits_for_every_child_once(runtime: Runtime) -> None:
+    store = runtime.store
+    lease = _flow(store, "p", 2)
+    assert store.wait_children("p", lease, time.time()) == "waiting-children"
+    first, second = take(store), take(store)
+    assert store.fail(first.job_id, first.lease, "boom", "", time.time(), Keep(count=10))
+    # the failed child is retried and ends again: still counted once, the parent keeps waiting
+    store.requeue_failed(first.job_id, time.time())
+    again = take(store)
+    assert again.job_id == first.job_id
+    assert store.complete(again.job_id, again.lease, b"1", time.time(), Keep(count=10))
+    assert store.get("p").state == "waiting-children"  # type: ignore[union-attr]
+    assert store.complete(second.job_id, second.lease, b"2", time.time(), Keep(count=10))
+    parent = take(store)
+    assert parent.job_id == "p" and parent.children_done
+    assert sorted((o.id, o.state, o.detail) for o in store.child_outcomes("p")) == [("p.0", "completed", "1"), ("p.1", "completed", "2")]
+
+
+def test_a_parent_rerun_before_it_waited_is_not_told_its_children_are_done(runtime: Runtime) -> None:
+    store = runtime.store
+    _flow(store, "q", 1)
+    store.reap(time.time() + 3600)  # its worker died between spawn and wait
+    rerun = take(store)
+    assert rerun.job_id == "q" and not rerun.children_done
+
+
+def test_removing_a_child_releases_its_parent(runtime: Runtime) -> None:
+    store = runtime.store
+    lease = _flow(store, "r", 1)
+    assert store.wait_children("r", lease, time.time()) == "waiting-children"
+    assert store.remove("r.0")
+    parent = take(store)
+    assert parent.job_id == "r" and parent.children_done
+    assert [(o.state, o.detail) for o in store.child_outcomes("r")] == [("failed", "removed")]
+
+
+def test_retrying_a_failed_job_does_not_make_a_second_live_duplicate(runtime: Runtime) -> None:
+    store = runtime.store
+    store.create(new_record("x1"), b"m", dedupe_key="noop:k")
+    store.fail("x1", take(store).lease, "boom", "", time.time(), Keep(count=10))
+    assert store.create(new_record("x2"), b"m", dedupe_key="noop:k")[1]  # x1 ended: the key is free
+    assert not store.create(new_record("x3"), b"m", dedupe_key="noop:k")[1]
+    with pytest.raises(InvalidState, match="cannot retry job x1"):
+        store.requeue_failed("x1", time.time())
+    assert store.get("x1").state == "failed"  # type: ignore[union-attr]

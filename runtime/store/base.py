@@ -22,10 +22,15 @@ from runtime.records import JobRecord
 
 @dataclass(frozen=True)
 class Lease:
-    """Who runs an attempt. Every finish presents it; a mismatch means the job moved on."""
+    """Who runs an attempt. Every finish presents it; a mismatch means the job moved on.
+
+    `token` is new for every dequeue: a process that gets its own job back after a reap holds a
+    different lease than the run it is still finishing.
+    """
 
     owner: str
     attempt: int
+    token: str = ""
 
 
 @dataclass(frozen=True)
@@ -34,7 +39,7 @@ class Dequeued:
     name: str
     message: bytes
     lease: Lease
-    spawned: bool = False  # a parent back from waiting-children: its children's outcomes are ready
+    children_done: bool = False  # a flow parent back from waiting-children: its children's outcomes are ready
 
 
 @dataclass(frozen=True)
@@ -124,12 +129,15 @@ class JobStore(ABC):
         """
 
     @abstractmethod
-    def renew(self, owner: str, job_ids: list[str], now: float, lease_s: float) -> int:
-        """Extend the leases `owner` holds on these running jobs; returns how many it still holds."""
+    def renew(self, owner: str, job_ids: list[str], now: float | None, lease_s: float) -> int:
+        """Extend the leases `owner` holds on these running jobs; returns how many it still holds.
+
+        `now` None: the store's own clock (Redis's), the one leases were given on.
+        """
 
     @abstractmethod
-    def reap(self, now: float, limit: int = 100) -> list[Reaped]:
-        """Requeue (or fail, past max_stalls) jobs whose lease expired."""
+    def reap(self, now: float | None, limit: int = 100) -> list[Reaped]:
+        """Requeue (or fail, past max_stalls) jobs whose lease expired (`now` None: the store's clock)."""
 
     @abstractmethod
     def release(self, job_id: str, lease: Lease) -> bool:

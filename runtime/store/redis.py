@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from typing import Any
 
 from runtime.errors import InvalidState, JobNotFound
@@ -73,12 +74,14 @@ local function trim(name, state, now, keep_count, age)
 end
 local function unlease(key, id)
   redis.call('ZREM', ns .. ':leases', id)
-  redis.call('HDEL', key, 'worker', 'lease_until')
+  redis.call('HDEL', key, 'worker', 'lease_until', 'lease_token')
 end
 -- The lease check every finish makes: still active, same owner, same attempt.
-local function holds(key, owner, attempt)
-  local s = redis.call('HMGET', key, 'state', 'worker', 'attempts', 'name')
-  if s[1] ~= 'active' or s[2] ~= owner or s[3] ~= attempt then return nil end
+-- A lease token is new for every dequeue, so a process that gets its own job back after a
+-- reap still cannot finish the older run in the newer one's place.
+local function holds(key, token, attempt)
+  local s = redis.call('HMGET', key, 'state', 'lease_token', 'attempts', 'name')
+  if s[1] ~= 'active' or s[2] ~= token or s[3] ~= attempt then return nil end
   return s[4]
 end
 -- A job reached completed or failed: free its dedupe key, tell its parent, wake a consumer
@@ -89,20 +92,22 @@ local function finished(id, name, state, detail, now)
   if f[1] and f[1] ~= '' and redis.call('GET', ns .. ':dedupe:' .. f[1]) == id then
     redis.call('DEL', ns .. ':dedupe:' .. f[1])
   end
-  if f[2] and f[2] ~= '' then
+  if f[2] and f[2] ~= '' and redis.call('EXISTS', jkey(f[2])) == 1 then
     local parent = f[2]
-    redis.call('HSET', ns .. ':outcomes:' .. parent, id, state .. '\\n' .. (detail or ''))
+    -- Counted once per child: a child retried and finishing again only updates its outcome.
+    local first = redis.call('HSET', ns .. ':outcomes:' .. parent, id, state .. '\\n' .. (detail or ''))
     local pkey = jkey(parent)
-    if redis.call('HINCRBY', pkey, 'pending', -1) <= 0 then
+    if first == 1 and redis.call('HINCRBY', pkey, 'pending', -1) <= 0 then
       local ps = redis.call('HMGET', pkey, 'state', 'name', 'priority')
       if ps[1] == 'waiting-children' then
         move(parent, ps[2], 'waiting-children', 'waiting', now)
-        redis.call('HSET', pkey, 'state', 'waiting')
+        redis.call('HSET', pkey, 'state', 'waiting', 'children_done', 1)
         requeue(parent, ps[2], ps[3])
       end
     end
   end
   redis.call('DEL', ns .. ':outcomes:' .. id)
+  redis.call('HDEL', key, 'children_done', 'pending')
   -- Only a concurrency slot freeing up makes a waiting job startable; a rate-limited name is
   -- woken by the time its window opens (dequeue's hint), not by every finish.
   if f[3] == '1' and redis.call('ZCARD', ns .. ':queue:' .. name) > 0 then wake() end
@@ -130,8 +135,8 @@ if ARGV[4] == 'waiting' then queue(ARGV[3], ARGV[2], qscore) end
 return 1
 """
 
-# ARGV: ns, owner, now, lease deadline, limits (JSON: {name: {c: concurrency, l: limit, p: per, k: keyed}}).
-# Returns {id, name, msg, attempt, spawned} or {seconds until a rate-limited name frees up (0: none)}.
+# ARGV: ns, owner, now, lease deadline, limits (JSON: {name: {c: concurrency, l: limit, p: per, k: keyed}}), token.
+# Returns {id, name, msg, attempt, children_done} or {seconds until a rate-limited name frees up (0: none)}.
 DEQUEUE = _LIB + """
 local cfg = cjson.decode(ARGV[5])
 -- One clock for every consumer: Redis's. Start times then order as jobs really started, which
@@ -191,7 +196,7 @@ for _ = 1, 200 do
   if not best then return {tostring(hint)} end
   local id = redis.call('ZPOPMIN', ns .. ':queue:' .. best)[1]
   local key = jkey(id)
-  local s = redis.call('HMGET', key, 'state', 'msg', 'rate_key', 'spawned')
+  local s = redis.call('HMGET', key, 'state', 'msg', 'rate_key', 'children_done')
   if s[1] == 'waiting' then
     local c = cfg[best] or {}
     local rl = nil
@@ -208,7 +213,8 @@ for _ = 1, 200 do
     if room then
       move(id, best, 'waiting', 'active', started)
       local attempt = redis.call('HINCRBY', key, 'attempts', 1)
-      redis.call('HSET', key, 'state', 'active', 'started_at', started, 'worker', ARGV[2], 'lease_until', deadline)
+      redis.call('HSET', key, 'state', 'active', 'started_at', started, 'worker', ARGV[2], 'lease_until', deadline,
+        'lease_token', ARGV[6])
       redis.call('HDEL', key, 'delay_reason')
       redis.call('ZADD', ns .. ':leases', deadline, id)
       if rl then
@@ -223,10 +229,16 @@ end
 return {tostring(hint)}
 """
 
-# ARGV: ns, owner, now, deadline, ids...
+# ARGV: ns, owner, now ('' = Redis's clock), deadline, lease seconds, ids...
 RENEW = _LIB + """
+if ARGV[3] == '' then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  ARGV[3] = string.format('%.6f', now)
+  ARGV[4] = string.format('%.6f', now + tonumber(ARGV[5]))
+end
 local held = 0
-for i = 5, #ARGV do
+for i = 6, #ARGV do
   local key = jkey(ARGV[i])
   local s = redis.call('HMGET', key, 'state', 'worker')
   if s[1] == 'active' and s[2] == ARGV[2] then
@@ -241,6 +253,12 @@ return held
 
 # ARGV: ns, now, limit, message template. Returns {id, name, stalls, failed(0/1)} per reaped job.
 REAP = _LIB + """
+-- Leases are on Redis's clock (see DEQUEUE), so expiry is judged by it too, not by this
+-- consumer's (an explicit time is for tests).
+if ARGV[2] == '' then
+  local t = redis.call('TIME')
+  ARGV[2] = string.format('%.6f', tonumber(t[1]) + tonumber(t[2]) / 1000000)
+end
 local out = {}
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', ns .. ':leases', '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))) do
   redis.call('ZREM', ns .. ':leases', id)
@@ -343,7 +361,15 @@ local created = 0
 for i = 6, #ARGV, 6 do
   local id, name = ARGV[i], ARGV[i + 1]
   local key = jkey(id)
-  if redis.call('EXISTS', key) == 0 then
+  local outcomes = ns .. ':outcomes:' .. ARGV[2]
+  if redis.call('EXISTS', key) == 1 then
+    -- Spawned again (a parent rerun after a crash or a retry): keep the child, and if it has
+    -- already ended without its parent knowing, record how.
+    local c = redis.call('HMGET', key, 'state', 'result', 'error')
+    if (c[1] == 'completed' or c[1] == 'failed') and redis.call('HEXISTS', outcomes, id) == 0 then
+      redis.call('HSET', outcomes, id, c[1] .. '\\n' .. ((c[1] == 'completed' and c[2]) or c[3] or ''))
+    end
+  else
     local qscore = new_qscore(ARGV[i + 3])
     redis.call('HSET', key, 'qscore', qscore, 'msg', ARGV[i + 2], 'rate_key', ARGV[i + 4], unpack(cjson.decode(ARGV[i + 5])))
     redis.call('ZADD', idx(name, 'waiting'), ARGV[5], id)
@@ -353,7 +379,7 @@ for i = 6, #ARGV, 6 do
     created = created + 1
   end
 end
-redis.call('HSET', pkey, 'children', cjson.encode(children), 'spawned', 1)
+redis.call('HSET', pkey, 'children', cjson.encode(children))
 redis.call('HINCRBY', pkey, 'pending', created)
 return created
 """
@@ -368,7 +394,7 @@ unlease(key, ARGV[2])
 redis.call('HINCRBY', key, 'attempts', -1)
 if tonumber(redis.call('HGET', key, 'pending') or '0') <= 0 then
   move(ARGV[2], name, 'active', 'waiting', ARGV[5])
-  redis.call('HSET', key, 'state', 'waiting')
+  redis.call('HSET', key, 'state', 'waiting', 'children_done', 1)
   requeue(ARGV[2], name, redis.call('HGET', key, 'priority'))
   return 'waiting'
 end
@@ -380,9 +406,17 @@ return 'waiting-children'
 # ARGV: ns, id, now, from state. Moves a failed (retry) or delayed (promote) job to the queue.
 TO_QUEUE = _LIB + """
 local key = jkey(ARGV[2])
-local s = redis.call('HMGET', key, 'state', 'name', 'priority')
+local s = redis.call('HMGET', key, 'state', 'name', 'priority', 'dedupe_key')
 if not s[1] then return false end
 if s[1] ~= ARGV[4] then return s[1] end
+if ARGV[4] == 'failed' and s[4] and s[4] ~= '' then
+  local other = redis.call('GET', ns .. ':dedupe:' .. s[4])
+  if other and other ~= ARGV[2] then
+    local st = redis.call('HGET', jkey(other), 'state')
+    if st == 'waiting' or st == 'delayed' or st == 'active' or st == 'waiting-children' then return 'a duplicate of ' .. other end
+  end
+  redis.call('SET', ns .. ':dedupe:' .. s[4], ARGV[2])
+end
 move(ARGV[2], s[2], s[1], 'waiting', ARGV[3])
 if ARGV[4] == 'failed' then
   redis.call('HSET', key, 'attempts', 0, 'stalls', 0)
@@ -394,23 +428,25 @@ requeue(ARGV[2], s[2], s[3])
 return 'ok'
 """
 
-# ARGV: ns, id
+# ARGV: ns, id, now
 REMOVE = _LIB + """
 local key = jkey(ARGV[2])
 local s = redis.call('HMGET', key, 'state', 'name')
 if not s[1] then return false end
 if s[1] == 'active' then return s[1] end
+if s[1] ~= 'completed' and s[1] ~= 'failed' then finished(ARGV[2], s[2], 'failed', 'removed', ARGV[3]) end
 redis.call('ZREM', idx(s[2], s[1]), ARGV[2])
 redis.call('ZREM', ns .. ':queue:' .. s[2], ARGV[2])
 redis.call('DEL', key, ns .. ':outcomes:' .. ARGV[2])
 return 'ok'
 """
 
-# ARGV: ns, name, state, cutoff, limit
+# ARGV: ns, name, state, cutoff, limit, now
 CLEAN = _LIB + """
 local z = idx(ARGV[2], ARGV[3])
 local ids = redis.call('ZRANGEBYSCORE', z, '-inf', '(' .. ARGV[4], 'LIMIT', 0, tonumber(ARGV[5]))
 for _, id in ipairs(ids) do
+  if ARGV[3] ~= 'completed' and ARGV[3] ~= 'failed' then finished(id, ARGV[2], 'failed', 'removed', ARGV[6]) end
   redis.call('DEL', jkey(id), ns .. ':outcomes:' .. id)
   redis.call('ZREM', z, id)
   redis.call('ZREM', ns .. ':queue:' .. ARGV[2], id)
@@ -418,7 +454,7 @@ end
 return #ids
 """
 
-# ARGV: ns, name, force (0/1). Everything of one job name; refuses while jobs are active unless forced.
+# ARGV: ns, name, force (0/1), now. Everything of one job name; refuses while jobs are active unless forced.
 OBLITERATE = _LIB + """
 local name = ARGV[2]
 local active = redis.call('ZCARD', idx(name, 'active'))
@@ -426,6 +462,7 @@ if active > 0 and ARGV[3] ~= '1' then return -active end
 local removed = 0
 for _, state in ipairs({'waiting', 'delayed', 'active', 'waiting-children', 'completed', 'failed'}) do
   for _, id in ipairs(redis.call('ZRANGE', idx(name, state), 0, -1)) do
+    if state ~= 'completed' and state ~= 'failed' then finished(id, name, 'failed', 'removed', ARGV[4]) end
     redis.call('DEL', jkey(id), ns .. ':outcomes:' .. id)
     redis.call('ZREM', ns .. ':leases', id)
     removed = removed + 1
@@ -438,7 +475,7 @@ redis.call('SREM', ns .. ':names', name)
 return removed
 """
 
-_INTERNAL = {"msg", "qscore", "lease_until", "dedupe_key", "rate_key", "spawned", "pending", "capped"}
+_INTERNAL = {"msg", "qscore", "lease_until", "lease_token", "dedupe_key", "rate_key", "children_done", "pending", "capped"}
 _JSON_FIELDS = ("payload", "progress", "result", "children")
 _FLOAT_FIELDS = ("created_at", "started_at", "finished_at", "run_at")
 _INT_FIELDS = ("attempts", "max_attempts", "priority", "stalls", "max_stalls")
@@ -516,7 +553,8 @@ class RedisJobStore(JobStore):
 
     def dequeue(self, owner: str, now: float, lease_s: float, wait_s: float) -> Dequeued | None:
         config = self._limits_json()
-        got = self._dequeue(args=[self.ns, owner, now, now + lease_s, config])
+        token = uuid.uuid4().hex
+        got = self._dequeue(args=[self.ns, owner, now, now + lease_s, config, token])
         if len(got) == 1 and wait_s > 0:
             # Nothing to take: block until an enqueue or a freed slot pushes a wake-up token, or
             # until a rate-limit window opens, whichever is first; then try once more.
@@ -525,28 +563,31 @@ class RedisJobStore(JobStore):
             if wait >= 0.01:
                 self.r.blpop(["%s:wake" % self.ns], timeout=wait)
             now = time.time()
-            got = self._dequeue(args=[self.ns, owner, now, now + lease_s, config])
+            got = self._dequeue(args=[self.ns, owner, now, now + lease_s, config, token])
         if len(got) == 1:
             return None
-        job_id, name, message, attempt, spawned = got
-        return Dequeued(job_id.decode(), name.decode(), bytes(message), Lease(owner, int(attempt)), spawned == b"1")
+        job_id, name, message, attempt, children_done = got
+        lease = Lease(owner, int(attempt), token)
+        return Dequeued(job_id.decode(), name.decode(), bytes(message), lease, children_done == b"1")
 
-    def renew(self, owner: str, job_ids: list[str], now: float, lease_s: float) -> int:
-        return int(self._renew(args=[self.ns, owner, now, now + lease_s, *job_ids]))
+    def renew(self, owner: str, job_ids: list[str], now: float | None, lease_s: float) -> int:
+        clock: Any = "" if now is None else now
+        deadline: Any = "" if now is None else now + lease_s
+        return int(self._renew(args=[self.ns, owner, clock, deadline, lease_s, *job_ids]))
 
-    def reap(self, now: float, limit: int = 100) -> list[Reaped]:
-        rows = self._reap(args=[self.ns, now, limit, STALLED_TOO_OFTEN])
+    def reap(self, now: float | None, limit: int = 100) -> list[Reaped]:
+        rows = self._reap(args=[self.ns, "" if now is None else now, limit, STALLED_TOO_OFTEN])
         return [Reaped(i.decode(), n.decode(), int(stalls), bool(failed)) for i, n, stalls, failed in rows]
 
     def release(self, job_id: str, lease: Lease) -> bool:
-        return bool(self._release(args=[self.ns, job_id, lease.owner, lease.attempt, time.time()]))
+        return bool(self._release(args=[self.ns, job_id, lease.token, lease.attempt, time.time()]))
 
     def promote_due(self, names: list[str], now: float, limit: int = 1000) -> list[tuple[str, str]]:
         rows = self._promote_due(args=[self.ns, now, limit, *names])
         return [(i.decode(), n.decode()) for i, n in rows]
 
     def set_progress(self, job_id: str, lease: Lease, progress_json: bytes) -> bool:
-        return bool(self._progress(args=[self.ns, job_id, lease.owner, lease.attempt, progress_json]))
+        return bool(self._progress(args=[self.ns, job_id, lease.token, lease.attempt, progress_json]))
 
     def complete(self, job_id: str, lease: Lease, result_json: bytes, now: float, keep: Keep) -> bool:
         return self._run_finish(job_id, lease, COMPLETED, now, keep, result_json, "result", result_json)
@@ -557,18 +598,18 @@ class RedisJobStore(JobStore):
     def _run_finish(self, job_id: str, lease: Lease, state: str, now: float, keep: Keep, detail: Any, *fields: Any) -> bool:
         count = -1 if keep.count is None else keep.count
         age = -1 if keep.age is None else keep.age
-        args = [self.ns, job_id, lease.owner, lease.attempt, state, now, count, age, detail, *fields]
+        args = [self.ns, job_id, lease.token, lease.attempt, state, now, count, age, detail, *fields]
         return bool(self._finish_lua(args=args))
 
     def retry_later(self, job_id: str, lease: Lease, error: str, traceback: str, run_at: float) -> bool:
-        return bool(self._retry_later(args=[self.ns, job_id, lease.owner, lease.attempt, run_at, error, traceback]))
+        return bool(self._retry_later(args=[self.ns, job_id, lease.token, lease.attempt, run_at, error, traceback]))
 
     def _to_waiting(self, job_id: str, from_state: str, operation: str, now: float) -> JobRecord:
         outcome = self._to_queue(args=[self.ns, job_id, now, from_state])
         if outcome is None:
             raise JobNotFound(job_id)
         if outcome != b"ok":
-            raise InvalidState(job_id, outcome.decode(), operation, (from_state,))
+            raise InvalidState(job_id, outcome.decode(), operation, (from_state,) if not outcome.startswith(b"a duplicate") else ("the only live one of its dedupe key",))
         record = self.get(job_id)
         if record is None:
             raise JobNotFound(job_id)
@@ -581,7 +622,7 @@ class RedisJobStore(JobStore):
         return self._to_waiting(job_id, DELAYED, "promote", now)
 
     def remove(self, job_id: str) -> bool:
-        outcome = self._remove(args=[self.ns, job_id])
+        outcome = self._remove(args=[self.ns, job_id, time.time()])
         if outcome is None:
             return False
         if outcome != b"ok":
@@ -589,7 +630,7 @@ class RedisJobStore(JobStore):
         return True
 
     def clean(self, name: str, state: str, older_than: float, limit: int) -> int:
-        return int(self._clean(args=[self.ns, name, state, older_than, limit]))
+        return int(self._clean(args=[self.ns, name, state, older_than, limit, time.time()]))
 
     def pause(self, name: str) -> bool:
         return bool(self.r.sadd("%s:paused" % self.ns, name))
@@ -604,7 +645,7 @@ class RedisJobStore(JobStore):
         return int(waiting)
 
     def spawn(self, parent_id: str, lease: Lease, children: list[NewChild], now: float) -> int:
-        args: list[Any] = [self.ns, parent_id, lease.owner, lease.attempt, now]
+        args: list[Any] = [self.ns, parent_id, lease.token, lease.attempt, now]
         for child in children:
             fields = [f.decode() if isinstance(f, bytes) else f for f in self._fields(child.record)]
             args += [child.record.id, child.record.name, child.message, child.record.priority or 0, child.rate_key,
@@ -615,7 +656,7 @@ class RedisJobStore(JobStore):
         return created
 
     def wait_children(self, parent_id: str, lease: Lease, now: float) -> str | None:
-        state = self._wait_children(args=[self.ns, parent_id, lease.owner, lease.attempt, now])
+        state = self._wait_children(args=[self.ns, parent_id, lease.token, lease.attempt, now])
         return state.decode() if state else None
 
     def child_outcomes(self, parent_id: str) -> list[ChildOutcome]:
@@ -636,7 +677,7 @@ class RedisJobStore(JobStore):
         return removed
 
     def obliterate(self, name: str, force: bool = False) -> int:
-        removed = int(self._obliterate(args=[self.ns, name, 1 if force else 0]))
+        removed = int(self._obliterate(args=[self.ns, name, 1 if force else 0, time.time()]))
         if removed < 0:
             raise InvalidState(name, "%d job(s) active" % -removed, "obliterate", ("no active jobs",))
         return removed

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+import uuid
 from typing import Any, Iterator
 
 from huey.storage import SqliteStorage
@@ -47,8 +48,8 @@ class B3SqliteStorage(SqliteStorage):
         " created_at real not null, started_at real, finished_at real, run_at real,"
         " delay_reason text, parent_id text, children text not null default '[]', state_ts real not null,"
         " msg blob not null, prio_rank integer not null default 0, enq_seq integer not null default 0,"
-        " lease_until real, dedupe_key text, rate_key text not null default '', spawned integer not null default 0,"
-        " pending integer not null default 0)",
+        " lease_until real, dedupe_key text, rate_key text not null default '', children_done integer not null default 0,"
+        " pending integer not null default 0, lease_token text)",
         "create unique index if not exists b3_jobs_dedupe on b3_jobs (dedupe_key)"
         " where dedupe_key is not null and state in ('waiting', 'delayed', 'active', 'waiting-children')",
         "create index if not exists b3_jobs_parent on b3_jobs (parent_id) where parent_id is not null",
@@ -91,7 +92,7 @@ class SqliteJobStore(JobStore):
     def __init__(self, storage: B3SqliteStorage):
         self.storage = storage
         columns = {r[1] for r in storage.sql("pragma table_info(b3_jobs)", results=True)}
-        if "rate_key" not in columns:
+        if "lease_token" not in columns:
             raise B3JobsError(
                 "%s was created by an older b3-jobs (before leases and limits); move it away to start afresh"
                 % storage.filename
@@ -196,29 +197,30 @@ class SqliteJobStore(JobStore):
                 # INDEXED BY: left to itself the planner picks the state index and sorts every
                 # waiting row, which makes a drain O(backlog^2).
                 row = curs.execute(
-                    "select id, name, msg, rate_key, spawned from b3_jobs indexed by b3_jobs_queue"
+                    "select id, name, msg, rate_key, children_done from b3_jobs indexed by b3_jobs_queue"
                     " where state = 'waiting'%s order by prio_rank, enq_seq limit 1" % exclude,
                     tuple(blocked),
                 ).fetchone()
                 if row is None:
                     return None, hint
-                job_id, name, msg, rate_key, spawned = row
+                job_id, name, msg, rate_key, children_done = row
                 limits = self.limits.get(name)
                 key = rate_key if limits is not None and limits.rate_keyed else ""
                 if limits is not None and limits.rate_limit and limits.rate_per_s and limits.rate_keyed:
                     if self._window(curs, name, key, limits.rate_per_s, now)[0] >= limits.rate_limit:
                         self._rate_delay(curs, job_id, name, key, limits, now)
                         continue
+                token = uuid.uuid4().hex
                 attempt = curs.execute(
                     "update b3_jobs set state = 'active', started_at = ?, state_ts = ?, attempts = attempts + 1,"
-                    " worker = ?, lease_until = ?, delay_reason = null where id = ? returning attempts",
-                    (now, now, owner, now + lease_s, job_id),
+                    " worker = ?, lease_until = ?, lease_token = ?, delay_reason = null where id = ? returning attempts",
+                    (now, now, owner, now + lease_s, token, job_id),
                 ).fetchone()[0]
                 if limits is not None and limits.rate_limit:
                     curs.execute("insert into b3_rate (name, key, ts, id) values (?, ?, ?, ?)", (name, key, now, job_id))
                     curs.execute("delete from b3_ratecal where id = ?", (job_id,))
                 _count(curs, name, "started")
-                return Dequeued(job_id, name, bytes(msg), Lease(owner, int(attempt)), bool(spawned)), hint
+                return Dequeued(job_id, name, bytes(msg), Lease(owner, int(attempt), token), bool(children_done)), hint
         return None, hint
 
     def dequeue(self, owner: str, now: float, lease_s: float, wait_s: float) -> Dequeued | None:
@@ -230,7 +232,8 @@ class SqliteJobStore(JobStore):
             got, _ = self._take(owner, lease_s)
         return got
 
-    def renew(self, owner: str, job_ids: list[str], now: float, lease_s: float) -> int:
+    def renew(self, owner: str, job_ids: list[str], now: float | None, lease_s: float) -> int:
+        now = time.time() if now is None else now
         with self._tx() as curs:
             held = 0
             for job_id in job_ids:
@@ -242,7 +245,8 @@ class SqliteJobStore(JobStore):
             curs.execute("insert or replace into b3_consumers (owner, seen) values (?, ?)", (owner, now))
         return held
 
-    def reap(self, now: float, limit: int = 100) -> list[Reaped]:
+    def reap(self, now: float | None, limit: int = 100) -> list[Reaped]:
+        now = time.time() if now is None else now
         out = []
         with self._tx() as curs:
             rows = curs.execute(
@@ -254,13 +258,13 @@ class SqliteJobStore(JobStore):
                 if stalls > max_stalls:
                     curs.execute(
                         "update b3_jobs set state = 'failed', stalls = ?, attempts = attempts - 1, worker = null,"
-                        " lease_until = null, finished_at = ?, state_ts = ?, error = ?, traceback = '' where id = ?",
+                        " lease_until = null, lease_token = null, finished_at = ?, state_ts = ?, error = ?, traceback = '' where id = ?",
                         (stalls, now, now, STALLED_TOO_OFTEN % stalls, job_id),
                     )
                 else:
                     curs.execute(
                         "update b3_jobs set state = 'waiting', stalls = ?, attempts = attempts - 1, worker = null,"
-                        " lease_until = null, state_ts = ? where id = ?",
+                        " lease_until = null, lease_token = null, state_ts = ? where id = ?",
                         (stalls, now, job_id),
                     )
                 out.append(Reaped(job_id, name, stalls, stalls > max_stalls))
@@ -274,8 +278,8 @@ class SqliteJobStore(JobStore):
 
     def _holds(self, curs: sqlite3.Cursor, job_id: str, lease: Lease) -> str | None:
         row = curs.execute(
-            "select name from b3_jobs where id = ? and state = 'active' and worker = ? and attempts = ?",
-            (job_id, lease.owner, lease.attempt),
+            "select name from b3_jobs where id = ? and state = 'active' and lease_token = ? and attempts = ?",
+            (job_id, lease.token, lease.attempt),
         ).fetchone()
         return row[0] if row else None
 
@@ -284,7 +288,7 @@ class SqliteJobStore(JobStore):
             if self._holds(curs, job_id, lease) is None:
                 return False
             curs.execute(
-                "update b3_jobs set state = 'waiting', attempts = attempts - 1, worker = null, lease_until = null,"
+                "update b3_jobs set state = 'waiting', attempts = attempts - 1, worker = null, lease_until = null, lease_token = null,"
                 " state_ts = ? where id = ?",
                 (time.time(), job_id),
             )
@@ -306,8 +310,8 @@ class SqliteJobStore(JobStore):
     def set_progress(self, job_id: str, lease: Lease, progress_json: bytes) -> bool:
         with self._tx() as curs:
             curs.execute(
-                "update b3_jobs set progress = ? where id = ? and state = 'active' and worker = ? and attempts = ?",
-                (progress_json, job_id, lease.owner, lease.attempt),
+                "update b3_jobs set progress = ? where id = ? and state = 'active' and lease_token = ? and attempts = ?",
+                (progress_json, job_id, lease.token, lease.attempt),
             )
             return curs.rowcount == 1
 
@@ -322,22 +326,32 @@ class SqliteJobStore(JobStore):
             curs.execute("delete from b3_jobs where name = ? and state = ? and state_ts < ?", (name, state, now - keep.age))
 
     def _finished(self, curs: sqlite3.Cursor, job_id: str, state: str, detail: str, now: float) -> None:
-        """A job reached completed or failed: tell its parent (its dedupe key frees itself: see the index)."""
-        parent = curs.execute("select parent_id from b3_jobs where id = ?", (job_id,)).fetchone()
-        if parent is not None and parent[0]:
+        """A job ended (or was removed): tell its parent, once. Its dedupe key frees itself (see the index)."""
+        parent = curs.execute(
+            "select p.id from b3_jobs c join b3_jobs p on p.id = c.parent_id where c.id = ?", (job_id,)
+        ).fetchone()
+        if parent is not None:
             curs.execute(
-                "insert or replace into b3_outcomes (parent, child, state, detail) values (?, ?, ?, ?)",
+                "insert or ignore into b3_outcomes (parent, child, state, detail) values (?, ?, ?, ?)",
                 (parent[0], job_id, state, detail),
             )
-            left = curs.execute(
-                "update b3_jobs set pending = pending - 1 where id = ? returning pending, state", (parent[0],)
-            ).fetchone()
-            if left is not None and left[0] <= 0 and left[1] == "waiting-children":
+            if curs.rowcount == 0:  # a retried child ending again: update, do not count it twice
                 curs.execute(
-                    "update b3_jobs set state = 'waiting', state_ts = ?, enq_seq = ? where id = ?",
-                    (now, time.time_ns(), parent[0]),
+                    "update b3_outcomes set state = ?, detail = ? where parent = ? and child = ?",
+                    (state, detail, parent[0], job_id),
                 )
+            else:
+                left = curs.execute(
+                    "update b3_jobs set pending = pending - 1 where id = ? returning pending, state", (parent[0],)
+                ).fetchone()
+                if left[0] <= 0 and left[1] == "waiting-children":
+                    curs.execute(
+                        "update b3_jobs set state = 'waiting', children_done = 1, state_ts = ?, enq_seq = ? where id = ?",
+                        (now, time.time_ns(), parent[0]),
+                    )
+                    self._notify()
         curs.execute("delete from b3_outcomes where parent = ?", (job_id,))
+        curs.execute("update b3_jobs set children_done = 0, pending = 0 where id = ?", (job_id,))
 
     def _finish(self, job_id: str, lease: Lease, state: str, now: float, keep: Keep, detail: str, **fields: Any) -> bool:
         sets = ", ".join("%s = ?" % f for f in fields)
@@ -346,7 +360,7 @@ class SqliteJobStore(JobStore):
             if name is None:
                 return False
             curs.execute(
-                "update b3_jobs set state = ?, finished_at = ?, state_ts = ?, worker = null, lease_until = null, %s"
+                "update b3_jobs set state = ?, finished_at = ?, state_ts = ?, worker = null, lease_until = null, lease_token = null, %s"
                 " where id = ?" % sets,
                 (state, now, now, *fields.values(), job_id),
             )
@@ -394,7 +408,10 @@ class SqliteJobStore(JobStore):
     def requeue_failed(self, job_id: str, now: float) -> JobRecord:
         reset = (", attempts = 0, stalls = 0, error = null, traceback = null, result = null,"
                  " started_at = null, finished_at = null")
-        return self._to_waiting(job_id, FAILED, "retry", now, reset)
+        try:
+            return self._to_waiting(job_id, FAILED, "retry", now, reset)
+        except sqlite3.IntegrityError:  # the dedupe index: an equal job is live
+            raise InvalidState(job_id, "a duplicate of a live job", "retry", ("the only live one of its dedupe key",)) from None
 
     def promote(self, job_id: str, now: float) -> JobRecord:
         return self._to_waiting(job_id, DELAYED, "promote", now)
@@ -406,6 +423,8 @@ class SqliteJobStore(JobStore):
                 return False
             if found[0] == ACTIVE:
                 raise InvalidState(job_id, found[0], "remove", (WAITING, DELAYED, COMPLETED, FAILED))
+            if found[0] not in (COMPLETED, FAILED):
+                self._finished(curs, job_id, FAILED, "removed", time.time())
             curs.execute("delete from b3_jobs where id = ?", (job_id,))
             curs.execute("delete from b3_outcomes where parent = ?", (job_id,))
             return True
@@ -425,10 +444,19 @@ class SqliteJobStore(JobStore):
                 )
                 if curs.rowcount == 1:
                     created_ids.append(child.record.id)
+                else:
+                    # Spawned again (a parent rerun after a crash or a retry): if the child already
+                    # ended without its parent knowing, record how.
+                    curs.execute(
+                        "insert or ignore into b3_outcomes (parent, child, state, detail)"
+                        " select ?, id, state, case state when 'completed' then result else coalesce(error, '') end"
+                        " from b3_jobs where id = ? and state in ('completed', 'failed')",
+                        (parent_id, child.record.id),
+                    )
             row = curs.execute("select children from b3_jobs where id = ?", (parent_id,)).fetchone()
             known = decode_json(row[0])
             curs.execute(
-                "update b3_jobs set children = ?, spawned = 1, pending = pending + ? where id = ?",
+                "update b3_jobs set children = ?, pending = pending + ? where id = ?",
                 (encode_json(known + created_ids), len(created_ids), parent_id),
             )
         self._notify()
@@ -441,9 +469,9 @@ class SqliteJobStore(JobStore):
             pending = curs.execute("select pending from b3_jobs where id = ?", (parent_id,)).fetchone()[0]
             state = "waiting" if pending <= 0 else "waiting-children"
             curs.execute(
-                "update b3_jobs set state = ?, state_ts = ?, enq_seq = ?, attempts = attempts - 1, worker = null,"
-                " lease_until = null where id = ?",
-                (state, now, time.time_ns(), parent_id),
+                "update b3_jobs set state = ?, children_done = ?, state_ts = ?, enq_seq = ?, attempts = attempts - 1,"
+                " worker = null, lease_until = null, lease_token = null where id = ?",
+                (state, int(state == "waiting"), now, time.time_ns(), parent_id),
             )
         if state == "waiting":
             self._notify()
@@ -455,6 +483,9 @@ class SqliteJobStore(JobStore):
 
     def drain(self, name: str) -> int:
         with self._tx() as curs:
+            ids = [r[0] for r in curs.execute("select id from b3_jobs where name = ? and state = 'waiting'", (name,))]
+            for job_id in ids:
+                self._finished(curs, job_id, FAILED, "removed", time.time())
             curs.execute("delete from b3_jobs where name = ? and state = 'waiting'", (name,))
             return curs.rowcount
 
@@ -463,6 +494,10 @@ class SqliteJobStore(JobStore):
             active = curs.execute("select count(*) from b3_jobs where name = ? and state = 'active'", (name,)).fetchone()[0]
             if active and not force:
                 raise InvalidState(name, "%d job(s) active" % active, "obliterate", ("no active jobs",))
+            for (job_id,) in curs.execute(
+                "select id from b3_jobs where name = ? and state not in ('completed', 'failed')", (name,)
+            ).fetchall():
+                self._finished(curs, job_id, FAILED, "removed", time.time())
             curs.execute("delete from b3_outcomes where parent in (select id from b3_jobs where name = ?)", (name,))
             curs.execute("delete from b3_jobs where name = ?", (name,))
             removed = curs.rowcount
@@ -472,6 +507,12 @@ class SqliteJobStore(JobStore):
 
     def clean(self, name: str, state: str, older_than: float, limit: int) -> int:
         with self._tx() as curs:
+            if state not in (COMPLETED, FAILED):
+                for (job_id,) in curs.execute(
+                    "select id from b3_jobs where name = ? and state = ? and state_ts < ? order by state_ts limit ?",
+                    (name, state, older_than, limit),
+                ).fetchall():
+                    self._finished(curs, job_id, FAILED, "removed", time.time())
             curs.execute(
                 "delete from b3_jobs where id in (select id from b3_jobs where name = ? and state = ? and state_ts < ?"
                 " order by state_ts limit ?)",
