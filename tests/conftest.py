@@ -114,3 +114,18 @@ def wait_state(runtime: Runtime, job_id: str, states: tuple[str, ...] = ("comple
     return wait_for(
         lambda: (r := runtime.get(job_id)).state in states and r, timeout, what="job %s to reach %s" % (job_id, states)
     )
+
+
+@pytest.fixture
+async def api(runtime: Runtime, aiohttp_client: Callable[..., Any]) -> Any:
+    """An HTTP client on the app of `runtime` (SQLite or Redis, per `backend`)."""
+    from runtime.web import create_app
+
+    return await aiohttp_client(create_app(runtime))
+
+
+def take(runtime: Runtime, job_id: str) -> Any:
+    """Dequeue as a consumer would, expecting `job_id`; returns its lease."""
+    got = runtime.store.dequeue("test", time.time(), 30, wait_s=0)
+    assert got is not None and got.job_id == job_id
+    return got.lease

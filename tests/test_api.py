@@ -11,19 +11,8 @@ from openapi_spec_validator import validate
 from runtime.engine import Runtime
 from runtime.errors import InvalidArgument
 from runtime.settings import Settings
-from runtime.store.base import Lease
+from conftest import take
 from runtime.web import create_app, require_safe_bind
-
-
-@pytest.fixture
-async def api(runtime: Runtime, aiohttp_client: Callable[..., Any]) -> Any:
-    return await aiohttp_client(create_app(runtime))
-
-
-def take(runtime: Runtime, job_id: str) -> Lease:
-    got = runtime.store.dequeue("test", time.time(), 30, wait_s=0)
-    assert got is not None and got.job_id == job_id
-    return got.lease
 
 
 async def make_failed(runtime: Runtime) -> str:

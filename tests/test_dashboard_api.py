@@ -11,19 +11,8 @@ from bus.envelope import make
 from runtime.engine import Runtime
 from runtime.metrics import METRICS
 from runtime.records import JobRecord
-from runtime.store.base import Lease
+from conftest import take
 from runtime.web import create_app
-
-
-@pytest.fixture
-async def api(runtime: Runtime, aiohttp_client: Callable[..., Any]) -> Any:
-    return await aiohttp_client(create_app(runtime))
-
-
-def take(runtime: Runtime, job_id: str) -> Lease:
-    got = runtime.store.dequeue("test", time.time(), 30, wait_s=0)
-    assert got is not None and got.job_id == job_id
-    return got.lease
 
 
 def fail(runtime: Runtime, name: str, payload: dict[str, Any], error: str) -> str:
