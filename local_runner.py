@@ -20,7 +20,7 @@ from runtime.executor import call_handler
 from runtime.manifest import load_manifest
 from runtime.records import encode_json
 from runtime.settings import Settings, SettingsError
-from runtime.web import WebThread, build_web, require_safe_bind
+from runtime.web import WebThread, build_web, require_safe_bind, tune_gc
 from bus.publisher import KombuPublisher
 
 log = logging.getLogger("b3jobs.local")
@@ -73,6 +73,7 @@ def seed_on_first_start(services: object) -> None:
 def serve(settings: Settings, workers: int) -> int:
     """Consumer threads + cron in the main thread, the API and /ws on a web thread, events on memory://."""
     require_safe_bind(settings)
+    tune_gc()
     url = settings.bus_url or "memory://"
     events = KombuPublisher(url, namespace=settings.namespace)
     runtime = Runtime(settings, events=events)

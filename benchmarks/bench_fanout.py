@@ -102,9 +102,11 @@ def box_busy_s() -> float:
 
 
 class Server:
-    def __init__(self, script: Path, bus: str | None, namespace: str, log: Path) -> None:
+    def __init__(self, script: Path, bus: str | None, namespace: str, log: Path, gc_threshold0: int | None) -> None:
         self.port = free_port()
         args = [PY, str(script), "--port", str(self.port), "--namespace", namespace]
+        if gc_threshold0:
+            args += ["--gc-threshold0", str(gc_threshold0)]
         if bus:
             args += ["--bus", bus]
         self.proc = subprocess.Popen(args, stdout=log.open("ab"), stderr=subprocess.STDOUT)
@@ -321,7 +323,7 @@ def run_source(source: str, args: argparse.Namespace, log: Path) -> Iterator[tup
     """Every attempt of every phase, with whether it is the one the table shows."""
     namespace = "bench-fanout-%d" % os.getpid()
     bus = {"inproc": None, "redis": args.redis_url, "amqp": args.amqp_url}[source]
-    server = Server(args.server, bus, namespace, log)
+    server = Server(args.server, bus, namespace, log, args.gc_threshold0)
     loadgens: list[LoadGen] = []
     try:
         loadgens = start_loadgens(server, args, log)
@@ -403,6 +405,7 @@ def main() -> None:
     parser.add_argument("--retries", type=int, default=2, help="repeats of a disturbed phase (least disturbed shown)")
     parser.add_argument("--out", type=Path, default=FANOUT / "results.jsonl")
     parser.add_argument("--server", type=Path, default=FANOUT / "server.py", help="the web process script")
+    parser.add_argument("--gc-threshold0", type=int, default=None, help="the web process's gc threshold0")
     parser.add_argument("--log", type=Path, default=Path("/tmp/bench_fanout.log"))
     args = parser.parse_args()
 
@@ -411,6 +414,7 @@ def main() -> None:
         for source in args.sources:
             for phase, chosen in run_source(source, args, args.log):
                 record = {"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "pin": args.pin, "loadgens": args.loadgens}
+                record["gc_threshold0"] = args.gc_threshold0
                 record["shown"] = chosen
                 out.write(json.dumps({**record, **asdict(phase)}) + "\n")
                 out.flush()

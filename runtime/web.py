@@ -165,8 +165,17 @@ def build_web(settings: Settings, runtime: Runtime | None = None, *, url: str | 
     return app
 
 
+def tune_gc() -> None:
+    """With ~1,000 open sockets a full collection pauses the loop 30-57 ms every few seconds;
+    a larger young generation removed those pauses in the fan-out benchmark (RESULTS-fanout.md)."""
+    import gc
+
+    gc.set_threshold(50_000, 10, 10)
+
+
 def serve(settings: Settings) -> None:
     require_safe_bind(settings)
+    tune_gc()
     url = bus_url(settings)
     if url.startswith("memory://"):
         logger.warning("BUS_URL is memory:// in a separate web process: it will only see events published by itself. "

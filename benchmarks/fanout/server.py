@@ -7,13 +7,15 @@
     GET  /status                      {"publishing", "published", "relay": relay.stats(), "pid"}
 
 With --bus, a `bus.consumer.BusBridge` thread feeds `relay.ingest_raw` through
-`loop.call_soon_threadsafe`, as `runtime.web` does.
+`loop.call_soon_threadsafe`, as `runtime.web` does. --gc-threshold0 N sets the cyclic GC's
+young-generation threshold (Python's default is 700), to measure its effect on pauses.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import itertools
 import sys
 import time
@@ -119,7 +121,10 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--bus", default=None, help="Kombu URL to consume events from")
     parser.add_argument("--namespace", default="benchfanout")
+    parser.add_argument("--gc-threshold0", type=int, default=None, help="gc.set_threshold(N, 10, 10)")
     args = parser.parse_args()
+    if args.gc_threshold0:
+        gc.set_threshold(args.gc_threshold0, 10, 10)
     web.run_app(make_app(args.bus, args.namespace), host="127.0.0.1", port=args.port, print=None, backlog=2048)
 
 
