@@ -46,3 +46,12 @@ def split_requested(tickers: Sequence[str]) -> tuple[list[str], dict[str, Market
         if ticker not in valid:
             valid.append(ticker)
     return valid, invalid
+
+
+async def single_quote(provider: QuoteProvider, ticker: str) -> Quote:
+    """`quote()` in terms of `quotes()`: the ticker's quote, or its error raised."""
+    ticker = validate_ticker(ticker)
+    answer = (await provider.quotes([ticker]))[ticker]
+    if isinstance(answer, MarketError):
+        raise answer
+    return answer

@@ -35,7 +35,7 @@ from market.errors import (
     UnknownTicker,
 )
 from market.models import Quote
-from market.providers.base import split_requested
+from market.providers.base import single_quote, split_requested
 from market.tickers import validate_ticker
 
 log = logging.getLogger(__name__)
@@ -93,11 +93,7 @@ class BrapiProvider:
         return results
 
     async def quote(self, ticker: str) -> Quote:
-        ticker = validate_ticker(ticker)
-        answer = (await self.quotes([ticker]))[ticker]
-        if isinstance(answer, MarketError):
-            raise answer
-        return answer
+        return await single_quote(self, ticker)
 
     async def aclose(self) -> None:
         await self._client.close()

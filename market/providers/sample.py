@@ -18,7 +18,7 @@ from collections.abc import Callable, Collection, Sequence
 
 from market.errors import MarketError, UnknownTicker
 from market.models import Quote
-from market.providers.base import split_requested
+from market.providers.base import single_quote, split_requested
 from market.tickers import is_placeholder, ticker_info, validate_ticker
 
 SOURCE = "sample"
@@ -108,11 +108,7 @@ class SampleProvider:
         return results
 
     async def quote(self, ticker: str) -> Quote:
-        ticker = validate_ticker(ticker)
-        answer = (await self.quotes([ticker]))[ticker]
-        if isinstance(answer, MarketError):
-            raise answer
-        return answer
+        return await single_quote(self, ticker)
 
     async def aclose(self) -> None:
         return None
