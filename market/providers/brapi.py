@@ -36,7 +36,6 @@ from market.errors import (
 )
 from market.models import Quote
 from market.providers.base import single_quote, split_requested
-from market.tickers import validate_ticker
 
 log = logging.getLogger(__name__)
 
