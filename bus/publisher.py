@@ -11,7 +11,6 @@ import logging
 import os
 import queue
 import threading
-import time
 from typing import Any
 
 from kombu import Connection, Exchange
@@ -157,27 +156,3 @@ class KombuPublisher:
                 self._drop(1)
             else:
                 self._stopped.set()
-
-
-class FanoutSink:
-    """Emits to several sinks (e.g. the bus and a local recorder)."""
-
-    def __init__(self, *sinks: Any):
-        self.sinks = sinks
-
-    def emit(self, event: str, job: tuple[str, str] | None, data: dict[str, Any]) -> None:
-        for sink in self.sinks:
-            sink.emit(event, job, data)
-
-
-def wait_reachable(url: str, timeout: float = 5.0) -> bool:  # pragma: no cover - used by scripts
-    """Whether the broker answers within `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with Connection(url, transport_options=transport_options(url), connect_timeout=1) as conn:
-                conn.ensure_connection(max_retries=1)
-                return True
-        except Exception:
-            time.sleep(0.2)
-    return False

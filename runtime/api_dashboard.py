@@ -19,7 +19,6 @@ from pydantic import BaseModel, Field
 from runtime import api_models as m
 from runtime.api import RUNTIME, Route, blocking, job_out, parse_body, parse_query, respond
 from runtime.engine import Runtime
-from runtime.errors import B3JobsError
 from runtime.metrics import METRICS, Activity, publisher_counts
 from runtime.records import FAILED, JobRecord
 from runtime.store.base import METRICS as TOTALS
@@ -379,15 +378,7 @@ async def failures(request: web.Request) -> web.Response:
 
 def retry_group(runtime: Runtime, name: str, reason: str) -> int:
     runtime.manifest.job(name)
-    ids = [r.id for _, r in scan(runtime, FAILED, name, 0, 1_000_000) if reason_of(r.error) == reason]
-    retried = 0
-    for job_id in ids:
-        try:
-            runtime.retry(job_id)
-            retried += 1
-        except B3JobsError:
-            continue  # removed or retried by someone else meanwhile
-    return retried
+    return runtime.retry_many([r.id for _, r in scan(runtime, FAILED, name, 0, 1_000_000) if reason_of(r.error) == reason])
 
 
 async def retry_failures(request: web.Request) -> web.Response:

@@ -220,8 +220,12 @@ class Runtime:
     def retry_failed(self, name: str) -> int:
         """Retry every failed job of one name; returns how many were queued again."""
         self.manifest.job(name)
+        return self.retry_many(self.store.ids_in_state(name, FAILED))
+
+    def retry_many(self, job_ids: list[str]) -> int:
+        """Retry these failed jobs; returns how many were queued again."""
         retried = 0
-        for job_id in self.store.ids_in_state(name, FAILED):
+        for job_id in job_ids:
             try:
                 self.retry(job_id)
                 retried += 1

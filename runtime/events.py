@@ -11,11 +11,6 @@ from typing import Any, Protocol
 logger = logging.getLogger("b3jobs.events")
 
 
-class JobRef(Protocol):
-    id: str
-    name: str
-
-
 class EventSink(Protocol):
     def emit(self, event: str, job: tuple[str, str] | None, data: dict[str, Any]) -> None:
         """Publish `event` for job (id, name) or for no job; must not raise."""

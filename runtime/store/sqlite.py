@@ -257,7 +257,7 @@ class SqliteJobStore(JobStore):
                 stalls += 1
                 if stalls > max_stalls:
                     curs.execute(
-                        "update b3_jobs set state = 'failed', stalls = ?, attempts = attempts - 1, worker = null,"
+                        "update b3_jobs set state = 'failed', stalls = ?, attempts = attempts - 1, children_done = 0, worker = null,"
                         " lease_until = null, lease_token = null, finished_at = ?, state_ts = ?, error = ?, traceback = '' where id = ?",
                         (stalls, now, now, STALLED_TOO_OFTEN % stalls, job_id),
                     )
@@ -351,7 +351,6 @@ class SqliteJobStore(JobStore):
                     )
                     self._notify()
         curs.execute("delete from b3_outcomes where parent = ?", (job_id,))
-        curs.execute("update b3_jobs set children_done = 0, pending = 0 where id = ?", (job_id,))
 
     def _finish(self, job_id: str, lease: Lease, state: str, now: float, keep: Keep, detail: str, **fields: Any) -> bool:
         sets = ", ".join("%s = ?" % f for f in fields)
@@ -360,7 +359,8 @@ class SqliteJobStore(JobStore):
             if name is None:
                 return False
             curs.execute(
-                "update b3_jobs set state = ?, finished_at = ?, state_ts = ?, worker = null, lease_until = null, lease_token = null, %s"
+                "update b3_jobs set state = ?, finished_at = ?, state_ts = ?, worker = null, lease_until = null, lease_token = null,"
+                " children_done = 0, pending = 0, %s"
                 " where id = ?" % sets,
                 (state, now, now, *fields.values(), job_id),
             )
