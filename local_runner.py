@@ -12,15 +12,15 @@ import logging
 import sys
 import uuid
 
-from runtime.consumer import B3Consumer
-from runtime.context import JobContext
+from runtime.worker.consumer import B3Consumer
+from runtime.core.context import JobContext
 from runtime.engine import Runtime, load_services
-from runtime.errors import B3JobsError, InvalidArgument, ManifestError, UnknownJob
-from runtime.executor import call_handler
-from runtime.manifest import load_manifest
-from runtime.records import encode_json
-from runtime.settings import Settings, SettingsError
-from runtime.web import WebThread, build_web, require_safe_bind, tune_gc
+from runtime.core.errors import B3JobsError, InvalidArgument, ManifestError, UnknownJob
+from runtime.worker.executor import call_handler
+from runtime.core.manifest import load_manifest
+from runtime.core.records import encode_json
+from runtime.core.settings import Settings, SettingsError
+from runtime.web.app import WebThread, build_web, require_safe_bind, tune_gc
 from bus.publisher import KombuPublisher
 
 log = logging.getLogger("b3jobs.local")

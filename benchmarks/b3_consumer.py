@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 import logging
 
-from runtime.consumer import B3Consumer
+from runtime.worker.consumer import B3Consumer
 from runtime.engine import Runtime
-from runtime.settings import Settings
+from runtime.core.settings import Settings
 
 
 def main() -> None:

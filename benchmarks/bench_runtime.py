@@ -88,9 +88,9 @@ sys.path.insert(0, str(HERE))
 
 import bare_huey  # noqa: E402
 from runtime.engine import Runtime  # noqa: E402
-from runtime.errors import ManifestError  # noqa: E402
-from runtime.manifest import load_manifest  # noqa: E402
-from runtime.settings import Settings  # noqa: E402
+from runtime.core.errors import ManifestError  # noqa: E402
+from runtime.core.manifest import load_manifest  # noqa: E402
+from runtime.core.settings import Settings  # noqa: E402
 
 REDIS_URL = bare_huey.REDIS_URL
 HZ = os.sysconf("SC_CLK_TCK")

@@ -28,9 +28,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from faults import TEST_MANIFEST, consumer_env, kill, report, start_consumer, stop  # noqa: E402
 from runtime.engine import Runtime  # noqa: E402
-from runtime.events import LogSink  # noqa: E402
-from runtime.manifest import load_manifest  # noqa: E402
-from runtime.settings import Settings  # noqa: E402
+from runtime.core.events import LogSink  # noqa: E402
+from runtime.core.manifest import load_manifest  # noqa: E402
+from runtime.core.settings import Settings  # noqa: E402
 
 
 def runs(log: Path) -> dict[str, int]:

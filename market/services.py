@@ -198,7 +198,7 @@ def build_services(settings: Any) -> Services:
     try:
         rate_limit = parse_rate_limit(raw)
     except ValueError as exc:
-        from runtime.settings import SettingsError  # the runtime's error, so its CLI exits 2 with this line
+        from runtime.core.settings import SettingsError  # the runtime's error, so its CLI exits 2 with this line
 
         raise SettingsError("bad settings: %s: %s" % (RATE_LIMIT_ENV, exc)) from exc
     return Services(

@@ -12,10 +12,10 @@ import logging
 import sys
 from typing import Any, Callable
 
-from runtime.errors import B3JobsError, InvalidArgument, InvalidState, JobNotFound, ManifestError, PayloadError, UnknownJob
-from runtime.manifest import Manifest, load_manifest
-from runtime.records import STATES
-from runtime.settings import Settings, SettingsError
+from runtime.core.errors import B3JobsError, InvalidArgument, InvalidState, JobNotFound, ManifestError, PayloadError, UnknownJob
+from runtime.core.manifest import Manifest, load_manifest
+from runtime.core.records import STATES
+from runtime.core.settings import Settings, SettingsError
 
 OK, FAILURE, BAD_INPUT = 0, 1, 2
 
@@ -73,7 +73,7 @@ def _runtime(settings: Settings, manifest: Manifest | None = None, bus: bool = F
     events = None
     if bus:
         from bus.publisher import KombuPublisher
-        from runtime.web import bus_url
+        from runtime.web.app import bus_url
 
         url = bus_url(settings)
         if url.startswith("memory://"):
@@ -85,7 +85,7 @@ def _runtime(settings: Settings, manifest: Manifest | None = None, bus: bool = F
 
 
 def cmd_consumer(args: argparse.Namespace, settings: Settings) -> int:
-    from runtime.consumer import B3Consumer
+    from runtime.worker.consumer import B3Consumer
 
     runtime = _runtime(settings, bus=True)
     consumer = B3Consumer(runtime, workers=args.workers, worker_type=args.worker_type, cron=not args.no_cron)
@@ -115,7 +115,7 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_web(args: argparse.Namespace, settings: Settings) -> int:
-    from runtime.web import serve
+    from runtime.web.app import serve
 
     serve(settings)
     return OK

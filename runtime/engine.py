@@ -14,13 +14,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from runtime.errors import B3JobsError, InvalidArgument, JobNotFound, PayloadError
-from runtime.events import EventSink, LogSink
-from runtime.executor import Executor, naive_utc
-from runtime.hueyapp import build_huey
-from runtime.manifest import MAX_PRIORITY, Manifest, import_object, load_manifest
-from runtime.records import COMPLETED, DELAYED, FAILED, WAITING, JobRecord
-from runtime.settings import Settings
+from runtime.core.errors import B3JobsError, InvalidArgument, JobNotFound, PayloadError
+from runtime.core.events import EventSink, LogSink
+from runtime.worker.executor import Executor, naive_utc
+from runtime.worker.huey_app import build_huey
+from runtime.core.manifest import MAX_PRIORITY, Manifest, import_object, load_manifest
+from runtime.core.records import COMPLETED, DELAYED, FAILED, WAITING, JobRecord
+from runtime.core.settings import Settings
 from runtime.store.base import JobStore, Limits
 from runtime.store.redis import RedisJobStore
 from runtime.store.sqlite import SqliteJobStore

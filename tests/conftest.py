@@ -21,11 +21,11 @@ REDIS_URL = os.environ.get("B3JOBS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 sys.path.insert(0, str(TESTS))  # the test handlers package `testjobs`
 
-from runtime.consumer import B3Consumer  # noqa: E402
+from runtime.worker.consumer import B3Consumer  # noqa: E402
 from runtime.engine import Runtime  # noqa: E402
-from runtime.events import RecordingSink  # noqa: E402
-from runtime.manifest import load_manifest  # noqa: E402
-from runtime.settings import Settings  # noqa: E402
+from runtime.core.events import RecordingSink  # noqa: E402
+from runtime.core.manifest import load_manifest  # noqa: E402
+from runtime.core.settings import Settings  # noqa: E402
 
 
 def require_redis() -> str:
@@ -119,7 +119,7 @@ def wait_state(runtime: Runtime, job_id: str, states: tuple[str, ...] = ("comple
 @pytest.fixture
 async def api(runtime: Runtime, aiohttp_client: Callable[..., Any]) -> Any:
     """An HTTP client on the app of `runtime` (SQLite or Redis, per `backend`)."""
-    from runtime.web import create_app
+    from runtime.web.app import create_app
 
     return await aiohttp_client(create_app(runtime))
 

@@ -9,10 +9,10 @@ import pytest
 from openapi_spec_validator import validate
 
 from runtime.engine import Runtime
-from runtime.errors import InvalidArgument
-from runtime.settings import Settings
+from runtime.core.errors import InvalidArgument
+from runtime.core.settings import Settings
 from conftest import take
-from runtime.web import create_app, require_safe_bind
+from runtime.web.app import create_app, require_safe_bind
 
 
 async def make_failed(runtime: Runtime) -> str:

@@ -14,11 +14,11 @@ import pytest
 
 from bus.publisher import KombuPublisher
 from fake_brapi import FakeBrapi
-from runtime.cron_runner import CronRunner
+from runtime.worker.cron_runner import CronRunner
 from runtime.engine import Runtime
-from runtime.events import RecordingSink
-from runtime.manifest import load_manifest
-from runtime.web import build_web, create_app
+from runtime.core.events import RecordingSink
+from runtime.core.manifest import load_manifest
+from runtime.web.app import build_web, create_app
 
 from conftest import ROOT, running_consumer, wait_state
 from test_events_e2e import subscribe

@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from runtime.cron import Cron, CronError
+from runtime.core.cron import Cron, CronError
 
 UTC = dt.timezone.utc
 SAO_PAULO = ZoneInfo("America/Sao_Paulo")

@@ -9,10 +9,10 @@ import pytest
 
 from bus.envelope import make
 from runtime.engine import Runtime
-from runtime.metrics import METRICS
-from runtime.records import JobRecord
+from runtime.web.metrics import METRICS
+from runtime.core.records import JobRecord
 from conftest import take
-from runtime.web import create_app
+from runtime.web.app import create_app
 
 
 def fail(runtime: Runtime, name: str, payload: dict[str, Any], error: str) -> str:

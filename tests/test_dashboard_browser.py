@@ -22,10 +22,10 @@ import pytest
 
 from bus.publisher import KombuPublisher
 from runtime.engine import Runtime
-from runtime.manifest import load_manifest
-from runtime.records import JobRecord
-from runtime.settings import Settings
-from runtime.web import WebThread, build_web
+from runtime.core.manifest import load_manifest
+from runtime.core.records import JobRecord
+from runtime.core.settings import Settings
+from runtime.web.app import WebThread, build_web
 
 from conftest import CI, TEST_MANIFEST, running_consumer, wait_for, wait_state
 

@@ -14,8 +14,8 @@ import pytest
 
 from bus.publisher import KombuPublisher
 from runtime.engine import Runtime
-from runtime.manifest import load_manifest
-from runtime.web import build_web
+from runtime.core.manifest import load_manifest
+from runtime.web.app import build_web
 
 from conftest import CI, TEST_MANIFEST, require_redis, running_consumer
 from faults import PrivateRedis

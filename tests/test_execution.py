@@ -9,7 +9,7 @@ from typing import Any, Callable
 import pytest
 
 from runtime.engine import Runtime
-from runtime.errors import JobNotFound, PayloadError, UnknownJob
+from runtime.core.errors import JobNotFound, PayloadError, UnknownJob
 
 from conftest import wait_for, wait_state
 

@@ -9,9 +9,9 @@ from typing import Any, Callable
 
 import pytest
 
-from runtime.cron_runner import CronRunner
+from runtime.worker.cron_runner import CronRunner
 from runtime.engine import Runtime
-from runtime.records import JobRecord
+from runtime.core.records import JobRecord
 
 from conftest import CI, running_consumer, wait_for, wait_state
 from faults import PrivateRedis, consumer_env, cpu_seconds, kill, start_consumer, stop
@@ -118,7 +118,7 @@ def test_redis_restarted_with_aof_mid_run_loses_nothing(tmp_path: Path, settings
         if CI:
             raise
         pytest.skip(str(exc))
-    from runtime.manifest import load_manifest
+    from runtime.core.manifest import load_manifest
     from conftest import TEST_MANIFEST
 
     settings = settings_for("redis", redis_url=redis_server.url)
@@ -149,7 +149,7 @@ def test_redis_restarted_with_aof_mid_run_loses_nothing(tmp_path: Path, settings
 
 def test_sqlite_consumer_killed_mid_write_leaves_a_consistent_database(settings_for: Callable[..., Any],
                                                                         tmp_path: Path) -> None:
-    from runtime.manifest import load_manifest
+    from runtime.core.manifest import load_manifest
     from conftest import TEST_MANIFEST
 
     runtime = Runtime(settings_for("sqlite"), load_manifest(TEST_MANIFEST))
@@ -194,8 +194,8 @@ def test_the_api_answers_503_while_redis_is_down_and_recovers(tmp_path: Path, se
     from aiohttp.test_utils import TestClient, TestServer
 
     from conftest import TEST_MANIFEST
-    from runtime.manifest import load_manifest
-    from runtime.web import create_app
+    from runtime.core.manifest import load_manifest
+    from runtime.web.app import create_app
 
     try:
         redis_server = PrivateRedis(tmp_path / "redis").start()

@@ -9,7 +9,7 @@ from openapi_spec_validator import validate
 
 from market.analysis import analyze
 from runtime.engine import Runtime
-from runtime.web import create_app
+from runtime.web.app import create_app
 
 from conftest import ROOT
 

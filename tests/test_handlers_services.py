@@ -14,9 +14,9 @@ from market.providers.blocking import BlockingQuotes
 from market.services import PacedQuotes, RateLimit, RequestPacer, Services, build_services, parse_rate_limit
 from market.store import MarketStore
 from market.tickers import DEFAULT_TICKERS
-from runtime.context import JobContext
-from runtime.events import RecordingSink
-from runtime.settings import Settings, SettingsError
+from runtime.core.context import JobContext
+from runtime.core.events import RecordingSink
+from runtime.core.settings import Settings, SettingsError
 
 # -- helpers shared by the handler tests ------------------------------------------------------------
 

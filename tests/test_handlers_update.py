@@ -175,8 +175,8 @@ def test_daily_update_with_no_assets_does_nothing(services: Services, fake: Fake
 
 
 def test_batch_update_spawns_one_child_per_ticker_then_sums_them_up() -> None:
-    from runtime.context import ChildResult, JobContext
-    from runtime.events import RecordingSink
+    from runtime.core.context import ChildResult, JobContext
+    from runtime.core.events import RecordingSink
 
     spawned: list[tuple[str, list[dict[str, Any]]]] = []
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from runtime.errors import ManifestError
-from runtime.manifest import load_manifest
+from runtime.core.errors import ManifestError
+from runtime.core.manifest import load_manifest
 
 from conftest import ROOT, TEST_MANIFEST
 

@@ -13,9 +13,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from bus.envelope import make
 from bus.publisher import KombuPublisher
 from runtime.engine import Runtime
-from runtime.manifest import load_manifest
-from runtime.metrics import METRICS
-from runtime.web import build_web, create_app
+from runtime.core.manifest import load_manifest
+from runtime.web.metrics import METRICS
+from runtime.web.app import build_web, create_app
 
 from conftest import TEST_MANIFEST, running_consumer
 from test_dashboard_api import complete, fail

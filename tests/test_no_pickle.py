@@ -10,7 +10,7 @@ import msgspec
 import pytest
 
 from runtime.engine import Runtime
-from runtime.serializer import MsgspecSerializer
+from runtime.worker.serializer import MsgspecSerializer
 
 from conftest import ROOT
 

@@ -8,9 +8,9 @@ import time
 import pytest
 
 from runtime.engine import Runtime
-from runtime.errors import InvalidState, JobNotFound
-from runtime.manifest import Keep
-from runtime.records import STATES, JobRecord
+from runtime.core.errors import InvalidState, JobNotFound
+from runtime.core.manifest import Keep
+from runtime.core.records import STATES, JobRecord
 from runtime.store.base import Lease
 
 OWNER = "host:1:abc"

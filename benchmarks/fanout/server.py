@@ -7,7 +7,7 @@
     GET  /status                      {"publishing", "published", "relay": relay.stats(), "pid"}
 
 With --bus, a `bus.consumer.BusBridge` thread feeds `relay.ingest_raw` through
-`loop.call_soon_threadsafe`, as `runtime.web` does. --gc-threshold0 N sets the cyclic GC's
+`loop.call_soon_threadsafe`, as `runtime.web.app` does. --gc-threshold0 N sets the cyclic GC's
 young-generation threshold (Python's default is 700), to measure its effect on pauses.
 """
 

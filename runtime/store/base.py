@@ -16,8 +16,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
-from runtime.manifest import Keep
-from runtime.records import JobRecord
+from runtime.core.manifest import Keep
+from runtime.core.records import JobRecord
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,9 @@ import time
 import uuid
 from typing import Any
 
-from runtime.errors import InvalidState, JobNotFound
-from runtime.manifest import Keep
-from runtime.records import ACTIVE, COMPLETED, DELAYED, FAILED, STATES, WAITING, JobRecord, decode_json, encode_json
+from runtime.core.errors import InvalidState, JobNotFound
+from runtime.core.manifest import Keep
+from runtime.core.records import ACTIVE, COMPLETED, DELAYED, FAILED, STATES, WAITING, JobRecord, decode_json, encode_json
 from runtime.store.base import METRICS, STALLED_TOO_OFTEN, ChildOutcome, Dequeued, JobStore, Lease, NewChild, Reaped
 
 _LIB = """

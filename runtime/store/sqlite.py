@@ -15,9 +15,9 @@ from typing import Any, Iterator
 
 from huey.storage import SqliteStorage
 
-from runtime.errors import B3JobsError, InvalidState, JobNotFound
-from runtime.manifest import Keep
-from runtime.records import ACTIVE, COMPLETED, DELAYED, FAILED, STATES, WAITING, JobRecord, decode_json, encode_json
+from runtime.core.errors import B3JobsError, InvalidState, JobNotFound
+from runtime.core.manifest import Keep
+from runtime.core.records import ACTIVE, COMPLETED, DELAYED, FAILED, STATES, WAITING, JobRecord, decode_json, encode_json
 from runtime.store.base import METRICS, STALLED_TOO_OFTEN, ChildOutcome, Dequeued, JobStore, Lease, Limits, NewChild, Reaped
 
 _COLUMNS = (

@@ -16,11 +16,11 @@ from typing import Any, Callable, Iterator, Literal
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from runtime import api_models as m
-from runtime.api import RUNTIME, Route, blocking, job_out, parse_body, parse_query, respond
+from runtime.web import models as m
+from runtime.web.api import RUNTIME, Route, blocking, job_out, parse_body, parse_query, respond
 from runtime.engine import Runtime
-from runtime.metrics import METRICS, Activity, publisher_counts
-from runtime.records import FAILED, JobRecord
+from runtime.web.metrics import METRICS, Activity, publisher_counts
+from runtime.core.records import FAILED, JobRecord
 from runtime.store.base import METRICS as TOTALS
 
 State = Literal["waiting", "delayed", "active", "waiting-children", "completed", "failed"]

@@ -14,12 +14,12 @@ from huey import Huey
 from huey.storage import RedisStorage
 from redis import ConnectionPool
 
-from runtime.serializer import MsgspecSerializer
-from runtime.settings import Settings
+from runtime.worker.serializer import MsgspecSerializer
+from runtime.core.settings import Settings
 from runtime.store.sqlite import B3SqliteStorage
 
 if TYPE_CHECKING:
-    from runtime.executor import Executor
+    from runtime.worker.executor import Executor
 
 logger = logging.getLogger("b3jobs.huey")
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from huey.consumer import Consumer, Scheduler
 
-from runtime.housekeeping import Housekeeper
+from runtime.worker.housekeeping import Housekeeper
 
 if TYPE_CHECKING:
     from runtime.engine import Runtime

@@ -10,8 +10,8 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from runtime.cron_runner import CronRunner
-from runtime.executor import STORE_ERRORS, Outage
+from runtime.worker.cron_runner import CronRunner
+from runtime.worker.executor import STORE_ERRORS, Outage
 
 if TYPE_CHECKING:
     from runtime.engine import Runtime

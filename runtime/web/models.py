@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from runtime.manifest import MAX_PRIORITY
+from runtime.core.manifest import MAX_PRIORITY
 
 
 class Strict(BaseModel):

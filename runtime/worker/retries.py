@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import random
 
-from runtime.manifest import Job
+from runtime.core.manifest import Job
 
 logger = logging.getLogger("b3jobs.retry")
 

@@ -24,12 +24,12 @@ import msgspec
 import redis
 from pydantic import ValidationError
 
-from runtime.backoff import next_delay
-from runtime.context import ChildResult, JobContext
-from runtime.errors import JobTimeout, Retry, UnrecoverableError
-from runtime.events import EventSink
-from runtime.manifest import Job, Keep, Manifest
-from runtime.records import encode_json
+from runtime.worker.retries import next_delay
+from runtime.core.context import ChildResult, JobContext
+from runtime.core.errors import JobTimeout, Retry, UnrecoverableError
+from runtime.core.events import EventSink
+from runtime.core.manifest import Job, Keep, Manifest
+from runtime.core.records import encode_json
 from runtime.store.base import Dequeued, JobStore, Lease, NewChild
 
 logger = logging.getLogger("b3jobs.executor")

@@ -7,7 +7,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from runtime.errors import B3JobsError
+from runtime.core.errors import B3JobsError
 
 if TYPE_CHECKING:
     from runtime.engine import Runtime

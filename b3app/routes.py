@@ -14,9 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from market.errors import InvalidTicker
 from market.models import AnalysisResult, Asset, Quote
 from market.tickers import validate_ticker
-from runtime import api_models as m
-from runtime.api import RUNTIME, Route, blocking, parse_body, parse_query, respond
-from runtime.errors import PayloadError
+from runtime.web import models as m
+from runtime.web.api import RUNTIME, Route, blocking, parse_body, parse_query, respond
+from runtime.core.errors import PayloadError
 
 UPDATE_JOB = "update-asset-prices"
 BATCH_JOB = "batch-update"

@@ -17,8 +17,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from runtime.cron import Cron, CronError
-from runtime.errors import ManifestError
+from runtime.core.cron import Cron, CronError
+from runtime.core.errors import ManifestError
 
 JOB_NAME = r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$"
 MAX_PRIORITY = 2_097_152  # BullMQ's range: 1 (most urgent) .. 2**21
@@ -100,7 +100,7 @@ class Manifest:
     jobs: dict[str, Job]
 
     def job(self, name: str) -> Job:
-        from runtime.errors import UnknownJob
+        from runtime.core.errors import UnknownJob
 
         try:
             return self.jobs[name]

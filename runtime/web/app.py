@@ -11,18 +11,18 @@ from typing import Any, AsyncIterator
 import redis
 from aiohttp import web
 
-from runtime import api_models as m
-from runtime.api import RUNTIME, ROUTES, respond
-from runtime.api_dashboard import DASHBOARD_ROUTES
-from runtime.api_market import MARKET_ROUTES
-from runtime.dashboard import setup_dashboard
+from runtime.web import models as m
+from runtime.web.api import RUNTIME, ROUTES, respond
+from runtime.web.dashboard_api import DASHBOARD_ROUTES
+from b3app.routes import MARKET_ROUTES
+from runtime.web.dashboard import setup_dashboard
 from runtime.engine import Runtime
-from runtime.errors import (
+from runtime.core.errors import (
     B3JobsError, InvalidArgument, InvalidState, JobNotFound, PayloadError, UnknownJob,
 )
-from runtime.metrics import bus_tap, setup_metrics
-from runtime.openapi import document
-from runtime.settings import Settings
+from runtime.web.metrics import bus_tap, setup_metrics
+from runtime.web.openapi import document
+from runtime.core.settings import Settings
 
 logger = logging.getLogger("b3jobs.web")
 

@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from runtime.api import Route
+from runtime.web.api import Route
 
 REF = "#/components/schemas/{model}"
 

@@ -30,9 +30,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from bus.envelope import Envelope, decode
-from runtime.api import RUNTIME, blocking
+from runtime.web.api import RUNTIME, blocking
 from runtime.engine import Runtime
-from runtime.records import STATES
+from runtime.core.records import STATES
 from runtime.store.base import METRICS as TOTALS
 
 logger = logging.getLogger("b3jobs.metrics")

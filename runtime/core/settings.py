@@ -8,7 +8,7 @@ from typing import Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from runtime.errors import B3JobsError
+from runtime.core.errors import B3JobsError
 
 
 class SettingsError(B3JobsError):

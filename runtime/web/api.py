@@ -11,9 +11,9 @@ from typing import Any, Awaitable, Callable
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from runtime import api_models as m
+from runtime.web import models as m
 from runtime.engine import Runtime
-from runtime.errors import InvalidArgument, PayloadError
+from runtime.core.errors import InvalidArgument, PayloadError
 
 RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime", Runtime)
 

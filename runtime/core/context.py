@@ -8,8 +8,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from runtime.errors import JobTimeout
-from runtime.events import EventSink
+from runtime.core.errors import JobTimeout
+from runtime.core.events import EventSink
 
 logger = logging.getLogger("b3jobs.job")
 

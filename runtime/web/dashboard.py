@@ -1,4 +1,4 @@
-"""The dashboard: `/` and its static files, plain HTML, CSS and JavaScript shipped in `runtime/dashboard/`.
+"""The dashboard: `/` and its static files, plain HTML, CSS and JavaScript shipped in `runtime/web/static/`.
 
 The page loads without a token (it holds no data); every API call and the `/ws` connection it
 makes carry the token the operator types in, kept in the tab's sessionStorage.
@@ -10,7 +10,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-STATIC = Path(__file__).resolve().parent / "dashboard"
+STATIC = Path(__file__).resolve().parent / "static"
 # Nothing from elsewhere: scripts, styles, images and connections stay on this origin.
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
