@@ -14,7 +14,6 @@ import pytest
 
 from bus.publisher import KombuPublisher
 from fake_brapi import FakeBrapi
-from runtime.worker.cron_runner import CronRunner
 from runtime.engine import Runtime
 from runtime.core.events import RecordingSink
 from runtime.core.manifest import load_manifest
@@ -191,7 +190,7 @@ def test_daily_update_fires_at_2am_in_sao_paulo_and_updates_every_active_asset(
     store.untrack("MGLU3")
     two_am = dt.datetime(2026, 3, 10, 2, 0, tzinfo=SAO_PAULO).timestamp()
     assert dt.datetime.fromtimestamp(two_am, dt.timezone.utc).hour == 5  # UTC-3
-    cron = CronRunner(runtime, now=two_am - 180)
+    cron = runtime.cron_runner(now=two_am - 180)
 
     def daily_jobs() -> list[str]:
         return [r.id for r in runtime.list(name="daily-update")]
@@ -216,7 +215,7 @@ def test_daily_update_fires_at_2am_in_sao_paulo_and_updates_every_active_asset(
 def test_daily_update_does_not_fire_at_2am_utc(b3_runtime: Callable[..., Runtime]) -> None:
     runtime = b3_runtime()
     two_am_utc = dt.datetime(2026, 3, 10, 2, 0, tzinfo=dt.timezone.utc).timestamp()
-    cron = CronRunner(runtime, now=two_am_utc)
+    cron = runtime.cron_runner(now=two_am_utc)
     cron.tick(two_am_utc)
     assert runtime.list(name="daily-update") == []
     assert [r.name for r in runtime.list()] == ["process-pending-analysis"]  # every minute, in UTC
