@@ -294,7 +294,7 @@ def run_b3(run: Run, tmp: Path, timeout: float, phase=None, name: str | None = N
     if bus:  # what `python -m runtime enqueue` / the consumer build: runtime/cli.py _runtime(bus=True)
         from bus.publisher import KombuPublisher
 
-        events = KombuPublisher(settings.bus_url or settings.redis_url or "memory://", namespace=namespace)
+        events = KombuPublisher(bus_url(settings), namespace=namespace)
     rt = Runtime(settings, events=events)
     listener = EventCounter(events.url, namespace) if listen else None
     try:

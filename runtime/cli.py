@@ -73,7 +73,7 @@ def _runtime(settings: Settings, manifest: Manifest | None = None, bus: bool = F
     events = None
     if bus:
         from bus.publisher import KombuPublisher
-        from runtime.web.app import bus_url
+        from runtime.core.settings import bus_url
 
         url = bus_url(settings)
         if url.startswith("memory://"):
@@ -115,7 +115,7 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_web(args: argparse.Namespace, settings: Settings) -> int:
-    from runtime.web.app import serve
+    from runtime.web.serve import serve
 
     serve(settings)
     return OK

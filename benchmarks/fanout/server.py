@@ -6,7 +6,7 @@
                                       each stamped with its publish time `ts` (as a bridge would)
     GET  /status                      {"publishing", "published", "relay": relay.stats(), "pid"}
 
-With --bus, a `bus.consumer.BusBridge` thread feeds `relay.ingest_raw` through
+With --bus, a `bus.bridge.BusBridge` thread feeds `relay.ingest_raw` through
 `loop.call_soon_threadsafe`, as `runtime.web.app` does. --gc-threshold0 N sets the cyclic GC's
 young-generation threshold (Python's default is 700), to measure its effect on pauses.
 """
@@ -87,7 +87,7 @@ async def status(request: web.Request) -> web.Response:
 
 
 def bridge_context(url: str, namespace: str, relay: Relay) -> Any:
-    from bus.consumer import BusBridge
+    from bus.bridge import BusBridge
 
     async def context(app: web.Application) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()

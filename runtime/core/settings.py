@@ -69,3 +69,8 @@ class Settings(BaseModel):
                 for e in exc.errors()
             ]
             raise SettingsError("bad settings: " + "; ".join(problems)) from exc
+
+
+def bus_url(settings: Settings) -> str:
+    """Where events go: BUS_URL, else REDIS_URL, else memory:// (events stay inside this process)."""
+    return settings.bus_url or settings.redis_url or "memory://"

@@ -34,6 +34,7 @@ from runtime.web.api import RUNTIME, blocking
 from runtime.engine import Runtime
 from runtime.core.records import STATES
 from runtime.store.base import METRICS as TOTALS
+from runtime.store.outage import STORE_ERRORS
 
 logger = logging.getLogger("b3jobs.metrics")
 
@@ -147,6 +148,7 @@ class Snapshot:
 
 
 def take_snapshot(runtime: Runtime) -> Snapshot:
+    """The store's counts, totals, paused names and live consumers: one read for /metrics and the dashboard."""
     started = time.perf_counter()
     names = sorted(runtime.manifest.jobs)
     counts = runtime.store.counts(names)
@@ -254,7 +256,6 @@ class Metrics:
 
 
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
-STORE_ERRORS = (redis.RedisError, ConnectionError, sqlite3.Error, OSError)
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
@@ -262,7 +263,7 @@ async def metrics_handler(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     try:
         snapshot: Snapshot | None = await blocking(take_snapshot, runtime)
-    except STORE_ERRORS as exc:
+    except (*STORE_ERRORS, redis.RedisError, sqlite3.Error) as exc:  # any store failure: store_up 0
         logger.warning("metrics: job store unreachable: %s", exc)
         snapshot = None
     body = request.app[METRICS].render(snapshot)

@@ -7,14 +7,16 @@ to the caller (the relay bridges them into its loop with call_soon_threadsafe).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
 import threading
 import uuid
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable
 
 from kombu import Connection, Queue
+from aiohttp import web
 from kombu.mixins import ConsumerMixin
 
 from bus.publisher import exchange, transport_options
@@ -57,10 +59,28 @@ class BusBridge(ConsumerMixin):
         logger.info("bus %s: receiving events on %s", self.url, self.queue.name)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self.run, name="bus-consumer", daemon=True)
+        self._thread = threading.Thread(target=self.run, name="bus-bridge", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 3.0) -> None:
         self.should_stop = True
         if self._thread is not None:
             self._thread.join(timeout)
+
+
+def bridge_context(url: str, relay: Any, namespace: str, taps: tuple[Any, ...] = ()) -> Any:
+    """cleanup_ctx: a Kombu consumer thread feeding the relay on this app's loop (and `taps`, on the thread)."""
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+
+        def on_raw(raw: bytes) -> None:
+            loop.call_soon_threadsafe(relay.ingest_raw, raw)
+            for tap in taps:
+                tap(raw)
+
+        bridge = BusBridge(url, on_raw, namespace=namespace)
+        bridge.start()
+        yield
+        await loop.run_in_executor(None, bridge.stop)
+
+    return context
