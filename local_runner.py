@@ -23,14 +23,18 @@ from runtime.core.settings import Settings, SettingsError, bus_url
 from runtime.web.app import build_web
 from runtime.web.serve import WebThread, require_safe_bind, tune_gc
 from bus.publisher import KombuPublisher
+from runtime.core.events import ImmediateSink
 
 log = logging.getLogger("b3jobs.local")
 
 
-class PrintSink:
+class PrintSink(ImmediateSink):
     """Shows the events an invoked handler emits, one JSON line each, on stderr."""
 
+    label = "stderr"
+
     def emit(self, event: str, job: tuple[str, str] | None, data: dict[str, object]) -> None:
+        self.published += 1
         print("event %s %s" % (event, encode_json(data).decode()), file=sys.stderr)
 
 

@@ -168,9 +168,7 @@ def cmd_control(args: argparse.Namespace, settings: Settings) -> int:
         print("%s removed" % args.id)
     elif command == "clean":
         print("%d %s %s record(s) removed" % (runtime.clean(args.job, args.state, args.age, args.limit), args.state, args.job))
-    events = getattr(runtime.events, "close", None)
-    if events is not None:
-        events()
+    runtime.events.close()
     return OK
 
 

@@ -178,7 +178,7 @@ async def healthz(request: web.Request) -> web.Response:
         store = "ok"
     except Exception as exc:  # the point of a health check: report, do not raise
         store = "unreachable: %s" % exc
-    bus = getattr(runtime.events, "url", "log")
+    bus = runtime.events.label
     status = "ok" if store == "ok" else "degraded"
     return respond(m.Health(status=status, backend=runtime.settings.backend, bus=bus, store=store), 200 if status == "ok" else 503)
 
