@@ -27,7 +27,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from kombu import Connection, Exchange
 
@@ -159,7 +159,7 @@ class KombuPublisher:
         lock = threading.Lock()
         self._has_items = threading.Condition(lock)
         self._has_room = threading.Condition(lock)
-        self._buffer: collections.deque[env.Envelope | Callable[[], None]] = collections.deque()
+        self._buffer: collections.deque[env.Envelope | _Then] = collections.deque()
         self._count = 0  # envelopes in the buffer (callbacks not counted)
         self._down = False
         self._drop_logged = False
@@ -195,22 +195,27 @@ class KombuPublisher:
             if len(self._buffer) == 1:
                 self._has_items.notify()
 
-    def after_published(self, callback: Callable[[], None]) -> None:
-        """Run `callback` once every event emitted so far is on the broker, or kept for an outage."""
+    def after_published(self, callback: Callable[[list[Any]], None], items: list[Any]) -> None:
+        """Call `callback(items)` once every event emitted so far is on the broker, or kept for an outage.
+
+        Calls of the same callback that become due together are merged into one, with their items
+        concatenated (the runtime releases many new jobs in one store call that way).
+        """
         if self._pid != os.getpid():
             self._start()
+        then = _Then(callback, items)
         with self._has_items:
             if not self._down:
-                self._buffer.append(callback)
+                self._buffer.append(then)
                 if len(self._buffer) == 1:
                     self._has_items.notify()
                 return
-        _run_callbacks([callback])  # the broker is down: the events are kept, nothing to wait for
+        _run_callbacks([then])  # the broker is down: the events are kept, nothing to wait for
 
     def flush(self, timeout_s: float = 1.0) -> bool:
         """Wait until everything emitted so far is published (or kept for an outage); False on timeout."""
         done = threading.Event()
-        self.after_published(done.set)
+        self.after_published(lambda _: done.set(), [])
         return done.wait(timeout_s)
 
     def close(self, timeout_s: float = CLOSE_S) -> None:
@@ -331,9 +336,19 @@ class KombuPublisher:
             self._has_room.notify_all()
 
 
-def _run_callbacks(callbacks: list[Any]) -> None:
-    for callback in callbacks:
+class _Then(NamedTuple):
+    """An after_published callback waiting in the buffer behind the events emitted before it."""
+
+    callback: Callable[[list[Any]], None]
+    items: list[Any]
+
+
+def _run_callbacks(due: list[_Then]) -> None:
+    merged: dict[Callable[[list[Any]], None], list[Any]] = {}
+    for then in due:
+        merged.setdefault(then.callback, []).extend(then.items)
+    for callback, items in merged.items():
         try:
-            callback()
-        except Exception:  # a release that fails is retried by the store's own reaper
+            callback(items)
+        except Exception:  # a release that fails is done later by the store's own reaper
             logger.exception("after_published callback failed")

@@ -7,7 +7,7 @@ import time
 import types
 from typing import Any
 
-from runtime.core.enqueue import Enqueuer, limits_of
+from runtime.core.enqueue import EnqueueItem, Enqueuer, limits_of
 from runtime.core.errors import B3JobsError, InvalidArgument, JobNotFound
 from runtime.core.events import EventSink, LogSink
 from runtime.core.manifest import Manifest, import_object, load_manifest
@@ -77,6 +77,22 @@ class Runtime:
     ) -> tuple[JobRecord, bool]:
         """Validate and enqueue a job; returns (record, created). See `Enqueuer.enqueue`."""
         return self.enqueuer.enqueue(name, payload, delay=delay, priority=priority, job_id=job_id)
+
+    def enqueue_many(
+        self,
+        name: str,
+        payloads: list[Any] | list[EnqueueItem],
+        *,
+        delay: float | None = None,
+        priority: int | None = None,
+    ) -> list[tuple[JobRecord, bool]]:
+        """BullMQ's addBulk: validate every payload, then create all in one store call (one event batch).
+
+        `payloads` are payloads (with `delay`/`priority` for all) or EnqueueItems with their own options.
+        Nothing is enqueued if any is invalid. Returns (record, created) per item, in order.
+        """
+        items = [p if isinstance(p, EnqueueItem) else EnqueueItem(p, delay=delay, priority=priority) for p in payloads]
+        return self.enqueuer.enqueue_many(name, items)
 
     # -- the consumer's parts ----------------------------------------------------------------------
 

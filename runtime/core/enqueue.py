@@ -28,6 +28,16 @@ MAX_DELAY_S = 366 * 86400
 
 
 @dataclass(frozen=True)
+class EnqueueItem:
+    """One job of a bulk enqueue: its payload and, optionally, the options a single enqueue takes."""
+
+    payload: Any
+    delay: float | None = None
+    priority: int | None = None
+    job_id: str | None = None
+
+
+@dataclass(frozen=True)
 class NewJob:
     """A validated job, ready for the store: its record, its message and the keys its limits use."""
 
@@ -80,18 +90,45 @@ class Enqueuer:
             existing = self.store.get(job_id)
             if existing is not None:
                 return existing, False
-        if new.dedupe_key:
-            # Published after the store decided, so a deduplicated enqueue publishes nothing.
-            record, created = self.store.create(new.record, new.message, dedupe_key=new.dedupe_key, rate_key=new.rate_key)
-            if created:
-                self.announce(record)
-            return record, created
-        # Published before the job is visible, so no consumer's job:active can overtake it.
-        self.announce(new.record)
-        flush = getattr(self.events, "flush", None)
-        if flush is not None:
-            flush(0.25)
-        return self.store.create(new.record, new.message, rate_key=new.rate_key)
+        return self._create([new])[0]
+
+    def enqueue_many(self, name: str, items: list[EnqueueItem]) -> list[tuple[JobRecord, bool]]:
+        """Validate every item first, then create them all in one store call; (record, created) per item.
+
+        Nothing is enqueued when any item is invalid: the PayloadError lists each problem with its
+        index (`3.payload.ticker`). Ids and dedupe keys are honoured per item, as by `enqueue`.
+        """
+        news: list[NewJob] = []
+        problems: list[dict[str, Any]] = []
+        for n, item in enumerate(items):
+            try:
+                news.append(self.prepare(name, item.payload, delay=item.delay, priority=item.priority, job_id=item.job_id))
+            except PayloadError as exc:
+                problems.extend({**e, "loc": "%d.%s" % (n, e["loc"]) if e["loc"] else str(n)} for e in exc.errors)
+        if problems:
+            raise PayloadError(name, problems)
+        return self._create(news) if news else []
+
+    def _create(self, news: list[NewJob]) -> list[tuple[JobRecord, bool]]:
+        # With a sink that publishes later (the bus), new jobs are created staged: invisible to
+        # workers until their job:waiting is out, so no job:active can overtake it on the bus.
+        # With one that delivers at once, the event goes first and the job is visible at once.
+        staged = self.events.holds_events
+        if not staged and len(news) == 1 and not news[0].dedupe_key:
+            new = news[0]
+            self.announce(new.record)
+            return [self.store.create(new.record, new.message, rate_key=new.rate_key)]
+        results = self.store.create_many([n.as_new_child() for n in news], staged=staged)
+        created = [record for record, was_created in results if was_created]
+        for record in created:
+            self.announce(record)
+        if staged and created:
+            self.events.after_published(self._release, [r.id for r in created if r.run_at is None])
+        return results
+
+    def _release(self, job_ids: list[str]) -> None:
+        if job_ids:
+            self.store.release_staged(job_ids)
 
     def announce(self, record: JobRecord) -> None:
         """The event of a job that has just been created: `job:waiting`, or `job:delayed` with its time."""

@@ -28,8 +28,11 @@ class EventSink(Protocol):
     def emit(self, event: str, job: JobRef | None, data: dict[str, Any]) -> None:
         """Publish `event` for job (id, name) or for no job; must not raise."""
 
-    def after_published(self, callback: Callable[[], None]) -> None:
-        """Call `callback` once every event emitted so far is published (or kept for an outage)."""
+    def after_published(self, callback: Callable[[list[Any]], None], items: list[Any]) -> None:
+        """Call `callback(items)` once every event emitted so far is published (or kept for an outage).
+
+        A sink may merge calls of one callback that become due together, concatenating their items.
+        """
 
     def flush(self, timeout_s: float = 1.0) -> bool:
         """Wait until every event emitted so far is published; False on timeout."""
@@ -51,8 +54,8 @@ class ImmediateSink:
     def emit(self, event: str, job: JobRef | None, data: dict[str, Any]) -> None:
         self.published += 1
 
-    def after_published(self, callback: Callable[[], None]) -> None:
-        callback()
+    def after_published(self, callback: Callable[[list[Any]], None], items: list[Any]) -> None:
+        callback(items)
 
     def flush(self, timeout_s: float = 1.0) -> bool:
         return True

@@ -26,6 +26,26 @@ class EnqueueBody(Strict):
 RECORD_ONLY = frozenset({"stalls", "max_stalls", "worker", "delay_reason"})
 
 
+MAX_BULK = 10_000
+
+
+class BulkBody(Strict):
+    jobs: list[EnqueueBody] = Field(min_length=1, max_length=MAX_BULK, description="the jobs, each as a single enqueue's body")
+
+
+class BulkJob(BaseModel):
+    id: str
+    state: State
+    deduplicated: bool = Field(description="true when the job existed (its id, or an equal job by `dedupe`)")
+
+
+class BulkResult(BaseModel):
+    """What became of each job of a bulk enqueue, in the order given."""
+
+    created: int
+    jobs: list[BulkJob]
+
+
 class Job(BaseModel):
     """A job record (epoch-second times): `JobRecord` as the API shows it."""
 
