@@ -14,6 +14,7 @@ import pytest
 
 from bus.publisher import KombuPublisher
 from fake_brapi import FakeBrapi
+from runtime.core.cron import cron_job_id
 from runtime.worker.cron_runner import CronRunner
 from runtime.engine import Runtime
 from runtime.core.events import RecordingSink
@@ -202,9 +203,9 @@ def test_daily_update_fires_at_2am_in_sao_paulo_and_updates_every_active_asset(
     # And at 02:00 there, the daily update is queued once, by its cron entry
     cron.tick(two_am)
     cron.tick(two_am + 30)
-    assert daily_jobs() == ["daily-update.cron.%d" % two_am]
+    assert daily_jobs() == [cron_job_id("daily-update", two_am)]
     with running_consumer(runtime):
-        done = wait_state(runtime, "daily-update.cron.%d" % two_am, timeout=20)
+        done = wait_state(runtime, cron_job_id("daily-update", two_am), timeout=20)
     # Then every active asset was updated, and only those
     assert done.state == "completed", done.error
     assert done.result == {"updated": active, "failed": {}}
