@@ -127,7 +127,8 @@ def test_next_after_walks_the_same_ticks() -> None:
     for expression in ("30 1 * * *", "30 2 * * *", "*/15 * * * *", "0 * * * *"):
         for start in (utc(2026, 11, 1, 5, 40), utc(2026, 11, 1, 6, 40), utc(2026, 3, 8, 6, 40)):
             cron, until = Cron.parse(expression), start + dt.timedelta(days=2)
-            chained, tick = [], cron.next_after(start, NEW_YORK)
+            chained: list[dt.datetime] = []
+            tick = cron.next_after(start, NEW_YORK)
             while tick <= until:
                 chained.append(tick)
                 tick = cron.next_after(tick, NEW_YORK)
@@ -143,7 +144,8 @@ def cronie(expression: str, tz: ZoneInfo, after: dt.datetime, until: dt.datetime
     only wildcard jobs until the wall clock passes the virtual clock again.
     """
     cron = Cron.parse(expression)
-    fired, virtual = [], after.astimezone(tz).replace(tzinfo=None)
+    fired: list[dt.datetime] = []
+    virtual = after.astimezone(tz).replace(tzinfo=None)
     minute = after + MINUTE
     while minute <= until:
         wall = minute.astimezone(tz).replace(tzinfo=None)
