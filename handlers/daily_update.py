@@ -52,8 +52,6 @@ def summarize(ctx: JobContext, active: list[str]) -> tuple[list[str], dict[str, 
     same = len(active) == len(children) and all(
         child.state != "completed" or child.result["ticker"] == active[_spawn_index(child.id)] for child in children
     )
-    if not same:
-        ctx.log.warning("the active assets changed while the updates ran; failed updates are named by job id")
     updated: list[str] = []
     failed: dict[str, str] = {}
     for child in children:
@@ -61,6 +59,8 @@ def summarize(ctx: JobContext, active: list[str]) -> tuple[list[str], dict[str, 
             updated.append(child.result["ticker"])
         else:
             failed[active[_spawn_index(child.id)] if same else child.id] = child.error or "failed"
+    if failed and not same:
+        ctx.log.warning("the active assets changed while the updates ran; failed updates are named by job id")
     return updated, failed
 
 
