@@ -17,8 +17,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # The B3 app's words, and their plurals; the runtime's source names none of them, in code, comments,
 # strings or static files. Whole words, any case (regex `\b`): `asset:updated`, `b3app.routes`,
 # `update-asset-prices` count; an identifier such as `_set_signal_handlers` (Huey's, which the
-# consumer overrides) is one word of its own.
-B3_WORDS = ("market", "handlers", "b3app", "ticker", "brapi", "asset", "analysis", "seed")
+# consumer overrides) is one word of its own. "handler(s)" is the runtime's own word for the function a
+# job runs, so it may appear in prose; importing the app's `handlers` package is what the import check forbids.
+B3_WORDS = ("market", "b3app", "ticker", "brapi", "asset", "analysis", "seed")
 PLURALS = ("markets", "tickers", "assets", "analyses", "seeds")
 _B3_WORD = re.compile(r"\b(%s)\b" % "|".join(B3_WORDS + PLURALS), re.IGNORECASE)
 
