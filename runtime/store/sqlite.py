@@ -18,7 +18,7 @@ from huey.storage import SqliteStorage
 from runtime.core.errors import B3JobsError, InvalidState, JobNotFound
 from runtime.core.manifest import Keep
 from runtime.core.records import ACTIVE, COMPLETED, DELAYED, FAILED, STATES, WAITING, JobRecord, decode_json, encode_json
-from runtime.store.base import METRICS, STALLED_TOO_OFTEN, ChildOutcome, Dequeued, JobStore, Lease, Limits, NewChild, Reaped
+from runtime.store.base import METRICS, STALLED_TOO_OFTEN, TICK_KEEP_S, ChildOutcome, Dequeued, JobStore, Lease, Limits, NewChild, Reaped
 
 _COLUMNS = (
     "id", "name", "state", "payload", "attempts", "max_attempts", "stalls", "max_stalls", "worker", "progress",
@@ -140,20 +140,20 @@ class SqliteJobStore(JobStore):
         existing = self.get(existing_id)
         return (existing, False) if existing is not None else self.create(record, message, dedupe_key=dedupe_key, rate_key=rate_key)
 
-    def _window(self, curs: sqlite3.Cursor, name: str, key: str, per: float, now: float) -> tuple[int, float]:
-        """Starts of (name, key) in the last `per` seconds, and seconds until the oldest leaves."""
-        curs.execute("delete from b3_rate where name = ? and key = ? and ts <= ?", (name, key, now - per))
+    def _window(self, curs: sqlite3.Cursor, name: str, key: str, window_s: float, now: float) -> tuple[int, float]:
+        """Starts of (name, key) in the last `window_s` seconds, and seconds until the oldest leaves."""
+        curs.execute("delete from b3_rate where name = ? and key = ? and ts <= ?", (name, key, now - window_s))
         count, oldest = curs.execute(
             "select count(*), min(ts) from b3_rate where name = ? and key = ?", (name, key)
         ).fetchone()
-        return int(count), (oldest + per - now) if oldest is not None else 0.0
+        return int(count), (oldest + window_s - now) if oldest is not None else 0.0
 
     def _rate_delay(self, curs: sqlite3.Cursor, job_id: str, name: str, key: str, limits: Limits, now: float) -> None:
         # Book the first window with room, so the jobs of one key spread out instead of all waking at once.
-        assert limits.rate_limit is not None and limits.rate_per_s is not None
-        per = limits.rate_per_s
-        curs.execute("delete from b3_ratecal where name = ? and key = ? and slot < ?", (name, key, now - per))
-        slot = now + self._window(curs, name, key, per, now)[1]
+        assert limits.rate_limit is not None and limits.rate_window_s is not None
+        window_s = limits.rate_window_s
+        curs.execute("delete from b3_ratecal where name = ? and key = ? and slot < ?", (name, key, now - window_s))
+        slot = now + self._window(curs, name, key, window_s, now)[1]
         last = curs.execute("select max(slot) from b3_ratecal where name = ? and key = ?", (name, key)).fetchone()[0]
         if last is not None and last >= slot:
             slot = last
@@ -161,11 +161,11 @@ class SqliteJobStore(JobStore):
                 "select count(*) from b3_ratecal where name = ? and key = ? and slot = ?", (name, key, slot)
             ).fetchone()[0]
             if booked >= limits.rate_limit:
-                slot += per
+                slot += window_s
         curs.execute("insert or replace into b3_ratecal (name, key, slot, id) values (?, ?, ?, ?)", (name, key, slot, job_id))
         curs.execute(
             "update b3_jobs set state = 'delayed', run_at = ?, state_ts = ?, delay_reason = ? where id = ?",
-            (slot, slot, "rate limit: %d per %gs for %s" % (limits.rate_limit, per, key), job_id),
+            (slot, slot, "rate limit: %d per %gs for %s" % (limits.rate_limit, window_s, key), job_id),
         )
 
     def _blocked(self, curs: sqlite3.Cursor, now: float) -> tuple[set[str], float]:
@@ -179,8 +179,8 @@ class SqliteJobStore(JobStore):
                 ).fetchone()[0]
                 if active >= limits.concurrency:
                     blocked.add(name)
-            if limits.rate_limit and limits.rate_per_s and not limits.rate_keyed:
-                count, free_in = self._window(curs, name, "", limits.rate_per_s, now)
+            if limits.rate_limit and limits.rate_window_s and not limits.rate_keyed:
+                count, free_in = self._window(curs, name, "", limits.rate_window_s, now)
                 if count >= limits.rate_limit:
                     blocked.add(name)
                     hint = free_in if hint == 0 else min(hint, free_in)
@@ -206,8 +206,8 @@ class SqliteJobStore(JobStore):
                 job_id, name, msg, rate_key, children_done = row
                 limits = self.limits.get(name)
                 key = rate_key if limits is not None and limits.rate_keyed else ""
-                if limits is not None and limits.rate_limit and limits.rate_per_s and limits.rate_keyed:
-                    if self._window(curs, name, key, limits.rate_per_s, now)[0] >= limits.rate_limit:
+                if limits is not None and limits.rate_limit and limits.rate_window_s and limits.rate_keyed:
+                    if self._window(curs, name, key, limits.rate_window_s, now)[0] >= limits.rate_limit:
                         self._rate_delay(curs, job_id, name, key, limits, now)
                         continue
                 token = uuid.uuid4().hex
@@ -505,18 +505,18 @@ class SqliteJobStore(JobStore):
                 curs.execute("delete from %s where name = ?" % table, (name,))
             return removed
 
-    def clean(self, name: str, state: str, older_than: float, limit: int) -> int:
+    def clean(self, name: str, state: str, cutoff_ts: float, limit: int) -> int:
         with self._tx() as curs:
             if state not in (COMPLETED, FAILED):
                 for (job_id,) in curs.execute(
                     "select id from b3_jobs where name = ? and state = ? and state_ts < ? order by state_ts limit ?",
-                    (name, state, older_than, limit),
+                    (name, state, cutoff_ts, limit),
                 ).fetchall():
                     self._finished(curs, job_id, FAILED, "removed", time.time())
             curs.execute(
                 "delete from b3_jobs where id in (select id from b3_jobs where name = ? and state = ? and state_ts < ?"
                 " order by state_ts limit ?)",
-                (name, state, older_than, limit),
+                (name, state, cutoff_ts, limit),
             )
             return curs.rowcount
 
@@ -575,18 +575,18 @@ class SqliteJobStore(JobStore):
             out[name][metric] = value
         return out
 
-    def consumers(self, since: float) -> dict[str, float]:
+    def consumers(self, since_ts: float) -> dict[str, float]:
         with self._tx() as curs:
-            curs.execute("delete from b3_consumers where seen < ?", (since - 86400,))
-            rows = curs.execute("select owner, seen from b3_consumers where seen >= ?", (since,)).fetchall()
+            curs.execute("delete from b3_consumers where seen < ?", (since_ts - 86400,))
+            rows = curs.execute("select owner, seen from b3_consumers where seen >= ?", (since_ts,)).fetchall()
         return {owner: seen for owner, seen in rows}
 
-    def claim_tick(self, job: str, tick: float) -> bool:
+    def claim_tick(self, job: str, tick_ts: float) -> bool:
         with self._tx() as curs:
-            curs.execute("insert or ignore into b3_ticks (name, tick) values (?, ?)", (job, tick))
+            curs.execute("insert or ignore into b3_ticks (name, tick) values (?, ?)", (job, tick_ts))
             claimed = curs.rowcount == 1
             if claimed:
-                curs.execute("delete from b3_ticks where name = ? and tick < ?", (job, tick - 86400 * 7))
+                curs.execute("delete from b3_ticks where name = ? and tick < ?", (job, tick_ts - TICK_KEEP_S))
             return claimed
 
     def last_tick(self, job: str) -> float | None:
