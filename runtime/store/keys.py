@@ -1,7 +1,7 @@
 """Every Redis key the job store uses, in one place: `Keys(ns).job(job_id)` is `{ns}:job:{job_id}`.
 
 The Lua scripts build the same names with the `key` table in `lua/common.lua` (`key.job(job_id)`,
-`key.leases`); tests/test_store_keys.py checks the two agree. Every key starts with `{ns}:`, which
+`key.leases`); tests/test_store_lua.py checks the two agree. Every key starts with `{ns}:`, which
 is how `destroy` finds them. The scripts build keys from the namespace themselves, so the store
 does not run on Redis Cluster.
 """
@@ -40,7 +40,7 @@ class Keys:
         return "%s:outcomes:%s" % (self.ns, parent_id)
 
     def rate_window(self, name: str, rate_key: str) -> str:
-        """zset: the jobs of a name (and rate key; '' unkeyed) started in the current rate window, scored by start time."""
+        """zset: the jobs of a name and rate key ('' if unkeyed) started in the rate window, scored by start time."""
         return "%s:rl:%s:%s" % (self.ns, name, rate_key)
 
     def rate_calendar(self, name: str, rate_key: str) -> str:

@@ -23,9 +23,11 @@ from typing import Any
 from runtime.core.errors import InvalidState, JobNotFound
 from runtime.core.manifest import Keep
 from runtime.core.records import ACTIVE, COMPLETED, DELAYED, FAILED, STATES, WAITING, JobRecord, decode_json, encode_json
-from runtime.store.base import METRICS, STALLED_TOO_OFTEN, TICK_KEEP_S, ChildOutcome, Dequeued, JobStore, Lease, NewChild, Reaped
+from runtime.store.base import (
+    METRICS, STALLED_TOO_OFTEN, TICK_KEEP_S, ChildOutcome, Dequeued, JobStore, Lease, NewChild, Reaped,
+)
 from runtime.store.keys import Keys
-from runtime.store.scripts import Script
+from runtime.store.scripts import Scripts
 
 # The job hash's fields that are the store's, not the record's: `msg` (the Huey message), `qscore`
 # (its queue score), `lease_until` and `lease_token`, `dedupe_key` and `rate_key` (as created),
@@ -54,20 +56,17 @@ def _record_from_hash(job_id: str, h: dict[bytes, bytes]) -> JobRecord:
     return JobRecord(**values)
 
 
+def _held(lease: Lease) -> dict[str, Any]:
+    """The arguments a script checks a lease by (see `holds` in lua/common.lua)."""
+    return {"token": lease.token, "attempt": lease.attempt}
+
+
 class RedisJobStore(JobStore):
     def __init__(self, client: Any, namespace: str):
         self.r = client
         self.ns = namespace
         self.keys = Keys(namespace)
-
-        def script(name: str) -> Script:
-            return Script(client, namespace, name)
-
-        self._create, self._dequeue, self._renew, self._reap = script("create"), script("dequeue"), script("renew"), script("reap")
-        self._release, self._promote_due, self._finish = script("release"), script("promote_due"), script("finish")
-        self._retry_later, self._set_progress, self._to_waiting_lua = script("retry_later"), script("set_progress"), script("to_waiting")
-        self._remove, self._clean, self._obliterate = script("remove"), script("clean"), script("obliterate")
-        self._spawn, self._wait_children = script("spawn"), script("wait_children")
+        self.lua = Scripts(client, namespace)
 
     def _fields(self, record: JobRecord) -> list[Any]:
         limits = self.limits.get(record.name)
@@ -80,7 +79,7 @@ class RedisJobStore(JobStore):
         return fields
 
     def create(self, record: JobRecord, message: bytes, *, dedupe_key: str = "", rate_key: str = "") -> tuple[JobRecord, bool]:
-        outcome = self._create(
+        outcome = self.lua.create(
             job_id=record.id,
             name=record.name,
             state=record.state,
@@ -112,7 +111,7 @@ class RedisJobStore(JobStore):
         # `now` is not used: the script starts jobs and gives leases on Redis's clock.
         limits_json = self._limits_json()
         token = uuid.uuid4().hex
-        got = self._dequeue(owner=owner, lease_s=lease_s, limits_json=limits_json, token=token)
+        got = self.lua.dequeue(owner=owner, lease_s=lease_s, limits_json=limits_json, token=token)
         if len(got) == 1 and wait_s > 0:
             # Nothing to take: block until an enqueue or a freed slot pushes a wake-up token, or
             # until a rate-limit window opens, whichever is first; then try once more.
@@ -120,7 +119,7 @@ class RedisJobStore(JobStore):
             block_s = min(wait_s, free_in_s) if free_in_s > 0 else wait_s
             if block_s >= 0.01:
                 self.r.blpop([self.keys.wake], timeout=block_s)
-            got = self._dequeue(owner=owner, lease_s=lease_s, limits_json=limits_json, token=token)
+            got = self.lua.dequeue(owner=owner, lease_s=lease_s, limits_json=limits_json, token=token)
         if len(got) == 1:
             return None
         job_id, name, message, attempt, children_done = got
@@ -130,21 +129,21 @@ class RedisJobStore(JobStore):
     def renew(self, owner: str, job_ids: list[str], now: float | None, lease_s: float) -> int:
         clock: Any = "" if now is None else now
         deadline: Any = "" if now is None else now + lease_s
-        return int(self._renew(owner=owner, now=clock, deadline=deadline, lease_s=lease_s, job_ids=job_ids))
+        return int(self.lua.renew(owner=owner, now=clock, deadline=deadline, lease_s=lease_s, job_ids=job_ids))
 
     def reap(self, now: float | None, limit: int = 100) -> list[Reaped]:
-        rows = self._reap(now="" if now is None else now, limit=limit, stalled_reason=STALLED_TOO_OFTEN)
+        rows = self.lua.reap(now="" if now is None else now, limit=limit, stalled_reason=STALLED_TOO_OFTEN)
         return [Reaped(i.decode(), n.decode(), int(stalls), bool(failed)) for i, n, stalls, failed in rows]
 
     def release(self, job_id: str, lease: Lease) -> bool:
-        return bool(self._release(job_id=job_id, token=lease.token, attempt=lease.attempt, now=time.time()))
+        return bool(self.lua.release(job_id=job_id, **_held(lease), now=time.time()))
 
     def promote_due(self, names: list[str], now: float, limit: int = 1000) -> list[tuple[str, str]]:
-        rows = self._promote_due(now=now, limit=limit, names=names)
+        rows = self.lua.promote_due(now=now, limit=limit, names=names)
         return [(i.decode(), n.decode()) for i, n in rows]
 
     def set_progress(self, job_id: str, lease: Lease, progress_json: bytes) -> bool:
-        return bool(self._set_progress(job_id=job_id, token=lease.token, attempt=lease.attempt, progress_json=progress_json))
+        return bool(self.lua.set_progress(job_id=job_id, **_held(lease), progress_json=progress_json))
 
     def complete(self, job_id: str, lease: Lease, result_json: bytes, now: float, keep: Keep) -> bool:
         return self._run_finish(job_id, lease, COMPLETED, now, keep, result_json, ["result", result_json])
@@ -152,12 +151,13 @@ class RedisJobStore(JobStore):
     def fail(self, job_id: str, lease: Lease, error: str, traceback: str, now: float, keep: Keep) -> bool:
         return self._run_finish(job_id, lease, FAILED, now, keep, error, ["error", error, "traceback", traceback])
 
-    def _run_finish(self, job_id: str, lease: Lease, state: str, now: float, keep: Keep, detail: Any, fields: list[Any]) -> bool:
+    def _run_finish(
+        self, job_id: str, lease: Lease, state: str, now: float, keep: Keep, detail: Any, fields: list[Any]
+    ) -> bool:
         return bool(
-            self._finish(
+            self.lua.finish(
                 job_id=job_id,
-                token=lease.token,
-                attempt=lease.attempt,
+                **_held(lease),
                 state=state,
                 now=now,
                 keep_count=-1 if keep.count is None else keep.count,
@@ -168,17 +168,16 @@ class RedisJobStore(JobStore):
         )
 
     def retry_later(self, job_id: str, lease: Lease, error: str, traceback: str, run_at: float) -> bool:
-        return bool(
-            self._retry_later(job_id=job_id, token=lease.token, attempt=lease.attempt, run_at=run_at, reason=error,
-                              traceback=traceback)
-        )
+        done = self.lua.retry_later(job_id=job_id, **_held(lease), run_at=run_at, reason=error, traceback=traceback)
+        return bool(done)
 
     def _to_waiting(self, job_id: str, from_state: str, operation: str, now: float) -> JobRecord:
-        outcome = self._to_waiting_lua(job_id=job_id, now=now, from_state=from_state)
+        outcome = self.lua.to_waiting(job_id=job_id, now=now, from_state=from_state)
         if outcome is None:
             raise JobNotFound(job_id)
         if outcome != b"ok":
-            raise InvalidState(job_id, outcome.decode(), operation, (from_state,) if not outcome.startswith(b"a duplicate") else ("the only live one of its dedupe key",))
+            expected = ("the only live one of its dedupe key",) if outcome.startswith(b"a duplicate") else (from_state,)
+            raise InvalidState(job_id, outcome.decode(), operation, expected)
         record = self.get(job_id)
         if record is None:
             raise JobNotFound(job_id)
@@ -191,7 +190,7 @@ class RedisJobStore(JobStore):
         return self._to_waiting(job_id, DELAYED, "promote", now)
 
     def remove(self, job_id: str) -> bool:
-        outcome = self._remove(job_id=job_id, now=time.time())
+        outcome = self.lua.remove(job_id=job_id, now=time.time())
         if outcome is None:
             return False
         if outcome != b"ok":
@@ -199,7 +198,7 @@ class RedisJobStore(JobStore):
         return True
 
     def clean(self, name: str, state: str, cutoff_ts: float, limit: int) -> int:
-        return int(self._clean(name=name, state=state, cutoff_ts=cutoff_ts, limit=limit, now=time.time()))
+        return int(self.lua.clean(name=name, state=state, cutoff_ts=cutoff_ts, limit=limit, now=time.time()))
 
     def pause(self, name: str) -> bool:
         return bool(self.r.sadd(self.keys.paused, name))
@@ -219,13 +218,13 @@ class RedisJobStore(JobStore):
             fields = [f.decode() if isinstance(f, bytes) else f for f in self._fields(child.record)]
             flat += [child.record.id, child.record.name, child.message, child.record.priority or 0, child.rate_key,
                      json.dumps(fields)]
-        created = int(self._spawn(parent_id=parent_id, token=lease.token, attempt=lease.attempt, now=now, children=flat))
+        created = int(self.lua.spawn(parent_id=parent_id, **_held(lease), now=now, children=flat))
         if created < 0:
             raise InvalidState(parent_id, "not held by this worker", "spawn children of", (ACTIVE,))
         return created
 
     def wait_children(self, parent_id: str, lease: Lease, now: float) -> str | None:
-        state = self._wait_children(job_id=parent_id, token=lease.token, attempt=lease.attempt, now=now)
+        state = self.lua.wait_children(job_id=parent_id, **_held(lease), now=now)
         return state.decode() if state else None
 
     def child_outcomes(self, parent_id: str) -> list[ChildOutcome]:
@@ -246,7 +245,7 @@ class RedisJobStore(JobStore):
         return removed
 
     def obliterate(self, name: str, force: bool = False) -> int:
-        removed = int(self._obliterate(name=name, force=1 if force else 0, now=time.time()))
+        removed = int(self.lua.obliterate(name=name, force=1 if force else 0, now=time.time()))
         if removed < 0:
             raise InvalidState(name, "%d job(s) active" % -removed, "obliterate", ("no active jobs",))
         return removed
@@ -301,7 +300,8 @@ class RedisJobStore(JobStore):
 
     def consumers(self, since_ts: float) -> dict[str, float]:
         self.r.zremrangebyscore(self.keys.consumers, "-inf", since_ts - 86400)  # forget consumers gone for a day
-        return {o.decode(): float(t) for o, t in self.r.zrangebyscore(self.keys.consumers, since_ts, "+inf", withscores=True)}
+        seen = self.r.zrangebyscore(self.keys.consumers, since_ts, "+inf", withscores=True)
+        return {owner.decode(): float(ts) for owner, ts in seen}
 
     def claim_tick(self, job: str, tick_ts: float) -> bool:
         claimed = self.r.set(self.keys.tick(job, tick_ts), 1, nx=True, ex=TICK_KEEP_S)

@@ -13,7 +13,7 @@ checks the two agree, and calling it checks it got exactly the declared names.
 from __future__ import annotations
 
 import re
-from functools import cache
+from functools import cache, partial
 from importlib.resources import files
 from typing import Any, Sequence
 
@@ -39,8 +39,10 @@ def declared_args(name: str, text: str) -> tuple[list[str], str | None]:
         raise ScriptError("%s.lua: no '-- ARGV: name, ...' line in its header" % name)
     names = [n.strip() for n in header.group(1).split(",")]
     rest = names.pop().removesuffix("...") if names[-1].endswith("...") else None
-    reads = ["%s = ARGV[%s]" % r for r in _READ.findall(text)] + ["%s = argv_from(%s)" % r for r in _READ_REST.findall(text)]
-    expected = ["%s = ARGV[%d]" % (n, i) for i, n in enumerate(names, 1)] + (["%s = argv_from(%d)" % (rest, len(names) + 1)] if rest else [])
+    reads = ["%s = ARGV[%s]" % r for r in _READ.findall(text)]
+    reads += ["%s = argv_from(%s)" % r for r in _READ_REST.findall(text)]
+    expected = ["%s = ARGV[%d]" % (n, i) for i, n in enumerate(names, 1)]
+    expected += ["%s = argv_from(%d)" % (rest, len(names) + 1)] if rest else []
     if reads != expected:
         raise ScriptError("%s.lua: its header declares %s, so it should read %s; it reads %s"
                           % (name, header.group(1), "; ".join(expected), "; ".join(reads) or "nothing"))
@@ -55,19 +57,41 @@ class Script:
         self.name = name
         self.ns = ns
         self.args, self.rest = declared_args(name, text)
+        self._names = {*self.args, *([self.rest] if self.rest else [])}
         self._run = client.register_script(source("common") + "\n" + text)
 
     def __call__(self, **args: Any) -> Any:
         """Run the script with its arguments by name (the variable tail, if any, as a sequence)."""
-        expected = [*self.args, *([self.rest] if self.rest else [])]
-        if set(args) != set(expected):
+        if args.keys() != self._names:
             raise TypeError(
                 "%s.lua takes %s; missing %s, unexpected %s"
-                % (self.name, ", ".join(expected), sorted(set(expected) - set(args)) or "none",
-                   sorted(set(args) - set(expected)) or "none")
+                % (self.name, ", ".join([*self.args, *([self.rest + "..."] if self.rest else [])]),
+                   sorted(self._names - args.keys()) or "none", sorted(args.keys() - self._names) or "none")
             )
         values = [args[n] for n in self.args]
         if self.rest:
             tail: Sequence[Any] = args[self.rest]
             values.extend(tail)
         return self._run(keys=[self.ns], args=values)
+
+
+class Scripts:
+    """Every script of `lua/`, registered for one namespace: `scripts.finish(job_id=..., ...)`."""
+
+    def __init__(self, client: Any, ns: str) -> None:
+        script = partial(Script, client, ns)
+        self.create = script("create")
+        self.dequeue = script("dequeue")
+        self.renew = script("renew")
+        self.reap = script("reap")
+        self.release = script("release")
+        self.promote_due = script("promote_due")
+        self.set_progress = script("set_progress")
+        self.finish = script("finish")
+        self.retry_later = script("retry_later")
+        self.spawn = script("spawn")
+        self.wait_children = script("wait_children")
+        self.to_waiting = script("to_waiting")
+        self.remove = script("remove")
+        self.clean = script("clean")
+        self.obliterate = script("obliterate")

@@ -18,7 +18,9 @@ from huey.storage import SqliteStorage
 from runtime.core.errors import B3JobsError, InvalidState, JobNotFound
 from runtime.core.manifest import Keep
 from runtime.core.records import ACTIVE, COMPLETED, DELAYED, FAILED, STATES, WAITING, JobRecord, decode_json, encode_json
-from runtime.store.base import METRICS, STALLED_TOO_OFTEN, TICK_KEEP_S, ChildOutcome, Dequeued, JobStore, Lease, Limits, NewChild, Reaped
+from runtime.store.base import (
+    METRICS, STALLED_TOO_OFTEN, TICK_KEEP_S, ChildOutcome, Dequeued, JobStore, Lease, Limits, NewChild, Reaped,
+)
 
 _COLUMNS = (
     "id", "name", "state", "payload", "attempts", "max_attempts", "stalls", "max_stalls", "worker", "progress",

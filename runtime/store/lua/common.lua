@@ -1,7 +1,7 @@
 -- common.lua: what every script shares; runtime/store/scripts.py puts it in front of each one.
 --
 -- Keys: every script gets one, KEYS[1], the store's namespace `ns`; it builds the keys it
--- touches from it with `key`, whose names mirror runtime/store/keys.py (tests/test_store_keys.py
+-- touches from it with `key`, whose names mirror runtime/store/keys.py (tests/test_store_lua.py
 -- checks the two agree).
 -- ARGV: the script's own, read into named locals at its top (`argv_from` for a variable tail).
 
