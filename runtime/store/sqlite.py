@@ -173,7 +173,7 @@ class SqliteJobStore(JobStore):
     def _blocked(self, curs: sqlite3.Cursor, now: float) -> tuple[set[str], float]:
         """Names no job may start of now (paused, at concurrency, unkeyed rate limit full), and when to look again."""
         blocked = {r[0] for r in curs.execute("select name from b3_paused").fetchall()}
-        hint = 0.0
+        free_in_s = 0.0
         for name, limits in self.limits.items():
             if limits.concurrency is not None:
                 active = curs.execute(
@@ -182,18 +182,18 @@ class SqliteJobStore(JobStore):
                 if active >= limits.concurrency:
                     blocked.add(name)
             if limits.rate_limit and limits.rate_window_s and not limits.rate_keyed:
-                count, free_in = self._window(curs, name, "", limits.rate_window_s, now)
+                count, room_in_s = self._window(curs, name, "", limits.rate_window_s, now)
                 if count >= limits.rate_limit:
                     blocked.add(name)
-                    hint = free_in if hint == 0 else min(hint, free_in)
-        return blocked, hint
+                    free_in_s = room_in_s if free_in_s == 0 else min(free_in_s, room_in_s)
+        return blocked, free_in_s
 
     def _take(self, owner: str, lease_s: float) -> tuple[Dequeued | None, float]:
         with self._tx() as curs:
             # The clock is read holding the write lock, so start times are in the order jobs
             # really started: the rate-limit window depends on it.
             now = time.time()
-            blocked, hint = self._blocked(curs, now)
+            blocked, free_in_s = self._blocked(curs, now)
             exclude = " and name not in (%s)" % ", ".join("?" * len(blocked)) if blocked else ""
             for _ in range(200):
                 # INDEXED BY: left to itself the planner picks the state index and sorts every
@@ -204,7 +204,7 @@ class SqliteJobStore(JobStore):
                     tuple(blocked),
                 ).fetchone()
                 if row is None:
-                    return None, hint
+                    return None, free_in_s
                 job_id, name, msg, rate_key, children_done = row
                 limits = self.limits.get(name)
                 key = rate_key if limits is not None and limits.rate_keyed else ""
@@ -222,15 +222,16 @@ class SqliteJobStore(JobStore):
                     curs.execute("insert into b3_rate (name, key, ts, id) values (?, ?, ?, ?)", (name, key, now, job_id))
                     curs.execute("delete from b3_ratecal where id = ?", (job_id,))
                 _count(curs, name, "started")
-                return Dequeued(job_id, name, bytes(msg), Lease(owner, int(attempt), token), bool(children_done)), hint
-        return None, hint
+                return Dequeued(job_id, name, bytes(msg), Lease(owner, int(attempt), token), bool(children_done)), free_in_s
+        return None, free_in_s
 
     def dequeue(self, owner: str, now: float, lease_s: float, wait_s: float) -> Dequeued | None:
-        got, hint = self._take(owner, lease_s)
+        got, free_in_s = self._take(owner, lease_s)
         if got is None and wait_s > 0:
-            wait = min(wait_s, 0.2, hint) if hint > 0 else min(wait_s, 0.2)  # other processes are seen by polling
+            # other processes are seen by polling
+            block_s = min(wait_s, 0.2, free_in_s) if free_in_s > 0 else min(wait_s, 0.2)
             with self._wake:
-                self._wake.wait(wait)
+                self._wake.wait(block_s)
             got, _ = self._take(owner, lease_s)
         return got
 

@@ -133,6 +133,6 @@ local function finished(job_id, name, state, detail, now)
   redis.call('DEL', key.outcomes(job_id))
   redis.call('HDEL', job_key, 'children_done', 'pending')
   -- Only a concurrency slot freeing up makes a waiting job startable; a rate-limited name is
-  -- woken by the time its window opens (dequeue's hint), not by every finish.
+  -- woken by the time its window opens (the wait dequeue returns), not by every finish.
   if f[3] == '1' and redis.call('ZCARD', key.queue(name)) > 0 then wake() end
 end
