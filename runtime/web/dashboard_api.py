@@ -214,7 +214,7 @@ def build_overview(runtime: Runtime, activity: Activity, live: bool) -> Overview
     counts = runtime.store.counts(names)
     totals = runtime.store.stats(names)
     paused = runtime.store.paused()
-    consumers = runtime.store.consumers(since=now - 3 * runtime.settings.lease_s)
+    consumers = runtime.store.consumers(since_ts=now - 3 * runtime.settings.lease_s)
     events = publisher_counts(runtime.events)
     jobs = []
     for name, by_state in counts.items():
