@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 
 from runtime.web import models as m
 from runtime.web.api import RUNTIME, Route, blocking, job_out, parse_body, parse_query, respond
+from runtime.core.cron import cron_job_id
 from runtime.engine import Runtime
 from runtime.web.metrics import METRICS, Activity, publisher_counts, take_snapshot
 from runtime.core.records import FAILED, JobRecord, State
@@ -197,7 +198,7 @@ def cron_schedule(runtime: Runtime, name: str, now: float) -> CronSchedule | Non
     last = runtime.store.last_tick(name)
     last_id = last_state = None
     if last is not None:
-        last_id = "%s.cron.%d" % (name, last)  # the id the cron runner gives each tick's job
+        last_id = cron_job_id(name, last)
         record = runtime.store.get(last_id)
         last_state = record.state if record is not None else None
     return CronSchedule(
