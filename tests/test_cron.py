@@ -12,7 +12,6 @@ import pytest
 
 from runtime.core.cron import Cron, CronError, cron_job_id
 from runtime.engine import Runtime
-from runtime.worker.cron_runner import CronRunner
 
 UTC = dt.timezone.utc
 SAO_PAULO = ZoneInfo("America/Sao_Paulo")

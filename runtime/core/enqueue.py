@@ -21,7 +21,7 @@ from runtime.core.events import EventSink
 from runtime.core.manifest import MAX_PRIORITY, Manifest
 from runtime.core.messages import encode_message
 from runtime.core.records import DELAYED, WAITING, JobRecord
-from runtime.store.base import JobStore, Limits
+from runtime.store.base import JobStore, Limits, NewJob
 
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 MAX_DELAY_S = 366 * 86400
@@ -35,16 +35,6 @@ class EnqueueItem:
     delay: float | None = None
     priority: int | None = None
     job_id: str | None = None
-
-
-@dataclass(frozen=True)
-class NewJob:
-    """A validated job, ready for the store: its record, its message and the keys its limits use."""
-
-    record: JobRecord
-    message: bytes
-    dedupe_key: str
-    rate_key: str
 
 
 def limits_of(manifest: Manifest) -> dict[str, Limits]:
@@ -118,7 +108,7 @@ class Enqueuer:
             new = news[0]
             self.announce(new.record)
             return [self.store.create(new.record, new.message, rate_key=new.rate_key)]
-        results = self.store.create_many([n.as_new_child() for n in news], staged=staged)
+        results = self.store.create_many(news, staged=staged)
         created = [record for record, was_created in results if was_created]
         for record in created:
             self.announce(record)
@@ -187,4 +177,4 @@ class Enqueuer:
             dedupe_key = "%s:%s" % (name, hashlib.sha1(values.encode()).hexdigest())
         limit = job.spec.rate_limit
         rate_key = str(data.get(limit.key)) if limit is not None and limit.key else ""
-        return NewJob(record, encode_message(new_id, name, data, priority, expires_at), dedupe_key, rate_key)
+        return NewJob(record, encode_message(new_id, name, data, priority, expires_at), rate_key, dedupe_key)

@@ -20,13 +20,12 @@ from pydantic import ValidationError
 
 from runtime.worker.retries import next_delay
 from runtime.core.context import ChildResult, JobContext
-from runtime.core.enqueue import NewJob
 from runtime.core.errors import JobTimeout, Retry, UnrecoverableError
 from runtime.core.events import EventSink
 from runtime.core.manifest import Job, Keep, Manifest
 from runtime.core.records import encode_json
 from runtime.core.messages import naive_utc
-from runtime.store.base import Dequeued, JobStore, Lease, NewChild
+from runtime.store.base import Dequeued, JobStore, Lease, NewJob
 from runtime.store.outage import STORE_ERRORS, Outage
 from runtime.worker.leases import HeldLeases, ProcessLeases
 
@@ -187,7 +186,7 @@ class Executor:
         children = []
         for n, payload in enumerate(payloads, start=first):
             new = self.prepare(name, payload, job_id="%s.%d" % (parent_id, n), parent_id=parent_id)
-            children.append(NewChild(new.record, new.message, new.rate_key))
+            children.append(new)
         self.store.spawn(parent_id, lease, children, time.time())
         for child in children:
             self.events.emit("job:waiting", (child.record.id, name), {"parent": parent_id})
