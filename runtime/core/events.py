@@ -24,6 +24,7 @@ class EventSink(Protocol):
     label: str  # where events go, for operators: a URL without credentials, or "log"
     published: int
     dropped: int
+    buffered: int  # emitted, not published yet
 
     def emit(self, event: str, job: JobRef | None, data: dict[str, Any]) -> None:
         """Publish `event` for job (id, name) or for no job; must not raise."""
@@ -50,6 +51,7 @@ class ImmediateSink:
     def __init__(self) -> None:
         self.published = 0
         self.dropped = 0
+        self.buffered = 0
 
     def emit(self, event: str, job: JobRef | None, data: dict[str, Any]) -> None:
         self.published += 1

@@ -158,9 +158,9 @@ def take_snapshot(runtime: Runtime) -> Snapshot:
     return Snapshot(counts, totals, paused, consumers, time.perf_counter() - started, names)
 
 
-def publisher_counts(sink: EventSink) -> tuple[int, int] | None:
-    """(published, dropped) of the runtime's bus publisher; None when events go to no bus (a log, a test)."""
-    return (sink.published, sink.dropped) if sink.holds_events else None
+def publisher_counts(sink: EventSink) -> tuple[int, int, int] | None:
+    """(published, dropped, buffered) of the runtime's bus publisher; None when events go to no bus (a log, a test)."""
+    return (sink.published, sink.dropped, sink.buffered) if sink.holds_events else None
 
 
 class StoreCollector:
@@ -185,10 +185,15 @@ class StoreCollector:
         if events is not None:
             published = CounterMetricFamily("b3jobs_events_published", "Events this web process published to the bus")
             published.add_metric([], events[0])
-            dropped = CounterMetricFamily("b3jobs_events_dropped", "Events this web process dropped (bus down or full)")
+            dropped = CounterMetricFamily(
+                "b3jobs_events_dropped", "Events this web process dropped (its outage buffer full, or unencodable)")
             dropped.add_metric([], events[1])
+            buffered = GaugeMetricFamily(
+                "b3jobs_events_buffered", "Events this web process emitted and has not published yet (kept through an outage)")
+            buffered.add_metric([], events[2])
             yield published
             yield dropped
+            yield buffered
         if self.relay is not None:
             stats = self.relay.stats()
             clients = GaugeMetricFamily("b3jobs_relay_clients", "Websocket clients connected to this relay")
