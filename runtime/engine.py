@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import re
 import time
 import types
@@ -20,7 +19,7 @@ from runtime.worker.executor import Executor, naive_utc
 from runtime.worker.huey_app import build_huey
 from runtime.core.manifest import MAX_PRIORITY, Manifest, import_object, load_manifest
 from runtime.core.records import COMPLETED, DELAYED, FAILED, WAITING, JobRecord
-from runtime.core.settings import Settings
+from runtime.core.settings import Settings, SettingsError
 from runtime.store.base import JobStore, Limits
 from runtime.store.redis import RedisJobStore
 from runtime.store.sqlite import SqliteJobStore
@@ -33,16 +32,22 @@ def _dispatched_by_executor(*args: Any) -> None:
     raise RuntimeError("b3-jobs tasks are run by runtime.executor.Executor")
 
 
-def load_services(settings: Settings) -> Any:
-    """The domain services handlers get as `ctx.services`, from the factory named by B3JOBS_SERVICES.
+def load_services(settings: Settings, manifest: Manifest) -> Any:
+    """The domain services every job gets as `ctx.services`: built by the factory B3JOBS_SERVICES names,
+    else by the manifest's `[app] services`; an empty namespace without either.
 
     The factory is called once per process with the settings; it should create expensive things
     (connections, clients) lazily, on first use, so forked worker processes get their own.
     """
-    try:
-        factory = import_object(settings.services)
-    except ImportError:
-        logging.getLogger("b3jobs").warning("services factory %s not importable; ctx.services is empty", settings.services)
+    factory = manifest.app.services
+    if settings.services is not None:
+        try:
+            factory = import_object(settings.services)
+        except Exception as exc:  # an import-time failure of any kind is a bad setting
+            raise SettingsError("bad settings: B3JOBS_SERVICES: cannot import %r: %s" % (settings.services, exc)) from exc
+        if not callable(factory):
+            raise SettingsError("bad settings: B3JOBS_SERVICES: %r is not callable" % settings.services)
+    if factory is None:
         return types.SimpleNamespace()
     return factory(settings)
 
@@ -91,7 +96,7 @@ class Runtime:
         )
         self.store.set_limits(limits_of(self.manifest))
         self.tasks = {name: self.huey.task(name=name)(_dispatched_by_executor) for name in self.manifest.jobs}
-        self.services = services if services is not None else load_services(self.settings)
+        self.services = services if services is not None else load_services(self.settings, self.manifest)
         self.executor = Executor(self.huey, self.store, self.manifest, self.events, self.services, self.settings.lease_s, self.prepare)
         self.huey.executor = self.executor
 

@@ -14,7 +14,7 @@ from aiohttp import web
 from runtime.web import models as m
 from runtime.web.api import RUNTIME, ROUTES, respond
 from runtime.web.dashboard_api import DASHBOARD_ROUTES
-from b3app.routes import MARKET_ROUTES
+from runtime.web.triggers import trigger_routes
 from runtime.web.dashboard import setup_dashboard
 from runtime.engine import Runtime
 from runtime.core.errors import (
@@ -100,7 +100,8 @@ def create_app(runtime: Runtime, relay: Any = None, *, token: str | None = None)
         client_max_size=MAX_BODY_BYTES,
     )
     app[RUNTIME] = runtime
-    routes = [*ROUTES, *MARKET_ROUTES, *DASHBOARD_ROUTES]
+    # The runtime's routes, the jobs' HTTP triggers and the app's routes (both declared by the manifest).
+    routes = [*ROUTES, *trigger_routes(runtime.manifest), *runtime.manifest.app.routes, *DASHBOARD_ROUTES]
     app[OPENAPI] = document(routes)
     for route in routes:
         app.router.add_route(route.method, route.path, route.handler)
