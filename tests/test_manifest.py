@@ -344,6 +344,7 @@ def test_app_parts_are_checked_once_imported(tmp_path: Path) -> None:
     assert "app.commands: 'status' is already a command" in text
     assert "jobs.greet-too.http: POST /api/v1/greet/{name} is also jobs.greet.http's route" in text
     assert "jobs.status.http: the request model's status would hide the answer's own jobId and status" in text
+    assert "jobs.status.http.request: status not in the payload; payload fields: name" in text
 
 
 def test_an_http_trigger_clashing_with_an_app_route_is_a_problem(tmp_path: Path) -> None:

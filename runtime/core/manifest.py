@@ -12,13 +12,17 @@ import tomllib
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from runtime.core.cron import Cron, CronError
 from runtime.core.errors import ManifestError
+
+if TYPE_CHECKING:  # the seam's types live where they are used: the web app and the CLI
+    from runtime.cli import Command
+    from runtime.web.api import Route
 
 JOB_NAME = r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$"
 REF = r"^[\w.]+:\w+$"  # "package.module:attribute"
@@ -127,8 +131,8 @@ class App:
     """The `[app]` plug-ins, imported: the factory of ctx.services, HTTP routes, CLI commands (none by default)."""
 
     services: Callable[[Any], Any] | None = None
-    routes: tuple[Any, ...] = ()
-    commands: tuple[Any, ...] = ()
+    routes: tuple[Route, ...] = ()
+    commands: tuple[Command, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -294,6 +298,11 @@ def _resolve_http(at: str, http: Http, payload_model: type[BaseModel] | None, pr
     if model is None:
         return None
     fields = sorted(model.model_fields)
+    if payload_model is not None and model is not payload_model:
+        strays = sorted(set(fields) - set(payload_model.model_fields))
+        if strays:
+            problems.append("%s.http.request: %s not in the payload; payload fields: %s"
+                            % (at, ", ".join(strays), ", ".join(sorted(payload_model.model_fields))))
     for param in http.params:
         if param not in fields:
             problems.append("%s.http.path: {%s} is not a field of the request model; fields: %s" % (at, param, ", ".join(fields)))
@@ -334,7 +343,7 @@ def _resolve_app(raw: Any, problems: list[str]) -> App:
     except ValidationError as exc:
         problems.extend(_pydantic_problems("app", exc, AppSpec))
         return App()
-    # The seam's types live where they are used: the web app and the CLI (imported late, they import this module).
+    # Imported late: the CLI and the web app import this module.
     from runtime.cli import COMMANDS, Command
     from runtime.web.api import Route
 

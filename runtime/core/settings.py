@@ -9,15 +9,14 @@ from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from runtime.core.errors import B3JobsError
-
-REF = r"^[\w.]+:\w+$"  # "package.module:attribute"
+from runtime.core.manifest import REF
 
 
 class SettingsError(B3JobsError):
     """An environment variable holds a value b3-jobs cannot use."""
 
 
-def settings_error(exc: ValidationError, settings: type[BaseSettings]) -> SettingsError:
+def _settings_error(exc: ValidationError, settings: type[BaseSettings]) -> SettingsError:
     """Every problem of `exc`, each naming its environment variable, what was found and what was expected."""
     env = {name: field.validation_alias for name, field in settings.model_fields.items()}
     env.update({alias: alias for alias in env.values() if isinstance(alias, str)})
@@ -71,4 +70,4 @@ class Settings(BaseSettings):
         try:
             return cls(**values)
         except ValidationError as exc:
-            raise settings_error(exc, cls) from exc
+            raise _settings_error(exc, cls) from exc
