@@ -63,7 +63,7 @@ def invoke(settings: Settings, job_name: str, data: str) -> int:
 
 
 def run_start_commands(runtime: Runtime) -> None:
-    """The app's commands that ask to run as the local runner starts (the B3 app: `seed --if-empty`, data to play with)."""
+    """The app's commands that ask to run as the runner starts (the B3 app's: `seed --if-empty`, data to play with)."""
     for command in runtime.manifest.app.commands:
         if command.on_local_start is not None:
             argv = " ".join((command.name, *command.on_local_start))

@@ -10,7 +10,8 @@ from runtime.cli import BAD_INPUT, OK, Command
 
 
 def _seed_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--history-days", type=int, default=120, help="days of sample closes per new ticker (default 120)")
+    parser.add_argument("--history-days", type=int, default=120,
+                        help="days of sample closes per new ticker (default 120)")
     parser.add_argument("--if-empty", action="store_true", help="only when no asset was ever tracked (a first start)")
 
 

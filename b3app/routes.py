@@ -95,7 +95,8 @@ def _ticker(text: str, where: str, loc: str = "ticker") -> str:
 def _store(request: web.Request) -> Any:
     store = getattr(request.app[RUNTIME].services, "store", None)
     if store is None:
-        raise web.HTTPServiceUnavailable(reason="no market store in ctx.services (B3JOBS_SERVICES or the manifest's [app] services)")
+        raise web.HTTPServiceUnavailable(
+            reason="no market store in ctx.services (B3JOBS_SERVICES or the manifest's [app] services)")
     return store
 
 

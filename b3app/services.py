@@ -32,4 +32,6 @@ def build_services(settings: Settings) -> Services:
         rate_limit = parse_rate_limit(brapi.rate_limit)
     except ValueError as exc:
         raise SettingsError("bad settings: BRAPI_RATE_LIMIT: %s" % exc) from exc  # the runtime's, so its CLI exits 2
-    return Services(settings.data_dir, brapi_api_key=brapi.api_key, brapi_base_url=brapi.base_url, rate_limit=rate_limit)
+    return Services(
+        settings.data_dir, brapi_api_key=brapi.api_key, brapi_base_url=brapi.base_url, rate_limit=rate_limit
+    )

@@ -44,7 +44,9 @@ def load_services(settings: Settings, manifest: Manifest) -> Any:
         try:
             factory = import_object(settings.services)
         except Exception as exc:  # an import-time failure of any kind is a bad setting
-            raise SettingsError("bad settings: B3JOBS_SERVICES: cannot import %r: %s" % (settings.services, exc)) from exc
+            raise SettingsError(
+                "bad settings: B3JOBS_SERVICES: cannot import %r: %s" % (settings.services, exc)
+            ) from exc
         if not callable(factory):
             raise SettingsError("bad settings: B3JOBS_SERVICES: %r is not callable" % settings.services)
     if factory is None:

@@ -206,5 +206,6 @@ def test_the_apps_commands_and_services_come_from_the_manifest(project: dict[str
 def test_bad_settings_exit_2_naming_the_variable(project: dict[str, str]) -> None:
     done = cli({**project, "B3JOBS_PORT": "eighty", "B3JOBS_LEASE_S": "0"}, "check")
     assert done.returncode == 2
-    assert "B3JOBS_PORT: Input should be a valid integer, unable to parse string as an integer, got 'eighty'" in done.stderr
+    assert "B3JOBS_PORT: Input should be a valid integer, unable to parse string as an integer, got 'eighty'" \
+        in done.stderr
     assert "B3JOBS_LEASE_S: Input should be greater than or equal to 1, got '0'" in done.stderr

@@ -79,7 +79,9 @@ def test_a_bad_rate_limit_says_what_was_expected(text: str) -> None:
         parse_rate_limit(text)
 
 
-def test_build_services_reads_brapi_settings_and_refuses_a_bad_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_build_services_reads_brapi_settings_and_refuses_a_bad_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     settings = Settings(data_dir=tmp_path)
     monkeypatch.setenv("BRAPI_API_KEY", "k")
     monkeypatch.setenv("BRAPI_BASE_URL", "http://127.0.0.1:1")
@@ -93,7 +95,9 @@ def test_build_services_reads_brapi_settings_and_refuses_a_bad_limit(tmp_path: P
         build_services(settings)
 
 
-def test_services_are_made_on_first_use_and_the_sample_is_not_paced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_services_are_made_on_first_use_and_the_sample_is_not_paced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Given services without a brapi key or URL
     monkeypatch.delenv("BRAPI_API_KEY", raising=False)
     monkeypatch.delenv("BRAPI_BASE_URL", raising=False)

@@ -16,7 +16,8 @@ def test_the_variables_are_read_and_empty_means_unset(monkeypatch: pytest.Monkey
     monkeypatch.setenv("B3JOBS_LEASE_S", "30")
     monkeypatch.setenv("B3JOBS_TOKEN", "")
     settings = Settings.from_env()
-    assert (settings.redis_url, settings.backend, settings.port, settings.lease_s) == ("redis://example:6379/2", "redis", 8080, 30.0)
+    assert (settings.redis_url, settings.backend) == ("redis://example:6379/2", "redis")
+    assert (settings.port, settings.lease_s) == (8080, 30.0)
     assert settings.token is None and settings.services is None
     # Keyword arguments, by field name, win over the environment
     assert Settings(port=9, redis_url=None).backend == "sqlite"

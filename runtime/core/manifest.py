@@ -159,7 +159,8 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     for part in loc:
         field = model.model_fields.get(str(part))
         annotation = field.annotation if field is not None else None
-        nested = [a for a in (*typing.get_args(annotation), annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+        candidates = (*typing.get_args(annotation), annotation)
+        nested = [a for a in candidates if isinstance(a, type) and issubclass(a, BaseModel)]
         if not nested:
             return []
         model = nested[0]
@@ -283,7 +284,9 @@ def _resolve(name: str, spec: JobSpec, problems: list[str]) -> Job | None:
     )
 
 
-def _resolve_http(at: str, http: Http, payload_model: type[BaseModel] | None, problems: list[str]) -> type[BaseModel] | None:
+def _resolve_http(
+    at: str, http: Http, payload_model: type[BaseModel] | None, problems: list[str]
+) -> type[BaseModel] | None:
     """The model an HTTP trigger validates its requests with: `http.request`, else the payload model."""
     model = payload_model
     if http.request is not None:
@@ -305,7 +308,8 @@ def _resolve_http(at: str, http: Http, payload_model: type[BaseModel] | None, pr
                             % (at, ", ".join(strays), ", ".join(sorted(payload_model.model_fields))))
     for param in http.params:
         if param not in fields:
-            problems.append("%s.http.path: {%s} is not a field of the request model; fields: %s" % (at, param, ", ".join(fields)))
+            problems.append("%s.http.path: {%s} is not a field of the request model; fields: %s"
+                            % (at, param, ", ".join(fields)))
     hidden = sorted(set(QUEUED_FIELDS) & {*fields, *model.model_computed_fields})
     if hidden:
         problems.append("%s.http: the request model's %s would hide the answer's own jobId and status"

@@ -21,7 +21,7 @@ def _settings_error(exc: ValidationError, settings: type[BaseSettings]) -> Setti
     env = {name: field.validation_alias for name, field in settings.model_fields.items()}
     env.update({alias: alias for alias in env.values() if isinstance(alias, str)})
     problems = [
-        "%s: %s, got %r" % (env.get(str(e["loc"][0]), e["loc"][0]) if e["loc"] else "settings", e["msg"], e.get("input"))
+        "%s: %s, got %r" % (env.get(str(e["loc"][0]), e["loc"][0]) if e["loc"] else "settings", e["msg"], e["input"])
         for e in exc.errors()
     ]
     return SettingsError("bad settings: " + "; ".join(problems))
