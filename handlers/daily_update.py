@@ -1,84 +1,69 @@
-"""daily-update: every active asset of the store, updated as one batch (cron 02:00 America/Sao_Paulo).
+"""daily-update: every active asset, one update-asset-prices child each, and a summary (cron 02:00 America/Sao_Paulo).
 
-The updates run inside this job, one provider request each through `ctx.services.quotes` (which
-holds requests to BRAPI_RATE_LIMIT in this process), with progress after each. One bad ticker
-never fails the batch: it lands in `failed` with its reason. Only when nothing could be updated and
-every failure was the provider's (down, timing out, rate-limiting) does the batch raise, so the
-job's retries run it again later; a refused key fails it at once.
+A flow, like batch-update: the first run spawns one child per active asset (in ticker order) and
+returns; the job then waits (`waiting-children`) without holding a worker while the children run on
+any consumer under update-asset-prices' rate limit toward the provider and its retries; then this
+handler runs again with `ctx.children` and completes with `{"updated": [...], "failed": {ticker:
+reason}}`. One bad ticker never fails the job (`children_fail = "continue"`).
+
+When not one asset could be updated (the provider down all along, a refused key), the job fails at
+once with the reasons, so the night without prices shows in the failed list. It is not retried: the
+children have spent their own retries, and another run of this job would read the same outcomes.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from market.errors import MarketError, ProviderAuthError, ProviderUnavailable, RateLimited
 from runtime import JobContext, UnrecoverableError
-
-from handlers.update_asset_prices import update_ticker
-
-ATTEMPTS_PER_TICKER = 3  # a rate-limited or timed-out ticker is asked again this many times in all
-RETRY_WAIT_S = 1.0  # after a timeout or an outage, wait this times the attempt number (429: its Retry-After)
-WAIT_CAP_S = 30.0  # never sleep longer than this for one ticker's retry
-
-
-def run_batch(tickers: list[str], ctx: JobContext) -> dict[str, Any]:
-    """Update each ticker (duplicates once), with progress after each; `{"updated": [...], "failed": {t: reason}}`."""
-    tickers = list(dict.fromkeys(tickers))
-    updated: list[str] = []
-    errors: dict[str, MarketError] = {}
-    for done, ticker in enumerate(tickers, 1):
-        try:
-            error = _update_with_retries(ticker, ctx)
-        except ProviderAuthError as exc:
-            raise UnrecoverableError(exc.message) from exc
-        if error is None:
-            updated.append(ticker)
-        else:
-            errors[ticker] = error
-            ctx.log.warning("%s not updated: %s", ticker, error.message)
-        ctx.progress(round(100 * done / len(tickers)))
-    if errors and not updated and all(e.retryable for e in errors.values()):
-        first = next(iter(errors.values()))
-        source = getattr(first, "source", "the quote provider")
-        raise ProviderUnavailable(source, tickers, "no ticker could be updated; first error: %s" % first.message)
-    ctx.log.info("%d updated, %d failed", len(updated), len(errors))
-    return {"updated": updated, "failed": {ticker: error.message for ticker, error in errors.items()}}
-
-
-def _update_with_retries(ticker: str, ctx: JobContext) -> MarketError | None:
-    """None when the ticker was updated, else its last error. Provider hiccups are tried again."""
-    for attempt in range(1, ATTEMPTS_PER_TICKER + 1):
-        try:
-            update_ticker(ticker, ctx)
-            return None
-        except ProviderAuthError:
-            raise
-        except MarketError as exc:
-            if not exc.retryable or attempt == ATTEMPTS_PER_TICKER:
-                return exc
-            wait = exc.retry_after if isinstance(exc, RateLimited) and exc.retry_after is not None else RETRY_WAIT_S * attempt
-            _sleep(min(wait, WAIT_CAP_S), ctx)
-    raise AssertionError("unreachable")
-
-
-def _sleep(seconds: float, ctx: JobContext) -> None:
-    # In short steps, so a timed-out attempt stops here instead of carrying on in the background.
-    deadline = time.monotonic() + seconds
-    while (left := deadline - time.monotonic()) > 0:
-        ctx.check_timeout()
-        time.sleep(min(left, 0.2))
 
 
 class Payload(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def handle(payload: Payload, ctx: JobContext) -> dict[str, Any]:
-    tickers = [asset.ticker for asset in ctx.services.store.assets(active_only=True)]
-    if not tickers:
-        ctx.log.info("no active assets; nothing to update (seed with `python -m runtime seed`)")
-        return {"updated": [], "failed": {}}
-    return run_batch(tickers, ctx)
+def handle(payload: Payload, ctx: JobContext) -> dict[str, Any] | None:
+    active = [asset.ticker for asset in ctx.services.store.assets(active_only=True)]
+    if ctx.children is None:
+        if not active:
+            ctx.log.info("no active assets; nothing to update (seed with `python -m runtime seed`)")
+            return {"updated": [], "failed": {}}
+        ctx.spawn("update-asset-prices", [{"ticker": t} for t in active])
+        return None
+    updated, failed = summarize(ctx, active)
+    if failed and not updated:
+        reasons = "; ".join("%s: %s" % item for item in list(failed.items())[:3])
+        raise UnrecoverableError("no active asset could be updated (%d failed): %s" % (len(failed), reasons))
+    ctx.log.info("%d updated, %d failed", len(updated), len(failed))
+    return {"updated": updated, "failed": failed}
+
+
+def summarize(ctx: JobContext, active: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The tickers the children updated, and the failed ones with their reasons, in spawn order.
+
+    Child n was spawned for the n-th active asset of the first run. A completed child names its
+    ticker in its result (the quote), which checks that the active assets read again now are the
+    same list; when they are not (an asset tracked or untracked meanwhile), a failed child can no
+    longer be told apart and is named by its job id, whose record holds its ticker.
+    """
+    children = ctx.children or []
+    same = len(active) == len(children) and all(
+        child.state != "completed" or child.result["ticker"] == active[_spawn_index(child.id)] for child in children
+    )
+    updated: list[str] = []
+    failed: dict[str, str] = {}
+    for child in children:
+        if child.state == "completed":
+            updated.append(child.result["ticker"])
+        else:
+            failed[active[_spawn_index(child.id)] if same else child.id] = child.error or "failed"
+    if failed and not same:
+        ctx.log.warning("the active assets changed while the updates ran; failed updates are named by job id")
+    return updated, failed
+
+
+def _spawn_index(child_id: str) -> int:
+    # Child ids are the parent's id, a dot and the spawn position (see JobContext.spawn).
+    return int(child_id.rsplit(".", 1)[1])

@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from market.errors import MarketError, RateLimited
+from market.events import asset_updated
 from market.models import Quote
 from market.tickers import TICKER_PATTERN
 from runtime import JobContext, Retry, UnrecoverableError
@@ -23,34 +24,16 @@ class Payload(BaseModel):
     ticker: str = Field(pattern=TICKER_PATTERN, description="a B3 ticker, e.g. PETR4")
 
 
-def update_ticker(ticker: str, ctx: JobContext) -> Quote:
-    """Fetch, store and announce one ticker's quote; raises the provider's MarketError."""
-    quote: Quote = ctx.services.quotes.get(ticker)
-    ctx.services.store.add_quote(quote, track=True)
-    ctx.emit("asset:updated", asset_updated(quote))
-    return quote
-
-
-def asset_updated(quote: Quote) -> dict[str, Any]:
-    """The data of an `asset:updated` event."""
-    return {
-        "ticker": quote.ticker,
-        "price": quote.price,
-        "change": quote.change,
-        "change_percent": quote.change_percent,
-        "time": quote.time,
-        "source": quote.source,
-    }
-
-
 def handle(payload: Payload, ctx: JobContext) -> dict[str, Any]:
     try:
-        quote = update_ticker(payload.ticker, ctx)
+        quote: Quote = ctx.services.quotes.get(payload.ticker)
     except RateLimited as exc:
         raise Retry(exc.message, delay=exc.retry_after) from exc
     except MarketError as exc:
         if not exc.retryable:  # unknown ticker, refused key, malformed answer: another try gives the same
             raise UnrecoverableError(exc.message) from exc
         raise  # timeouts and outages: the job's retries and backoff
+    ctx.services.store.add_quote(quote, track=True)
+    ctx.emit("asset:updated", asset_updated(quote))
     ctx.log.info("%s %.2f %s (%s)", quote.ticker, quote.price, quote.currency, quote.source)
     return quote.model_dump(mode="json")

@@ -71,7 +71,7 @@ def limits_of(manifest: Manifest) -> dict[str, Limits]:
             out[name] = Limits(
                 concurrency=spec.concurrency,
                 rate_limit=rate.limit if rate else None,
-                rate_per_s=rate.per if rate else None,
+                rate_window_s=rate.per if rate else None,
                 rate_keyed=bool(rate and rate.key),
             )
     return out

@@ -14,6 +14,7 @@ import pytest
 
 from bus.publisher import KombuPublisher
 from fake_brapi import FakeBrapi
+from runtime.core.cron import cron_job_id
 from runtime.worker.cron_runner import CronRunner
 from runtime.engine import Runtime
 from runtime.core.events import RecordingSink
@@ -204,15 +205,53 @@ def test_daily_update_fires_at_2am_in_sao_paulo_and_updates_every_active_asset(
     # And at 02:00 there, the daily update is queued once, by its cron entry
     cron.tick(two_am)
     cron.tick(two_am + 30)
-    assert daily_jobs() == ["daily-update.cron.%d" % two_am]
+    assert daily_jobs() == [cron_job_id("daily-update", two_am)]
     with running_consumer(runtime):
-        done = wait_state(runtime, "daily-update.cron.%d" % two_am, timeout=20)
+        done = wait_state(runtime, cron_job_id("daily-update", two_am), timeout=20)
     # Then every active asset was updated, and only those
     assert done.state == "completed", done.error
     assert done.result == {"updated": active, "failed": {}}
     assert sorted(t for r in fake.requests for t in r.tickers) == active
     assert all((q := store.latest_quote(t)) is not None and q.source == "brapi" for t in active)
     assert store.latest_quote("MGLU3") is None
+    # And it ran as a flow: one update-asset-prices child per active asset
+    children = [runtime.get(child_id) for child_id in done.children]
+    assert [(c.name, c.payload["ticker"], c.state) for c in children] == [("update-asset-prices", t, "completed") for t in active]
+
+
+def test_daily_update_completes_with_a_ticker_the_provider_does_not_know_in_failed(
+    b3_runtime: Callable[..., Runtime], fake: FakeBrapi
+) -> None:
+    # Given three active assets, one of which the provider does not know
+    runtime = b3_runtime()
+    for ticker in ("PETR4", "VALE3", "XXXX3"):
+        runtime.services.store.track(ticker)
+    record, _ = runtime.enqueue("daily-update", {})
+    # When the nightly update runs
+    with running_consumer(runtime):
+        done = wait_state(runtime, record.id, timeout=20)
+    # Then the bad ticker did not fail it: it completed, naming the one that failed and why
+    assert done.state == "completed", done.error
+    assert done.result["updated"] == ["PETR4", "VALE3"]
+    assert list(done.result["failed"]) == ["XXXX3"]
+    assert "brapi does not know ticker XXXX3" in done.result["failed"]["XXXX3"]
+
+
+def test_a_refused_key_fails_the_daily_update_at_once(b3_runtime: Callable[..., Runtime], fake: FakeBrapi) -> None:
+    # Given two active assets and a provider that refuses the configured key
+    runtime = b3_runtime()
+    for ticker in ("PETR4", "VALE3"):
+        runtime.services.store.track(ticker)
+    fake.token = "another-token"
+    record, _ = runtime.enqueue("daily-update", {})
+    # When the nightly update runs
+    with running_consumer(runtime):
+        done = wait_state(runtime, record.id, timeout=20)
+    # Then each update failed on its first attempt, and the nightly update failed at once, saying why
+    assert [(c.state, c.attempts) for c in map(runtime.get, done.children)] == [("failed", 1), ("failed", 1)]
+    assert (done.state, done.attempts) == ("failed", 1)
+    assert "no active asset could be updated (2 failed): PETR4: " in done.error and "refused the credentials" in done.error
+    assert fake.request_count == 2
 
 
 def test_daily_update_does_not_fire_at_2am_utc(b3_runtime: Callable[..., Runtime]) -> None:

@@ -10,6 +10,7 @@ import pytest
 from bus.envelope import make
 from runtime.engine import Runtime
 from runtime.web.metrics import METRICS
+from runtime.core.cron import cron_job_id
 from runtime.core.records import JobRecord
 from conftest import take
 from runtime.web.app import create_app
@@ -60,7 +61,7 @@ async def test_overview_has_counts_paused_totals_cron_and_consumers(api: Any, ru
     runtime.store.renew("consumer-1", [], time.time(), 15)
     tick = (time.time() // 60) * 60 - 60
     runtime.store.claim_tick("every-minute", tick)
-    runtime.enqueue("every-minute", {"text": "tick"}, job_id="every-minute.cron.%d" % tick)
+    runtime.enqueue("every-minute", {"text": "tick"}, job_id=cron_job_id("every-minute", tick))
 
     # When the dashboard asks for the overview
     resp = await api.get("/api/v1/dashboard/overview")

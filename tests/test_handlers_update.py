@@ -14,6 +14,8 @@ from handlers import batch_update, daily_update, update_asset_prices
 from market.errors import ProviderTimeout, ProviderUnavailable
 from market.services import Services
 from runtime import Retry, UnrecoverableError
+from runtime.core.context import ChildResult, JobContext
+from runtime.core.events import RecordingSink
 
 from conftest import wait_for
 from test_handlers_services import brapi_services, events_named, fake, make_ctx, services  # noqa: F401 (fixtures)
@@ -90,58 +92,30 @@ def test_update_payload_takes_one_b3_ticker() -> None:
             update_asset_prices.Payload.model_validate(bad)
 
 
-# -- the batch run inside daily-update -----------------------------------------------------------------------------------
+# -- flows: batch-update and daily-update -----------------------------------------------------------
 
 
-def test_batch_updates_each_ticker_and_one_bad_one_does_not_fail_it(tmp_path: Path, fake: FakeBrapi) -> None:
-    # Given six tickers (one twice, one the provider does not know) and a limit of 3 requests per 0.3 s
-    services = brapi_services(tmp_path, fake, rate="3/0.3")
-    ctx, sink = make_ctx(services, "batch-update")
-    tickers = ["PETR4", "VALE3", "ZZZZ11", "B3SA3", "PETR4", "BOVA11", "ITUB4"]
-    try:
-        # When the batch runs
-        summary = daily_update.run_batch(tickers, ctx)
-    finally:
-        services.close()
-    # Then it sums up who was updated and why the other failed
-    assert summary["updated"] == ["PETR4", "VALE3", "B3SA3", "BOVA11", "ITUB4"]
-    assert list(summary["failed"]) == ["ZZZZ11"] and "does not know ticker ZZZZ11" in summary["failed"]["ZZZZ11"]
-    # And it reported progress after each ticker, announced each update and kept to the limit
-    progress = [data["progress"] for name, data in events_named(sink, "job:progress")]
-    assert progress == [17, 33, 50, 67, 83, 100]
-    assert [data["ticker"] for _, data in events_named(sink, "asset:updated")] == summary["updated"]
-    assert fake.request_count == 6 and fake.peak_per_second(window_s=0.3) <= 3
+def flow_ctx(
+    services: Any, job_id: str, children: list[ChildResult] | None = None
+) -> tuple[JobContext, list[tuple[str, list[dict[str, Any]]]]]:
+    """A flow parent's context: its first run (spawns recorded, child ids `<job_id>.N`), or, given
+    `children`, its run after them."""
+    spawned: list[tuple[str, list[dict[str, Any]]]] = []
+
+    def on_spawn(job: str, payloads: list[dict[str, Any]], first: int) -> list[str]:
+        spawned.append((job, payloads))
+        return ["%s.%d" % (job_id, first + i) for i in range(len(payloads))]
+
+    ctx = JobContext(job_id=job_id, job="flow", attempt=1, max_attempts=4, timeout_s=None, services=services,
+                     events=RecordingSink(), on_spawn=on_spawn, children=children)
+    return ctx, spawned
 
 
-def test_a_rate_limited_ticker_is_asked_again_after_retry_after(services: Services, fake: FakeBrapi) -> None:
-    fake.rate_limit(retry_after="0.3", count=1)
-    ctx, _ = make_ctx(services, "batch-update")
-    summary = daily_update.run_batch(["PETR4", "VALE3"], ctx)
-    assert summary == {"updated": ["PETR4", "VALE3"], "failed": {}}
-    first, second = fake.requests[0], fake.requests[1]
-    assert (first.status, second.status) == (429, 200) and second.time - first.time >= 0.3
+def updated(job_id: str, n: int, ticker: str) -> ChildResult:
+    return ChildResult("%s.%d" % (job_id, n), "completed", result={"ticker": ticker, "price": 10.0 + n})
 
 
-def test_with_the_provider_down_for_every_ticker_the_batch_raises_for_a_retry(
-    services: Services, fake: FakeBrapi, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(daily_update, "RETRY_WAIT_S", 0.01)
-    fake.fail(503, count=100)
-    ctx, _ = make_ctx(services, "batch-update")
-    with pytest.raises(ProviderUnavailable, match="no ticker could be updated"):
-        daily_update.run_batch(["PETR4", "VALE3"], ctx)
-    assert fake.request_count == 2 * daily_update.ATTEMPTS_PER_TICKER
-
-
-def test_a_refused_key_fails_the_batch_at_once(tmp_path: Path, fake: FakeBrapi) -> None:
-    services = Services(tmp_path, brapi_api_key="wrong", brapi_base_url=fake.url)
-    ctx, _ = make_ctx(services, "batch-update")
-    try:
-        with pytest.raises(UnrecoverableError, match="refused the credentials"):
-            daily_update.run_batch(["PETR4", "VALE3", "WEGE3"], ctx)
-    finally:
-        services.close()
-    assert fake.request_count == 1
+# -- batch-update ------------------------------------------------------------------------------------
 
 
 def test_batch_payload_validation() -> None:
@@ -150,47 +124,75 @@ def test_batch_payload_validation() -> None:
             batch_update.Payload.model_validate(bad)
 
 
-# -- daily-update -----------------------------------------------------------------------------------
-
-
-def test_daily_update_updates_every_active_asset(services: Services, fake: FakeBrapi) -> None:
-    # Given three active assets and one no longer tracked
-    for ticker in ("VALE3", "PETR4", "WEGE3", "MGLU3"):
-        services.store.track(ticker)
-    services.store.untrack("MGLU3")
-    ctx, sink = make_ctx(services, "daily-update")
-    # When the nightly update runs
-    summary = daily_update.handle(daily_update.Payload(), ctx)
-    # Then only the active ones were asked for and updated, with progress
-    assert summary == {"updated": ["PETR4", "VALE3", "WEGE3"], "failed": {}}
-    assert sorted(t for r in fake.requests for t in r.tickers) == ["PETR4", "VALE3", "WEGE3"]
-    assert all(services.store.latest_quote(t) is not None for t in summary["updated"])
-    assert [d["progress"] for _, d in events_named(sink, "job:progress")] == [33, 67, 100]
-
-
-def test_daily_update_with_no_assets_does_nothing(services: Services, fake: FakeBrapi) -> None:
-    ctx, _ = make_ctx(services, "daily-update")
-    assert daily_update.handle(daily_update.Payload(), ctx) == {"updated": [], "failed": {}}
-    assert fake.request_count == 0
-
-
 def test_batch_update_spawns_one_child_per_ticker_then_sums_them_up() -> None:
-    from runtime.core.context import ChildResult, JobContext
-    from runtime.core.events import RecordingSink
-
-    spawned: list[tuple[str, list[dict[str, Any]]]] = []
-
-    def on_spawn(job: str, payloads: list[dict[str, Any]], first: int) -> list[str]:
-        spawned.append((job, payloads))
-        return ["b1.%d" % (first + i) for i in range(len(payloads))]
-
     payload = batch_update.Payload(tickers=["PETR4", "VALE3", "PETR4", "XXXX3"])
-    first = JobContext(job_id="b1", job="batch-update", attempt=1, max_attempts=1, timeout_s=None, services=None,
-                       events=RecordingSink(), on_spawn=on_spawn)
+    first, spawned = flow_ctx(None, "b1")
     assert batch_update.handle(payload, first) is None
     assert spawned == [("update-asset-prices", [{"ticker": "PETR4"}, {"ticker": "VALE3"}, {"ticker": "XXXX3"}])]
     children = [ChildResult("b1.0", "completed", result={"price": 1}), ChildResult("b1.2", "failed", error="unknown ticker"),
                 ChildResult("b1.1", "completed", result={"price": 2})]
-    again = JobContext(job_id="b1", job="batch-update", attempt=1, max_attempts=1, timeout_s=None, services=None,
-                       events=RecordingSink(), children=children)
+    again, _ = flow_ctx(None, "b1", children)
     assert batch_update.handle(payload, again) == {"updated": ["PETR4", "VALE3"], "failed": {"XXXX3": "unknown ticker"}}
+
+
+# -- daily-update -----------------------------------------------------------------------------------
+
+
+def test_daily_update_spawns_one_update_per_active_asset(services: Services, fake: FakeBrapi) -> None:
+    # Given three active assets and one no longer tracked
+    for ticker in ("VALE3", "PETR4", "WEGE3", "MGLU3"):
+        services.store.track(ticker)
+    services.store.untrack("MGLU3")
+    ctx, spawned = flow_ctx(services, "d1")
+    # When the nightly update first runs
+    assert daily_update.handle(daily_update.Payload(), ctx) is None
+    # Then it spawned one update-asset-prices child per active asset, in ticker order, and asked the provider nothing itself
+    assert spawned == [("update-asset-prices", [{"ticker": "PETR4"}, {"ticker": "VALE3"}, {"ticker": "WEGE3"}])]
+    assert fake.request_count == 0
+
+
+def test_daily_update_sums_up_its_children_and_one_bad_ticker_does_not_fail_it(services: Services) -> None:
+    # Given four active assets whose updates ran, the one the provider does not know failed
+    for ticker in ("PETR4", "VALE3", "WEGE3", "ZZZZ11"):
+        services.store.track(ticker)
+    unknown = "UnrecoverableError: brapi does not know ticker ZZZZ11"
+    children = [updated("d1", 0, "PETR4"), updated("d1", 1, "VALE3"), updated("d1", 2, "WEGE3"),
+                ChildResult("d1.3", "failed", error=unknown)]
+    ctx, spawned = flow_ctx(services, "d1", children)
+    # When the nightly update runs again after them
+    summary = daily_update.handle(daily_update.Payload(), ctx)
+    # Then it completes with who was updated and why the other failed, and spawns nothing more
+    assert summary == {"updated": ["PETR4", "VALE3", "WEGE3"], "failed": {"ZZZZ11": unknown}}
+    assert spawned == []
+
+
+def test_with_the_provider_down_for_every_ticker_daily_update_fails_without_a_retry(services: Services) -> None:
+    # Given two active assets whose updates all failed, after their retries, with the provider down
+    services.store.track("PETR4")
+    services.store.track("VALE3")
+    down = "ProviderUnavailable: brapi: service unavailable (HTTP 503) for %s: try later"
+    children = [ChildResult("d1.0", "failed", error=down % "PETR4"), ChildResult("d1.1", "failed", error=down % "VALE3")]
+    ctx, _ = flow_ctx(services, "d1", children)
+    # When the nightly update sums up, it fails at once (another run would read the same outcomes), with the reasons
+    with pytest.raises(UnrecoverableError, match=r"no active asset could be updated \(2 failed\): PETR4: ProviderUnavailable") as caught:
+        daily_update.handle(daily_update.Payload(), ctx)
+    assert "VALE3: ProviderUnavailable" in str(caught.value)
+
+
+def test_an_asset_tracked_while_the_updates_ran_is_not_reported(services: Services) -> None:
+    # Given the updates of PETR4 (failed) and WEGE3 (done), and VALE3 tracked while they ran
+    for ticker in ("PETR4", "WEGE3", "VALE3"):
+        services.store.track(ticker)
+    children = [ChildResult("d1.0", "failed", error="JobTimeout: update-asset-prices timed out after 60s"),
+                updated("d1", 1, "WEGE3")]
+    ctx, _ = flow_ctx(services, "d1", children)
+    # When the nightly update sums up
+    summary = daily_update.handle(daily_update.Payload(), ctx)
+    # Then VALE3, never updated, is not named as failed: the failed child cannot be told apart, so its job id names it
+    assert summary == {"updated": ["WEGE3"], "failed": {"d1.0": "JobTimeout: update-asset-prices timed out after 60s"}}
+
+
+def test_daily_update_with_no_assets_does_nothing(services: Services, fake: FakeBrapi) -> None:
+    ctx, spawned = flow_ctx(services, "d1")
+    assert daily_update.handle(daily_update.Payload(), ctx) == {"updated": [], "failed": {}}
+    assert spawned == [] and fake.request_count == 0

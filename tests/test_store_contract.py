@@ -279,8 +279,8 @@ def test_clean_deletes_old_records_of_one_state(runtime: Runtime) -> None:
     for i in range(5):
         store.create(new_record("c%d" % i), b"m")
         store.complete("c%d" % i, take(store).lease, b"null", 100.0 + i, Keep(count=None))
-    assert store.clean("noop", "completed", older_than=103.0, limit=2) == 2
-    assert store.clean("noop", "completed", older_than=103.0, limit=100) == 1
+    assert store.clean("noop", "completed", cutoff_ts=103.0, limit=2) == 2
+    assert store.clean("noop", "completed", cutoff_ts=103.0, limit=100) == 1
     assert [r.id for r in store.list("completed", "noop", 0, 10)] == ["c4", "c3"]
 
 
@@ -315,7 +315,7 @@ def test_running_totals_and_live_consumers(runtime: Runtime) -> None:
     assert store.stats(["echo"])["echo"] == {"started": 0, "completed": 0, "failed": 0, "retried": 0, "stalled": 0}
     store.renew("c1", [], now=1000.0, lease_s=10)
     store.renew("c2", [], now=2000.0, lease_s=10)
-    assert store.consumers(since=1500.0) == {"c2": 2000.0}
+    assert store.consumers(since_ts=1500.0) == {"c2": 2000.0}
 
 
 def test_a_process_that_gets_its_own_job_back_cannot_finish_the_old_run(runtime: Runtime) -> None:

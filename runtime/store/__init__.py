@@ -1,5 +1,6 @@
 """The job store: where a job is queued, leased, limited and recorded.
 
-`base` is the contract every backend keeps; `sqlite` and `redis` implement it (Redis with its
-Lua scripts in `lua/`). One contract test suite runs on both.
+`base` is the contract every backend keeps; `sqlite` and `redis` implement it. Redis's state
+changes are the Lua scripts in `lua/` (loaded and called by `scripts`), its key names are in
+`keys`. One contract test suite runs on both.
 """

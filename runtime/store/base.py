@@ -46,10 +46,10 @@ class Dequeued:
 class Limits:
     """What a job name's manifest table says about starting its jobs, for `dequeue`."""
 
-    concurrency: int | None = None
-    rate_limit: int | None = None
-    rate_per_s: float | None = None
-    rate_keyed: bool = False
+    concurrency: int | None = None  # at most this many active at once
+    rate_limit: int | None = None  # at most this many starts per rate window
+    rate_window_s: float | None = None  # the rate window's length
+    rate_keyed: bool = False  # the limit holds per rate key (a payload field's value), not per name
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,7 @@ class Reaped:
 
 
 METRICS = ("started", "completed", "failed", "retried", "stalled")  # running totals per job name
+TICK_KEEP_S = 7 * 86400  # how long a claimed cron tick is remembered (and claiming it again refused)
 STALLED_TOO_OFTEN = "stalled too often: its worker died or stopped heartbeating %d time(s) while running it"
 
 
@@ -176,8 +177,8 @@ class JobStore(ABC):
         """Delete a job that is not active; False if there is none."""
 
     @abstractmethod
-    def clean(self, name: str, state: str, older_than: float, limit: int) -> int:
-        """Delete up to `limit` records of a name in a state that entered it before `older_than`."""
+    def clean(self, name: str, state: str, cutoff_ts: float, limit: int) -> int:
+        """Delete up to `limit` records of a name in a state that entered it before `cutoff_ts`."""
 
     @abstractmethod
     def pause(self, name: str) -> bool:
@@ -209,11 +210,11 @@ class JobStore(ABC):
         """Running totals per job name: attempts started, completed, failed, retried, stalled."""
 
     @abstractmethod
-    def consumers(self, since: float) -> dict[str, float]:
-        """Consumer processes whose lease heartbeat was seen since `since`, with when."""
+    def consumers(self, since_ts: float) -> dict[str, float]:
+        """Consumer processes whose lease heartbeat was seen since `since_ts`, with when."""
 
     @abstractmethod
-    def claim_tick(self, job: str, tick: float) -> bool:
+    def claim_tick(self, job: str, tick_ts: float) -> bool:
         """Claim a cron tick for this job; True for exactly one claimant."""
 
     @abstractmethod

@@ -18,7 +18,9 @@ from huey.storage import SqliteStorage
 from runtime.core.errors import B3JobsError, InvalidState, JobNotFound
 from runtime.core.manifest import Keep
 from runtime.core.records import ACTIVE, COMPLETED, DELAYED, FAILED, STATES, WAITING, JobRecord, decode_json, encode_json
-from runtime.store.base import METRICS, STALLED_TOO_OFTEN, ChildOutcome, Dequeued, JobStore, Lease, Limits, NewChild, Reaped
+from runtime.store.base import (
+    METRICS, STALLED_TOO_OFTEN, TICK_KEEP_S, ChildOutcome, Dequeued, JobStore, Lease, Limits, NewChild, Reaped,
+)
 
 _COLUMNS = (
     "id", "name", "state", "payload", "attempts", "max_attempts", "stalls", "max_stalls", "worker", "progress",
@@ -140,20 +142,20 @@ class SqliteJobStore(JobStore):
         existing = self.get(existing_id)
         return (existing, False) if existing is not None else self.create(record, message, dedupe_key=dedupe_key, rate_key=rate_key)
 
-    def _window(self, curs: sqlite3.Cursor, name: str, key: str, per: float, now: float) -> tuple[int, float]:
-        """Starts of (name, key) in the last `per` seconds, and seconds until the oldest leaves."""
-        curs.execute("delete from b3_rate where name = ? and key = ? and ts <= ?", (name, key, now - per))
+    def _window(self, curs: sqlite3.Cursor, name: str, key: str, window_s: float, now: float) -> tuple[int, float]:
+        """Starts of (name, key) in the last `window_s` seconds, and seconds until the oldest leaves."""
+        curs.execute("delete from b3_rate where name = ? and key = ? and ts <= ?", (name, key, now - window_s))
         count, oldest = curs.execute(
             "select count(*), min(ts) from b3_rate where name = ? and key = ?", (name, key)
         ).fetchone()
-        return int(count), (oldest + per - now) if oldest is not None else 0.0
+        return int(count), (oldest + window_s - now) if oldest is not None else 0.0
 
     def _rate_delay(self, curs: sqlite3.Cursor, job_id: str, name: str, key: str, limits: Limits, now: float) -> None:
         # Book the first window with room, so the jobs of one key spread out instead of all waking at once.
-        assert limits.rate_limit is not None and limits.rate_per_s is not None
-        per = limits.rate_per_s
-        curs.execute("delete from b3_ratecal where name = ? and key = ? and slot < ?", (name, key, now - per))
-        slot = now + self._window(curs, name, key, per, now)[1]
+        assert limits.rate_limit is not None and limits.rate_window_s is not None
+        window_s = limits.rate_window_s
+        curs.execute("delete from b3_ratecal where name = ? and key = ? and slot < ?", (name, key, now - window_s))
+        slot = now + self._window(curs, name, key, window_s, now)[1]
         last = curs.execute("select max(slot) from b3_ratecal where name = ? and key = ?", (name, key)).fetchone()[0]
         if last is not None and last >= slot:
             slot = last
@@ -161,17 +163,17 @@ class SqliteJobStore(JobStore):
                 "select count(*) from b3_ratecal where name = ? and key = ? and slot = ?", (name, key, slot)
             ).fetchone()[0]
             if booked >= limits.rate_limit:
-                slot += per
+                slot += window_s
         curs.execute("insert or replace into b3_ratecal (name, key, slot, id) values (?, ?, ?, ?)", (name, key, slot, job_id))
         curs.execute(
             "update b3_jobs set state = 'delayed', run_at = ?, state_ts = ?, delay_reason = ? where id = ?",
-            (slot, slot, "rate limit: %d per %gs for %s" % (limits.rate_limit, per, key), job_id),
+            (slot, slot, "rate limit: %d per %gs for %s" % (limits.rate_limit, window_s, key), job_id),
         )
 
     def _blocked(self, curs: sqlite3.Cursor, now: float) -> tuple[set[str], float]:
         """Names no job may start of now (paused, at concurrency, unkeyed rate limit full), and when to look again."""
         blocked = {r[0] for r in curs.execute("select name from b3_paused").fetchall()}
-        hint = 0.0
+        free_in_s = 0.0
         for name, limits in self.limits.items():
             if limits.concurrency is not None:
                 active = curs.execute(
@@ -179,19 +181,19 @@ class SqliteJobStore(JobStore):
                 ).fetchone()[0]
                 if active >= limits.concurrency:
                     blocked.add(name)
-            if limits.rate_limit and limits.rate_per_s and not limits.rate_keyed:
-                count, free_in = self._window(curs, name, "", limits.rate_per_s, now)
+            if limits.rate_limit and limits.rate_window_s and not limits.rate_keyed:
+                count, room_in_s = self._window(curs, name, "", limits.rate_window_s, now)
                 if count >= limits.rate_limit:
                     blocked.add(name)
-                    hint = free_in if hint == 0 else min(hint, free_in)
-        return blocked, hint
+                    free_in_s = room_in_s if free_in_s == 0 else min(free_in_s, room_in_s)
+        return blocked, free_in_s
 
     def _take(self, owner: str, lease_s: float) -> tuple[Dequeued | None, float]:
         with self._tx() as curs:
             # The clock is read holding the write lock, so start times are in the order jobs
             # really started: the rate-limit window depends on it.
             now = time.time()
-            blocked, hint = self._blocked(curs, now)
+            blocked, free_in_s = self._blocked(curs, now)
             exclude = " and name not in (%s)" % ", ".join("?" * len(blocked)) if blocked else ""
             for _ in range(200):
                 # INDEXED BY: left to itself the planner picks the state index and sorts every
@@ -202,12 +204,12 @@ class SqliteJobStore(JobStore):
                     tuple(blocked),
                 ).fetchone()
                 if row is None:
-                    return None, hint
+                    return None, free_in_s
                 job_id, name, msg, rate_key, children_done = row
                 limits = self.limits.get(name)
                 key = rate_key if limits is not None and limits.rate_keyed else ""
-                if limits is not None and limits.rate_limit and limits.rate_per_s and limits.rate_keyed:
-                    if self._window(curs, name, key, limits.rate_per_s, now)[0] >= limits.rate_limit:
+                if limits is not None and limits.rate_limit and limits.rate_window_s and limits.rate_keyed:
+                    if self._window(curs, name, key, limits.rate_window_s, now)[0] >= limits.rate_limit:
                         self._rate_delay(curs, job_id, name, key, limits, now)
                         continue
                 token = uuid.uuid4().hex
@@ -220,15 +222,16 @@ class SqliteJobStore(JobStore):
                     curs.execute("insert into b3_rate (name, key, ts, id) values (?, ?, ?, ?)", (name, key, now, job_id))
                     curs.execute("delete from b3_ratecal where id = ?", (job_id,))
                 _count(curs, name, "started")
-                return Dequeued(job_id, name, bytes(msg), Lease(owner, int(attempt), token), bool(children_done)), hint
-        return None, hint
+                return Dequeued(job_id, name, bytes(msg), Lease(owner, int(attempt), token), bool(children_done)), free_in_s
+        return None, free_in_s
 
     def dequeue(self, owner: str, now: float, lease_s: float, wait_s: float) -> Dequeued | None:
-        got, hint = self._take(owner, lease_s)
+        got, free_in_s = self._take(owner, lease_s)
         if got is None and wait_s > 0:
-            wait = min(wait_s, 0.2, hint) if hint > 0 else min(wait_s, 0.2)  # other processes are seen by polling
+            # other processes are seen by polling
+            block_s = min(wait_s, 0.2, free_in_s) if free_in_s > 0 else min(wait_s, 0.2)
             with self._wake:
-                self._wake.wait(wait)
+                self._wake.wait(block_s)
             got, _ = self._take(owner, lease_s)
         return got
 
@@ -505,18 +508,18 @@ class SqliteJobStore(JobStore):
                 curs.execute("delete from %s where name = ?" % table, (name,))
             return removed
 
-    def clean(self, name: str, state: str, older_than: float, limit: int) -> int:
+    def clean(self, name: str, state: str, cutoff_ts: float, limit: int) -> int:
         with self._tx() as curs:
             if state not in (COMPLETED, FAILED):
                 for (job_id,) in curs.execute(
                     "select id from b3_jobs where name = ? and state = ? and state_ts < ? order by state_ts limit ?",
-                    (name, state, older_than, limit),
+                    (name, state, cutoff_ts, limit),
                 ).fetchall():
                     self._finished(curs, job_id, FAILED, "removed", time.time())
             curs.execute(
                 "delete from b3_jobs where id in (select id from b3_jobs where name = ? and state = ? and state_ts < ?"
                 " order by state_ts limit ?)",
-                (name, state, older_than, limit),
+                (name, state, cutoff_ts, limit),
             )
             return curs.rowcount
 
@@ -575,18 +578,18 @@ class SqliteJobStore(JobStore):
             out[name][metric] = value
         return out
 
-    def consumers(self, since: float) -> dict[str, float]:
+    def consumers(self, since_ts: float) -> dict[str, float]:
         with self._tx() as curs:
-            curs.execute("delete from b3_consumers where seen < ?", (since - 86400,))
-            rows = curs.execute("select owner, seen from b3_consumers where seen >= ?", (since,)).fetchall()
+            curs.execute("delete from b3_consumers where seen < ?", (since_ts - 86400,))
+            rows = curs.execute("select owner, seen from b3_consumers where seen >= ?", (since_ts,)).fetchall()
         return {owner: seen for owner, seen in rows}
 
-    def claim_tick(self, job: str, tick: float) -> bool:
+    def claim_tick(self, job: str, tick_ts: float) -> bool:
         with self._tx() as curs:
-            curs.execute("insert or ignore into b3_ticks (name, tick) values (?, ?)", (job, tick))
+            curs.execute("insert or ignore into b3_ticks (name, tick) values (?, ?)", (job, tick_ts))
             claimed = curs.rowcount == 1
             if claimed:
-                curs.execute("delete from b3_ticks where name = ? and tick < ?", (job, tick - 86400 * 7))
+                curs.execute("delete from b3_ticks where name = ? and tick < ?", (job, tick_ts - TICK_KEEP_S))
             return claimed
 
     def last_tick(self, job: str) -> float | None:

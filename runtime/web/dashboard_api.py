@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 
 from runtime.web import models as m
 from runtime.web.api import RUNTIME, Route, blocking, job_out, parse_body, parse_query, respond
+from runtime.core.cron import cron_job_id
 from runtime.engine import Runtime
 from runtime.web.metrics import METRICS, Activity, publisher_counts
 from runtime.core.records import FAILED, JobRecord
@@ -198,7 +199,7 @@ def cron_schedule(runtime: Runtime, name: str, now: float) -> CronSchedule | Non
     last = runtime.store.last_tick(name)
     last_id = last_state = None
     if last is not None:
-        last_id = "%s.cron.%d" % (name, last)  # the id the cron runner gives each tick's job
+        last_id = cron_job_id(name, last)
         record = runtime.store.get(last_id)
         last_state = record.state if record is not None else None
     return CronSchedule(
@@ -213,7 +214,7 @@ def build_overview(runtime: Runtime, activity: Activity, live: bool) -> Overview
     counts = runtime.store.counts(names)
     totals = runtime.store.stats(names)
     paused = runtime.store.paused()
-    consumers = runtime.store.consumers(since=now - 3 * runtime.settings.lease_s)
+    consumers = runtime.store.consumers(since_ts=now - 3 * runtime.settings.lease_s)
     events = publisher_counts(runtime.events)
     jobs = []
     for name, by_state in counts.items():

@@ -152,7 +152,7 @@ def take_snapshot(runtime: Runtime) -> Snapshot:
     counts = runtime.store.counts(names)
     totals = runtime.store.stats(names)
     paused = runtime.store.paused()
-    consumers = runtime.store.consumers(since=time.time() - 3 * runtime.settings.lease_s)
+    consumers = runtime.store.consumers(since_ts=time.time() - 3 * runtime.settings.lease_s)
     return Snapshot(counts, totals, paused, consumers, time.perf_counter() - started, names)
 
 

@@ -7,9 +7,11 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from runtime.core.cron import cron_job_id
 from runtime.core.errors import B3JobsError
 
 if TYPE_CHECKING:
+    from runtime.core.manifest import Job
     from runtime.engine import Runtime
 
 logger = logging.getLogger("b3jobs.cron")
@@ -28,17 +30,17 @@ class CronRunner:
         minute = int((time.time() if now is None else now) // 60) * 60
         fired = 0
         if not self.caught_up:
-            fired += self._catch_up(minute)
+            fired += self._catch_up()
             self.caught_up = True
         # A stalled process (suspend, long GC) catches up at most a few minutes; misfire policy
         # for longer outages belongs to the job's `misfire` setting.
-        self.last_minute = max(self.last_minute, minute - 5 * 60)
-        while self.last_minute < minute:
-            self.last_minute += 60
-            fired += self._fire(self.last_minute)
+        after = max(self.last_minute, minute - 5 * 60)
+        if after < minute:
+            fired += self._fire(after, minute)
+            self.last_minute = minute
         return fired
 
-    def _catch_up(self, minute: int) -> int:
+    def _catch_up(self) -> int:
         """misfire = "run_once": ticks missed while no consumer ran are run once, on return.
 
         The first missed tick is the claim key, so consumers starting together run it once.
@@ -50,30 +52,38 @@ class CronRunner:
             last = self.runtime.store.last_tick(job.name)
             if job.spec.misfire != "run_once" or last is None:
                 continue
-            missed = job.cron.next_after(dt.datetime.fromtimestamp(last, dt.timezone.utc), job.tz).timestamp()
-            if missed >= minute - 60:
-                continue  # nothing missed: the minute in progress is handled by the normal tick
+            missed = job.cron.next_after(_utc(last), job.tz).timestamp()
+            if missed > self.last_minute:
+                continue  # nothing missed: ticks from here on are the normal tick's
             if self.runtime.store.claim_tick(job.name, missed):
-                record, _ = self.runtime.enqueue(job.name, job.spec.input or {}, job_id="%s.cron.%d" % (job.name, missed))
+                record, _ = self.runtime.enqueue(job.name, job.spec.input or {}, job_id=cron_job_id(job.name, missed))
                 logger.warning("cron %s: ticks missed since %s; running once now (%s)", job.name,
                                dt.datetime.fromtimestamp(last, job.tz).isoformat(), record.id)
                 fired += 1
         return fired
 
-    def _fire(self, minute: int) -> int:
+    def _fire(self, after: float, until: float) -> int:
+        """Enqueue the ticks in (after, until]; `Cron.ticks` decides them, DST included."""
         fired = 0
         for job in self.jobs:
             assert job.cron is not None
-            local = dt.datetime.fromtimestamp(minute, job.tz)
-            if not job.cron.matches(local):
-                continue
-            try:
-                if not self.runtime.store.claim_tick(job.name, minute):
-                    continue
-                record, _ = self.runtime.enqueue(job.name, job.spec.input or {}, job_id="%s.cron.%d" % (job.name, minute))
-            except (B3JobsError, OSError, ConnectionError) as exc:
-                logger.error("cron %s at %s: could not enqueue: %s", job.name, local.isoformat(), exc)
-                continue
-            logger.info("cron %s tick %s → %s", job.name, local.isoformat(), record.id)
-            fired += 1
+            for tick in job.cron.ticks(_utc(after), _utc(until), job.tz):
+                fired += self._enqueue(job, tick.timestamp())
         return fired
+
+    def _enqueue(self, job: "Job", tick: float) -> int:
+        """Claim one tick and enqueue its job; 1 if this consumer got it, else 0."""
+        local = _utc(tick).astimezone(job.tz).isoformat()
+        try:
+            if not self.runtime.store.claim_tick(job.name, tick):
+                return 0
+            record, _ = self.runtime.enqueue(job.name, job.spec.input or {}, job_id=cron_job_id(job.name, tick))
+        except (B3JobsError, OSError, ConnectionError) as exc:
+            logger.error("cron %s at %s: could not enqueue: %s", job.name, local, exc)
+            return 0
+        logger.info("cron %s tick %s → %s", job.name, local, record.id)
+        return 1
+
+
+def _utc(ts: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc)
