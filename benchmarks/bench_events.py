@@ -1,8 +1,11 @@
 """Events at job speed: what the event bus costs b3-jobs, and whether every event arrives, in one run.
 
-    .venv/bin/python benchmarks/bench_events.py                 # full run (3 reps, N = 20,000): ~15-20 min, quiet machine
-    .venv/bin/python benchmarks/bench_events.py --quick         # smoke test: N = 2,000, 1 rep, no retries, ~1-2 min
-    .venv/bin/python benchmarks/bench_events.py --table-from benchmarks/results_events.jsonl   # the table again
+    .venv/bin/python benchmarks/bench_events.py                 # full run (3 reps, N = 20,000): ~15-25 min, quiet machine
+    .venv/bin/python benchmarks/bench_events.py --quick         # smoke test: N = 2,000, 1 rep, no retries, ~40 s
+    .venv/bin/python benchmarks/bench_events.py --table-from benchmarks/results_events.jsonl   # the report again
+    .venv/bin/python benchmarks/bench_events.py --buses off redis --workers 1   # a subset (no RabbitMQ)
+
+--table-from reports the saved runs with this invocation's N (add --quick for the smoke runs').
 
 The store is Redis (BENCH_REDIS_URL, default redis://127.0.0.1:6379/0) in every configuration;
 the bus is one of:
@@ -31,10 +34,13 @@ Cells, each --reps times, in a new shuffled order every repetition:
        at the listener; duplicates, jobs whose events arrived out of order and any other event
        of the run's jobs are counted too. Latency = arrival - envelope ts for job:active and
        job:completed (the events of the drain; job:waiting's, from the bulk burst, is kept
-       apart); lag = arrival of the last event - finished_at of the last job. The web
-       process's received counts (from its /metrics) are recorded as well.
+       apart); lag = arrival of the last event - finished_at of the last job. Events per bus
+       message = the drain's events / the messages they came in (how well the consumer's
+       publisher batches). The web process's received counts (its /metrics) are recorded too.
   single (bus): N sequential Runtime.enqueue calls from this process (call 0 untimed);
-    with the bus, the listener's job:waiting count and latency.
+    with the bus, the listener's job:waiting count, latency and events per message.
+The RabbitMQ exchange b3.events is shared with whatever else uses that broker: the listener
+keeps only the events of the run's job ids; the web process's counts may include others'.
 CPU (bench_runtime.CpuMeter): consumer, this process, redis-server, web, listener and, for the
 RabbitMQ bus, beam.smp are ours; everything else is "foreign". A run with more foreign load
 than --max-foreign cores (in the drain or in its enqueue) is repeated up to --retries times;
