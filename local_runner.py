@@ -20,17 +20,22 @@ from runtime.core.errors import B3JobsError, InvalidArgument, ManifestError, Unk
 from runtime.worker.executor import call_handler
 from runtime.core.manifest import load_manifest
 from runtime.core.records import encode_json
-from runtime.core.settings import Settings, SettingsError
-from runtime.web.app import WebThread, build_web, require_safe_bind, tune_gc
+from runtime.core.settings import Settings, SettingsError, bus_url
+from runtime.web.app import build_web
+from runtime.web.serve import WebThread, require_safe_bind, tune_gc
 from bus.publisher import KombuPublisher
+from runtime.core.events import ImmediateSink
 
 log = logging.getLogger("b3jobs.local")
 
 
-class PrintSink:
+class PrintSink(ImmediateSink):
     """Shows the events an invoked handler emits, one JSON line each, on stderr."""
 
+    label = "stderr"
+
     def emit(self, event: str, job: tuple[str, str] | None, data: dict[str, object]) -> None:
+        self.published += 1
         print("event %s %s" % (event, encode_json(data).decode()), file=sys.stderr)
 
 
@@ -77,7 +82,7 @@ def serve(settings: Settings, workers: int) -> int:
     """Consumer threads + cron in the main thread, the API and /ws on a web thread, events on memory://."""
     require_safe_bind(settings)
     tune_gc()
-    url = settings.bus_url or "memory://"
+    url = bus_url(settings)
     events = KombuPublisher(url, namespace=settings.namespace)
     runtime = Runtime(settings, events=events)
     run_start_commands(runtime)

@@ -5,7 +5,7 @@
 
 Processes (each started and stopped by PID):
   - one web process (benchmarks/fanout/server.py): `bus.relay.Relay` on /ws, as shipped
-    (flush 10 ms, compress off), plus for the Kombu sources a `bus.consumer.BusBridge` thread;
+    (flush 10 ms, compress off), plus for the Kombu sources a `bus.bridge.BusBridge` thread;
   - --loadgens load-generator processes (benchmarks/fanout/loadgen.py), together holding
     --subscribers websocket connections, all subscribed to ["asset:updated", "job:*"]; --probes
     of those connections (default 10) live in one more, lightly loaded, process: their latency

@@ -1,4 +1,9 @@
-"""The event envelope, encoded once with msgspec, and its Kombu routing key."""
+"""The event envelope, encoded once with msgspec, its Kombu routing key, and the batch a bus message carries.
+
+On the bus a message is a batch: a JSON array of envelopes that all share the message's routing
+key (see `bus.publisher.plan`), so a consumer bound to a narrow key receives exactly the events
+its binding names. A single envelope object (what publishers before batching sent) is read too.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ class Envelope(msgspec.Struct, kw_only=True):
 
 _encoder = msgspec.json.Encoder(enc_hook=lambda v: v.model_dump(mode="json") if hasattr(v, "model_dump") else str(v))
 _decoder = msgspec.json.Decoder(Envelope)
+_batch_decoder = msgspec.json.Decoder(list[Envelope] | Envelope)
 
 
 def make(event: str, job: tuple[str, str] | None, data: dict[str, Any]) -> Envelope:
@@ -48,6 +54,17 @@ def encode(envelope: Envelope) -> bytes:
 def decode(raw: bytes) -> Envelope:
     """Decode an envelope; raises msgspec.ValidationError / DecodeError for anything else."""
     return _decoder.decode(raw)
+
+
+def encode_batch(encoded: list[bytes]) -> bytes:
+    """A bus message: envelopes already encoded one by one, as one JSON array (nothing encoded twice)."""
+    return b"[" + b",".join(encoded) + b"]"
+
+
+def decode_batch(raw: bytes) -> list[Envelope]:
+    """The envelopes of one bus message, in order; raises msgspec.ValidationError / DecodeError."""
+    decoded = _batch_decoder.decode(raw)
+    return decoded if isinstance(decoded, list) else [decoded]
 
 
 def routing_key(envelope: Envelope) -> str:

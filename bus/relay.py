@@ -78,7 +78,7 @@ Wiring
     relay = Relay(token=settings.token)
     relay.setup(app)          # GET /ws, the flush task (cleanup_ctx), GOING_AWAY on shutdown
     # from the Kombu consumer thread:
-    loop.call_soon_threadsafe(relay.ingest_raw, body)
+    loop.call_soon_threadsafe(relay.ingest_many, envelopes)   # a batch, decoded once by bus.bridge
 
 `setup` is `app.router.add_get("/ws", relay.handle)`, `app.cleanup_ctx.append(relay.context)`
 and `app.on_shutdown.append(relay.shutdown)`. The last matters: aiohttp waits for running
@@ -102,7 +102,7 @@ from typing import Annotated, Any, AsyncIterator, Iterable, Iterator, Sequence, 
 import msgspec
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from bus.envelope import Envelope, decode, encode
+from bus.envelope import Envelope, decode, decode_batch, encode
 
 log = logging.getLogger(__name__)
 
@@ -516,16 +516,21 @@ class Relay:
         if len(self._due) == 1 and self._due_event is not None:
             self._due_event.set()
 
+    def ingest_many(self, envelopes: Sequence[Envelope]) -> None:
+        """ingest() for a batch off the bus (decoded once, by the bridge), in order."""
+        for envelope in envelopes:
+            self.ingest(envelope)
+
     def ingest_raw(self, raw: bytes) -> None:
-        """ingest() for bytes off the bus; undecodable input is counted and logged, never raised."""
+        """ingest_many() for one bus message's bytes; undecodable input is counted and logged, never raised."""
         try:
-            envelope = decode(raw)
+            envelopes = decode_batch(raw)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             self._counters.undecodable += 1
             if self._counters.undecodable <= 10 or self._counters.undecodable % 1000 == 0:
                 log.warning("undecodable event dropped (%d so far): %s: %.120r", self._counters.undecodable, exc, raw)
             return
-        self.ingest(envelope)
+        self.ingest_many(envelopes)
 
     # -- fan-out
 

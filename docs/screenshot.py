@@ -24,7 +24,8 @@ from bus.publisher import KombuPublisher  # noqa: E402
 from runtime.worker.consumer import B3Consumer  # noqa: E402
 from runtime.engine import Runtime  # noqa: E402
 from runtime.core.settings import Settings  # noqa: E402
-from runtime.web.app import WebThread, build_web  # noqa: E402
+from runtime.web.app import build_web
+from runtime.web.serve import WebThread  # noqa: E402
 
 TICKERS = ["PETR4", "VALE3", "ITUB4", "BBDC4", "BBAS3", "ABEV3", "WEGE3", "GGBR4", "RENT3", "SUZB3", "PRIO3", "ELET3"]
 UNKNOWN = ["XXXX3", "ZZZZ4", "QQQQ11"]  # the sample provider does not know four-identical-letter tickers

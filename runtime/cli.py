@@ -21,6 +21,7 @@ from runtime.core.records import STATES
 from runtime.core.settings import Settings, SettingsError
 
 OK, FAILURE, BAD_INPUT = 0, 1, 2
+BULK_CHUNK = 5_000  # payloads per store call of `enqueue --file`
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ def _runtime(settings: Settings, manifest: Manifest | None = None, bus: bool = F
     events = None
     if bus:
         from bus.publisher import KombuPublisher
-        from runtime.web.app import bus_url
+        from runtime.core.settings import bus_url
 
         url = bus_url(settings)
         if url.startswith("memory://"):
@@ -129,6 +130,8 @@ def cmd_consumer(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
+    if args.file is not None:
+        return _enqueue_file(args, settings)
     try:
         payload = json.loads(args.payload)
     except json.JSONDecodeError as exc:
@@ -139,11 +142,43 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
     if not created:
         print("deduplicated: job %s already exists (%s)" % (record.id, record.state), file=sys.stderr)
     print(record.id)
+    runtime.events.close()  # publish its job:waiting, which makes the job visible to workers
+    return OK
+
+
+def _enqueue_file(args: argparse.Namespace, settings: Settings) -> int:
+    """`enqueue JOB --file payloads.jsonl`: one payload per line, enqueued in bulk; prints one id per line."""
+    if args.job_id is not None:
+        print("--job-id cannot be used with --file", file=sys.stderr)
+        return BAD_INPUT
+    payloads: list[Any] = []
+    try:
+        text = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
+    except OSError as exc:
+        print("--file: %s" % exc, file=sys.stderr)
+        return BAD_INPUT
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            payloads.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            print("%s:%d: not valid JSON: %s" % (args.file, n, exc), file=sys.stderr)
+            return BAD_INPUT
+    runtime = _runtime(settings, bus=True)
+    created = 0
+    for start in range(0, len(payloads), BULK_CHUNK):
+        for record, was_created in runtime.enqueue_many(args.job, payloads[start : start + BULK_CHUNK],
+                                                        delay=args.delay, priority=args.priority):
+            created += was_created
+            print(record.id)
+    print("%d job(s) enqueued, %d existed already" % (created, len(payloads) - created), file=sys.stderr)
+    runtime.events.close()
     return OK
 
 
 def cmd_web(args: argparse.Namespace, settings: Settings) -> int:
-    from runtime.web.app import serve
+    from runtime.web.serve import serve
 
     serve(settings)
     return OK
@@ -196,9 +231,7 @@ def cmd_control(args: argparse.Namespace, settings: Settings) -> int:
         print("%s removed" % args.id)
     elif command == "clean":
         print("%d %s %s record(s) removed" % (runtime.clean(args.job, args.state, args.age, args.limit), args.state, args.job))
-    events = getattr(runtime.events, "close", None)
-    if events is not None:
-        events()
+    runtime.events.close()
     return OK
 
 
@@ -233,6 +266,7 @@ def build_parser(app_commands: Sequence[Command] = ()) -> argparse.ArgumentParse
     p.add_argument("--delay", type=float, help="seconds to wait before it may run")
     p.add_argument("--priority", type=int, help="1 = most urgent")
     p.add_argument("--job-id", help="your own id; an existing id returns that job")
+    p.add_argument("--file", help="enqueue in bulk: one JSON payload per line (JSON Lines; - reads stdin)")
     p = sub.add_parser("job", help="print a job's record as JSON")
     p.add_argument("id")
     sub.add_parser("status", help="counts per job and state")

@@ -1,35 +1,24 @@
-"""The runtime: manifest jobs as Huey tasks, their records, and the operations on them."""
+"""The runtime: the one object that wires a process together (store, Huey, enqueue, executor) and the operations on jobs."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
 import time
 import types
-import uuid
-from dataclasses import dataclass
 from typing import Any
 
-from pydantic import ValidationError
-
-from runtime.core.errors import B3JobsError, InvalidArgument, JobNotFound, PayloadError
+from runtime.core.enqueue import EnqueueItem, Enqueuer, limits_of
+from runtime.core.errors import B3JobsError, InvalidArgument, JobNotFound
 from runtime.core.events import EventSink, LogSink
-from runtime.worker.executor import Executor, naive_utc
-from runtime.worker.huey_app import build_huey
-from runtime.core.manifest import MAX_PRIORITY, Manifest, import_object, load_manifest
+from runtime.core.manifest import Manifest, import_object, load_manifest
 from runtime.core.records import COMPLETED, DELAYED, FAILED, WAITING, JobRecord
 from runtime.core.settings import Settings, SettingsError
-from runtime.store.base import JobStore, Limits
+from runtime.store.base import JobStore
 from runtime.store.redis import RedisJobStore
 from runtime.store.sqlite import SqliteJobStore
-
-JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
-
-
-def _dispatched_by_executor(*args: Any) -> None:
-    """Placeholder body of every Huey task: b3-jobs' executor calls the manifest's handler instead."""
-    raise RuntimeError("b3-jobs tasks are run by runtime.executor.Executor")
+from runtime.worker.cron_runner import CronRunner
+from runtime.worker.executor import Executor
+from runtime.worker.housekeeping import Housekeeper
+from runtime.worker.huey_app import build_huey
 
 
 def load_services(settings: Settings, manifest: Manifest) -> Any:
@@ -54,29 +43,6 @@ def load_services(settings: Settings, manifest: Manifest) -> Any:
     return factory(settings)
 
 
-@dataclass(frozen=True)
-class NewJob:
-    record: JobRecord
-    message: bytes
-    dedupe_key: str
-    rate_key: str
-
-
-def limits_of(manifest: Manifest) -> dict[str, Limits]:
-    out = {}
-    for name, job in manifest.jobs.items():
-        spec = job.spec
-        rate = spec.rate_limit
-        if spec.concurrency or rate:
-            out[name] = Limits(
-                concurrency=spec.concurrency,
-                rate_limit=rate.limit if rate else None,
-                rate_window_s=rate.per if rate else None,
-                rate_keyed=bool(rate and rate.key),
-            )
-    return out
-
-
 class Runtime:
     """Everything a process needs to enqueue, run and inspect jobs, on the configured backend."""
 
@@ -97,9 +63,12 @@ class Runtime:
             else SqliteJobStore(self.huey.storage)
         )
         self.store.set_limits(limits_of(self.manifest))
-        self.tasks = {name: self.huey.task(name=name)(_dispatched_by_executor) for name in self.manifest.jobs}
+        self.huey.register_jobs(self.manifest.jobs)
         self.services = services if services is not None else load_services(self.settings, self.manifest)
-        self.executor = Executor(self.huey, self.store, self.manifest, self.events, self.services, self.settings.lease_s, self.prepare)
+        self.enqueuer = Enqueuer(self.manifest, self.store, self.events)
+        self.executor = Executor(
+            self.huey, self.store, self.manifest, self.events, self.services, self.settings.lease_s, self.enqueuer.prepare
+        )
         self.huey.executor = self.executor
 
     # -- enqueue -------------------------------------------------------------------------------
@@ -113,93 +82,34 @@ class Runtime:
         priority: int | None = None,
         job_id: str | None = None,
     ) -> tuple[JobRecord, bool]:
-        """Validate and enqueue a job; returns (record, created).
+        """Validate and enqueue a job; returns (record, created). See `Enqueuer.enqueue`."""
+        return self.enqueuer.enqueue(name, payload, delay=delay, priority=priority, job_id=job_id)
 
-        An existing `job_id`, or an equal job (the manifest's `dedupe` fields) that is waiting,
-        delayed or active, is returned instead of enqueueing a second one.
-        """
-        new = self.prepare(name, payload, delay=delay, priority=priority, job_id=job_id)
-        if job_id is not None:
-            existing = self.store.get(job_id)
-            if existing is not None:
-                return existing, False
-        if new.dedupe_key:
-            # Published after the store decided, so a deduplicated enqueue publishes nothing.
-            record, created = self.store.create(new.record, new.message, dedupe_key=new.dedupe_key, rate_key=new.rate_key)
-            if created:
-                self._emit_queued(record)
-            return record, created
-        # Published before the job is visible, so no consumer's job:active can overtake it.
-        self._emit_queued(new.record)
-        self._flush_events()
-        return self.store.create(new.record, new.message, rate_key=new.rate_key)
-
-    def _emit_queued(self, record: JobRecord) -> None:
-        data = {"run_at": record.run_at, "reason": "delay"} if record.run_at else {}
-        self.events.emit("job:delayed" if record.run_at else "job:waiting", (record.id, record.name), data)
-
-    def prepare(
+    def enqueue_many(
         self,
         name: str,
-        payload: Any,
+        payloads: list[Any] | list[EnqueueItem],
         *,
         delay: float | None = None,
         priority: int | None = None,
-        job_id: str | None = None,
-        parent_id: str | None = None,
-    ) -> "NewJob":
-        """Validate a job and build its record and message (every field problem reported at once)."""
-        job = self.manifest.job(name)
-        problems = []
-        if delay is not None and not (0 <= delay <= 366 * 86400):
-            problems.append({"loc": "delay", "msg": "must be between 0 and 31622400 seconds, got %r" % delay, "type": "delay"})
-        if priority is not None and not (1 <= priority <= MAX_PRIORITY):
-            problems.append({"loc": "priority", "msg": "must be 1 (most urgent) to %d, got %r" % (MAX_PRIORITY, priority), "type": "priority"})
-        if job_id is not None and not JOB_ID.match(job_id):
-            problems.append({"loc": "job_id", "msg": "must be 1-128 of A-Z a-z 0-9 _ . : - (starting alphanumeric), got %r" % job_id, "type": "job_id"})
-        try:
-            model = job.payload_model.model_validate(payload)
-        except ValidationError as exc:
-            problems.extend(
-                {"loc": ".".join(str(p) for p in e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()
-            )
-        if problems:
-            raise PayloadError(name, problems)
-        priority = priority if priority is not None else job.spec.priority
-        now = time.time()
-        run_at = now + delay if delay else None
-        data = model.model_dump(mode="json")
-        task = self.tasks[name].s(data)
-        task.id = job_id or uuid.uuid4().hex
-        task.revoke_id = "r:%s" % task.id
-        task.priority = priority
-        if job.spec.expires:
-            task.expires_resolved = naive_utc(now + job.spec.expires)
-        record = JobRecord(
-            id=task.id,
-            name=name,
-            state=DELAYED if run_at else WAITING,
-            payload=data,
-            max_attempts=job.max_attempts,
-            max_stalls=job.spec.max_stalls,
-            priority=priority,
-            created_at=now,
-            run_at=run_at,
-            delay_reason="delay" if run_at else None,
-            parent_id=parent_id,
-        )
-        dedupe_key = ""
-        if job.spec.dedupe and parent_id is None:
-            values = json.dumps([data.get(f) for f in job.spec.dedupe], sort_keys=True, default=str)
-            dedupe_key = "%s:%s" % (name, hashlib.sha1(values.encode()).hexdigest())
-        limit = job.spec.rate_limit
-        rate_key = str(data.get(limit.key)) if limit is not None and limit.key else ""
-        return NewJob(record, self.huey.serialize_task(task), dedupe_key, rate_key)
+    ) -> list[tuple[JobRecord, bool]]:
+        """BullMQ's addBulk: validate every payload, then create all in one store call (one event batch).
 
-    def _flush_events(self) -> None:
-        flush = getattr(self.events, "flush", None)
-        if flush is not None:
-            flush(0.25)
+        `payloads` are payloads (with `delay`/`priority` for all) or EnqueueItems with their own options.
+        Nothing is enqueued if any is invalid. Returns (record, created) per item, in order.
+        """
+        items = [p if isinstance(p, EnqueueItem) else EnqueueItem(p, delay=delay, priority=priority) for p in payloads]
+        return self.enqueuer.enqueue_many(name, items)
+
+    # -- the consumer's parts ----------------------------------------------------------------------
+
+    def cron_runner(self, now: float | None = None) -> CronRunner:
+        """A runner of this manifest's cron ticks, enqueueing through this runtime."""
+        return CronRunner(self.store, self.manifest.jobs.values(), self.enqueuer.enqueue, now=now)
+
+    def housekeeper(self, cron: bool = True) -> Housekeeper:
+        """A consumer's scheduler round: due delays, the reaper and (with `cron`) cron ticks."""
+        return Housekeeper(self.store, self.events, self.manifest.jobs, self.cron_runner() if cron else None)
 
     # -- inspect -------------------------------------------------------------------------------
 

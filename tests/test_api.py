@@ -12,7 +12,8 @@ from runtime.engine import Runtime
 from runtime.core.errors import InvalidArgument
 from runtime.core.settings import Settings
 from conftest import take
-from runtime.web.app import create_app, require_safe_bind
+from runtime.web.app import create_app
+from runtime.web.serve import require_safe_bind
 
 
 async def make_failed(runtime: Runtime) -> str:

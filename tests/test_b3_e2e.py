@@ -17,7 +17,6 @@ from fake_brapi import FakeBrapi
 from hand_indicators import indicators, of_result
 from market.analysis import MIN_CLOSES
 from runtime.core.cron import cron_job_id
-from runtime.worker.cron_runner import CronRunner
 from runtime.engine import Runtime
 from runtime.core.events import RecordingSink
 from runtime.core.manifest import load_manifest
@@ -202,7 +201,7 @@ def test_daily_update_fires_at_2am_in_sao_paulo_and_updates_every_active_asset(
     two_am = dt.datetime(2026, 3, 10, 2, 0, tzinfo=SAO_PAULO).timestamp()
     assert dt.datetime.fromtimestamp(two_am, dt.timezone.utc).hour == 5  # UTC-3
     pin_clock(runtime, fake, two_am)
-    cron = CronRunner(runtime, now=two_am - 180)
+    cron = runtime.cron_runner(now=two_am - 180)
 
     def daily_jobs() -> list[str]:
         return [r.id for r in runtime.list(name="daily-update")]
@@ -238,7 +237,7 @@ def test_the_morning_after_carnival_the_daily_update_fetches_nothing(
         runtime.services.store.track(ticker)
     two_am = dt.datetime(2026, 2, 18, 2, 0, tzinfo=SAO_PAULO).timestamp()
     pin_clock(runtime, fake, two_am)
-    cron = CronRunner(runtime, now=two_am - 60)
+    cron = runtime.cron_runner(now=two_am - 60)
     # When the nightly tick comes
     cron.tick(two_am)
     with running_consumer(runtime):
@@ -291,7 +290,7 @@ def test_a_refused_key_fails_the_daily_update_at_once(b3_runtime: Callable[..., 
 def test_daily_update_does_not_fire_at_2am_utc(b3_runtime: Callable[..., Runtime]) -> None:
     runtime = b3_runtime()
     two_am_utc = dt.datetime(2026, 3, 10, 2, 0, tzinfo=dt.timezone.utc).timestamp()
-    cron = CronRunner(runtime, now=two_am_utc)
+    cron = runtime.cron_runner(now=two_am_utc)
     cron.tick(two_am_utc)
     assert runtime.list(name="daily-update") == []
     assert [r.name for r in runtime.list()] == ["process-pending-analysis"]  # every minute, in UTC

@@ -12,7 +12,6 @@ import pytest
 
 from runtime.core.cron import Cron, CronError, cron_job_id
 from runtime.engine import Runtime
-from runtime.worker.cron_runner import CronRunner
 
 UTC = dt.timezone.utc
 SAO_PAULO = ZoneInfo("America/Sao_Paulo")
@@ -221,7 +220,7 @@ def dst_runtime(make_runtime: Callable[..., Runtime], tmp_path: Path) -> Runtime
 def run_cron(runtime: Runtime, start: dt.datetime, until: dt.datetime, every_s: float = 20.0) -> None:
     """One consumer's scheduler, called every `every_s` seconds from minute `start` through minute `until`."""
     now = start.timestamp() + 1
-    runner = CronRunner(runtime, now=now)
+    runner = runtime.cron_runner(now=now)
     while now < until.timestamp() + 60:
         runner.tick(now)
         now += every_s

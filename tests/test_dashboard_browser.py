@@ -25,7 +25,8 @@ from runtime.engine import Runtime
 from runtime.core.manifest import load_manifest
 from runtime.core.records import JobRecord
 from runtime.core.settings import Settings
-from runtime.web.app import WebThread, build_web
+from runtime.web.app import build_web
+from runtime.web.serve import WebThread
 
 from conftest import CI, TEST_MANIFEST, running_consumer, wait_for, wait_state
 

@@ -9,7 +9,6 @@ from typing import Any, Callable
 
 import pytest
 
-from runtime.worker.cron_runner import CronRunner
 from runtime.engine import Runtime
 from runtime.core.records import JobRecord
 
@@ -69,7 +68,7 @@ def test_a_poison_job_fails_after_max_stalls_and_others_go_on(runtime: Runtime, 
 def test_three_consumers_for_five_minutes_run_a_minutely_cron_job_five_times(make_runtime: Callable[..., Runtime]) -> None:
     runtimes = [make_runtime() for _ in range(3)]
     start = (int(time.time() // 60) + 1) * 60 + 1.0  # just after a minute boundary
-    runners = [CronRunner(r, now=start) for r in runtimes]
+    runners = [r.cron_runner(now=start) for r in runtimes]
     now = start
     while now < start + 300 - 1:  # five minutes of ticks, every 7 s, each consumer in turn
         for runner in runners:
@@ -85,14 +84,14 @@ def test_missed_ticks_run_once_on_return_or_are_skipped(make_runtime: Callable[.
     for name in ("every-minute", "every-minute-skip"):
         assert runtime.store.claim_tick(name, minute - 600)
     # When a consumer starts now
-    CronRunner(runtime, now=minute + 5).tick(minute + 5)
+    runtime.cron_runner(now=minute + 5).tick(minute + 5)
     counts = runtime.counts()
     # Then run_once caught up once (plus this minute's tick); skip only ran this minute
     assert counts["every-minute"]["waiting"] == 2
     assert counts["every-minute-skip"]["waiting"] == 1
     # And on the very first start of a job there is nothing to catch up
     fresh = make_runtime(namespace="fresh%d" % int(time.time() * 1000))
-    CronRunner(fresh, now=minute + 5).tick(minute + 5)
+    fresh.cron_runner(now=minute + 5).tick(minute + 5)
     assert fresh.counts()["every-minute"]["waiting"] == 1
 
 

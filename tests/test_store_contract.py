@@ -11,7 +11,7 @@ from runtime.engine import Runtime
 from runtime.core.errors import InvalidState, JobNotFound
 from runtime.core.manifest import Keep
 from runtime.core.records import STATES, JobRecord
-from runtime.store.base import Lease
+from runtime.store.base import Lease, NewJob
 
 OWNER = "host:1:abc"
 
@@ -330,11 +330,11 @@ def test_a_process_that_gets_its_own_job_back_cannot_finish_the_old_run(runtime:
 
 
 def _flow(store, parent_id: str, children: int):  # type: ignore[no-untyped-def]
-    from runtime.store.base import NewChild
+    from runtime.store.base import NewJob
 
     store.create(new_record(parent_id, name="flow-parent"), b"m")
     lease = take(store).lease
-    kids = [NewChild(new_record("%s.%d" % (parent_id, i), name="flow-child"), b"c") for i in range(children)]
+    kids = [NewJob(new_record("%s.%d" % (parent_id, i), name="flow-child"), b"c") for i in range(children)]
     for kid in kids:
         kid.record.parent_id = parent_id
     assert store.spawn(parent_id, lease, kids, time.time()) == children
@@ -386,3 +386,61 @@ def test_retrying_a_failed_job_does_not_make_a_second_live_duplicate(runtime: Ru
     with pytest.raises(InvalidState, match="cannot retry job x1"):
         store.requeue_failed("x1", time.time())
     assert store.get("x1").state == "failed"  # type: ignore[union-attr]
+
+
+# -- many at once, and staged jobs ---------------------------------------------------------------
+
+
+def test_create_many_creates_in_order_honouring_ids_and_dedupe_per_item(runtime: Runtime) -> None:
+    store = runtime.store
+    store.create(new_record("old"), b"m-old")
+    jobs = [
+        NewJob(new_record("b1", priority=2), b"m-b1"),
+        NewJob(new_record("old"), b"m-other"),  # an existing id: that job, unchanged
+        NewJob(new_record("b2"), b"m-b2", dedupe_key="k"),
+        NewJob(new_record("b3"), b"m-b3", dedupe_key="k"),  # same dedupe key as b2, in the same call
+        NewJob(new_record("b4", state="delayed", run_at=time.time() + 60), b"m-b4"),
+    ]
+    results = store.create_many(jobs)
+    assert [(r.id, created) for r, created in results] == [
+        ("b1", True), ("old", False), ("b2", True), ("b2", False), ("b4", True)]
+    assert store.get("b1") == jobs[0].record and store.get("b3") is None
+    assert store.counts(["noop"])["noop"] == {**dict.fromkeys(STATES, 0), "waiting": 3, "delayed": 1}
+    taken = [take(store) for _ in range(4)]
+    assert [t.job_id for t in taken if t] == ["old", "b2", "b1"]  # no priority first, then by priority
+
+
+def test_staged_jobs_are_waiting_but_not_taken_until_released(runtime: Runtime) -> None:
+    store = runtime.store
+    # Given two jobs created staged
+    results = store.create_many([NewJob(new_record("s1"), b"m1"), NewJob(new_record("s2"), b"m2")], staged=True)
+    assert all(created for _, created in results)
+    # Then they count as waiting, but no worker takes them
+    assert store.counts(["noop"])["noop"]["waiting"] == 2
+    assert take(store) is None
+    # When one is released, it is taken; releasing it again changes nothing
+    assert store.release_staged(["s1"]) == 1
+    assert store.release_staged(["s1", "nope"]) == 0
+    got = take(store)
+    assert got is not None and got.job_id == "s1"
+    assert take(store) is None
+
+
+def test_a_staged_job_whose_release_never_comes_is_queued_by_reap(runtime: Runtime) -> None:
+    from runtime.store.base import STAGED_MAX_S
+
+    store = runtime.store
+    store.create_many([NewJob(new_record("orphan", created_at=time.time() - STAGED_MAX_S - 1), b"m")], staged=True)
+    store.create_many([NewJob(new_record("young"), b"m")], staged=True)
+    store.reap(None)
+    got = take(store)
+    assert got is not None and got.job_id == "orphan"
+    assert take(store) is None
+
+
+def test_a_staged_job_removed_before_its_release_stays_removed(runtime: Runtime) -> None:
+    store = runtime.store
+    store.create_many([NewJob(new_record("gone"), b"m")], staged=True)
+    assert store.remove("gone")
+    assert store.release_staged(["gone"]) == 0
+    assert take(store) is None and store.get("gone") is None

@@ -6,7 +6,7 @@
                                       each stamped with its publish time `ts` (as a bridge would)
     GET  /status                      {"publishing", "published", "relay": relay.stats(), "pid"}
 
-With --bus, a `bus.consumer.BusBridge` thread feeds `relay.ingest_raw` through
+With --bus, a `bus.bridge.BusBridge` thread feeds `relay.ingest_many` through
 `loop.call_soon_threadsafe`, as `runtime.web.app` does. --gc-threshold0 N sets the cyclic GC's
 young-generation threshold (Python's default is 700), to measure its effect on pauses.
 """
@@ -87,15 +87,15 @@ async def status(request: web.Request) -> web.Response:
 
 
 def bridge_context(url: str, namespace: str, relay: Relay) -> Any:
-    from bus.consumer import BusBridge
+    from bus.bridge import BusBridge
 
     async def context(app: web.Application) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
 
-        def on_raw(raw: bytes) -> None:  # on the Kombu thread
-            loop.call_soon_threadsafe(relay.ingest_raw, raw)
+        def on_events(envelopes: list[Any]) -> None:  # on the Kombu thread
+            loop.call_soon_threadsafe(relay.ingest_many, envelopes)
 
-        bridge = BusBridge(url, on_raw, namespace=namespace)
+        bridge = BusBridge(url, on_events, namespace=namespace)
         bridge.start()
         yield
         await loop.run_in_executor(None, bridge.stop)

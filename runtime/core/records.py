@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final, Literal, get_args
 
 import msgspec
 
-WAITING, DELAYED, ACTIVE, WAITING_CHILDREN, COMPLETED, FAILED = (
-    "waiting",
-    "delayed",
-    "active",
-    "waiting-children",
-    "completed",
-    "failed",
-)
-STATES = (WAITING, DELAYED, ACTIVE, WAITING_CHILDREN, COMPLETED, FAILED)
+# The six states of a job, defined once: the API's models, the CLI and the dashboard use these.
+State = Literal["waiting", "delayed", "active", "waiting-children", "completed", "failed"]
+STATES: Final[tuple[str, ...]] = get_args(State)
+WAITING, DELAYED, ACTIVE, WAITING_CHILDREN, COMPLETED, FAILED = STATES
 FINISHED = (COMPLETED, FAILED)
 
 

@@ -71,3 +71,8 @@ class Settings(BaseSettings):
             return cls(**values)
         except ValidationError as exc:
             raise _settings_error(exc, cls) from exc
+
+
+def bus_url(settings: Settings) -> str:
+    """Where events go: BUS_URL, else REDIS_URL, else memory:// (events stay inside this process)."""
+    return settings.bus_url or settings.redis_url or "memory://"

@@ -53,10 +53,13 @@ class Limits:
 
 
 @dataclass(frozen=True)
-class NewChild:
+class NewJob:
+    """A validated job for the store to create: its record, its message and the keys its limits use."""
+
     record: JobRecord
     message: bytes
-    rate_key: str = ""
+    rate_key: str = ""  # the payload value its keyed rate limit counts by ('' when unkeyed)
+    dedupe_key: str = ""  # two live jobs with one dedupe key are one job ('' for none)
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,7 @@ class Reaped:
 
 METRICS = ("started", "completed", "failed", "retried", "stalled")  # running totals per job name
 TICK_KEEP_S = 7 * 86400  # how long a claimed cron tick is remembered (and claiming it again refused)
+STAGED_MAX_S = 5.0  # a staged job whose release never came (its process died) is queued by `reap` after this
 STALLED_TOO_OFTEN = "stalled too often: its worker died or stopped heartbeating %d time(s) while running it"
 
 
@@ -101,7 +105,19 @@ class JobStore(ABC):
         """
 
     @abstractmethod
-    def spawn(self, parent_id: str, lease: Lease, children: list[NewChild], now: float) -> int:
+    def create_many(self, jobs: list[NewJob], *, staged: bool = False) -> list[tuple[JobRecord, bool]]:
+        """`create` for many jobs in one atomic step; (record, created) per job, in order.
+
+        With `staged`, new waiting jobs are parked, not queued: no worker takes them until
+        `release_staged` (or, should that never come, `reap` after STAGED_MAX_S).
+        """
+
+    @abstractmethod
+    def release_staged(self, job_ids: list[str]) -> int:
+        """Queue these staged jobs (those still waiting); returns how many were queued."""
+
+    @abstractmethod
+    def spawn(self, parent_id: str, lease: Lease, children: list[NewJob], now: float) -> int:
         """Create children of a running parent (each once, whatever reruns); returns how many were new."""
 
     @abstractmethod

@@ -81,6 +81,11 @@ class Keys:
         return "%s:paused" % self.ns
 
     @property
+    def staged(self) -> str:
+        """zset: new waiting jobs not queued yet (behind their job:waiting event), scored by when they were parked."""
+        return "%s:staged" % self.ns
+
+    @property
     def consumers(self) -> str:
         """zset: consumer processes (lease owners), scored by their last lease heartbeat."""
         return "%s:consumers" % self.ns

@@ -24,7 +24,7 @@ from runtime.core.errors import InvalidState, JobNotFound
 from runtime.core.manifest import Keep
 from runtime.core.records import ACTIVE, COMPLETED, DELAYED, FAILED, STATES, WAITING, JobRecord, decode_json, encode_json
 from runtime.store.base import (
-    METRICS, STALLED_TOO_OFTEN, TICK_KEEP_S, ChildOutcome, Dequeued, JobStore, Lease, NewChild, Reaped,
+    METRICS, STAGED_MAX_S, STALLED_TOO_OFTEN, TICK_KEEP_S, ChildOutcome, Dequeued, JobStore, Lease, NewJob, Reaped,
 )
 from runtime.store.keys import Keys
 from runtime.store.scripts import Scripts
@@ -35,6 +35,16 @@ from runtime.store.scripts import Scripts
 # `pending` (children not ended) and `children_done` (back from waiting-children).
 _INTERNAL = {"msg", "qscore", "lease_until", "lease_token", "dedupe_key", "rate_key", "children_done", "pending", "capped"}
 _JSON_FIELDS = ("payload", "progress", "result", "children")
+
+
+def _as_text(value: Any) -> str:
+    """A hash field's value as the text redis-py would send (for fields passed through JSON to Lua,
+    whose cjson would round floats to 14 digits)."""
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
 _FLOAT_FIELDS = ("created_at", "started_at", "finished_at", "run_at")
 _INT_FIELDS = ("attempts", "max_attempts", "priority", "stalls", "max_stalls")
 
@@ -95,6 +105,37 @@ class RedisJobStore(JobStore):
             return self.create(record, message, dedupe_key=dedupe_key, rate_key=rate_key)
         return existing, False
 
+    def create_many(self, jobs: list[NewJob], *, staged: bool = False) -> list[tuple[JobRecord, bool]]:
+        flat: list[Any] = []
+        for job in jobs:
+            record = job.record
+            fields = ["msg", job.message, "rate_key", job.rate_key, *self._fields(record)]
+            flat += [
+                record.id, record.name, record.state,
+                record.run_at if record.state == DELAYED and record.run_at else record.created_at,
+                record.priority or 0, job.dedupe_key,
+                json.dumps([_as_text(f) for f in fields]),
+            ]
+        outcomes = self.lua.create_many(staged=int(staged), jobs=flat)
+        out: list[tuple[JobRecord, bool]] = []
+        for job, outcome in zip(jobs, outcomes):
+            if outcome == 1:
+                out.append((job.record, True))
+                continue
+            existing = self.get(job.record.id if outcome == 0 else outcome.decode())
+            if existing is None:  # removed or finished between the two calls: create it on its own
+                out.append(self.create(job.record, job.message, dedupe_key=job.dedupe_key, rate_key=job.rate_key))
+            else:
+                out.append((existing, False))
+        return out
+
+    def release_staged(self, job_ids: list[str]) -> int:
+        return int(self.lua.release_staged(job_ids=job_ids)) if job_ids else 0
+
+    def _release_stale_staged(self) -> int:
+        stale = [i.decode() for i in self.r.zrangebyscore(self.keys.staged, "-inf", time.time() - STAGED_MAX_S, 0, 1000)]
+        return self.release_staged(stale)
+
     def _limits_json(self) -> str:
         config = {}
         for name, limits in self.limits.items():
@@ -132,6 +173,7 @@ class RedisJobStore(JobStore):
         return int(self.lua.renew(owner=owner, now=clock, deadline=deadline, lease_s=lease_s, job_ids=job_ids))
 
     def reap(self, now: float | None, limit: int = 100) -> list[Reaped]:
+        self._release_stale_staged()
         rows = self.lua.reap(now="" if now is None else now, limit=limit, stalled_reason=STALLED_TOO_OFTEN)
         return [Reaped(i.decode(), n.decode(), int(stalls), bool(failed)) for i, n, stalls, failed in rows]
 
@@ -212,10 +254,10 @@ class RedisJobStore(JobStore):
             _, waiting, _, _ = pipe.execute()
         return int(waiting)
 
-    def spawn(self, parent_id: str, lease: Lease, children: list[NewChild], now: float) -> int:
+    def spawn(self, parent_id: str, lease: Lease, children: list[NewJob], now: float) -> int:
         flat: list[Any] = []
         for child in children:
-            fields = [f.decode() if isinstance(f, bytes) else f for f in self._fields(child.record)]
+            fields = [_as_text(f) for f in self._fields(child.record)]
             flat += [child.record.id, child.record.name, child.message, child.record.priority or 0, child.rate_key,
                      json.dumps(fields)]
         created = int(self.lua.spawn(parent_id=parent_id, **_held(lease), now=now, children=flat))

@@ -81,6 +81,8 @@ class Scripts:
     def __init__(self, client: Any, ns: str) -> None:
         script = partial(Script, client, ns)
         self.create = script("create")
+        self.create_many = script("create_many")
+        self.release_staged = script("release_staged")
         self.dequeue = script("dequeue")
         self.renew = script("renew")
         self.reap = script("reap")

@@ -19,7 +19,7 @@ from runtime.core.errors import B3JobsError, InvalidState, JobNotFound
 from runtime.core.manifest import Keep
 from runtime.core.records import ACTIVE, COMPLETED, DELAYED, FAILED, STATES, WAITING, JobRecord, decode_json, encode_json
 from runtime.store.base import (
-    METRICS, STALLED_TOO_OFTEN, TICK_KEEP_S, ChildOutcome, Dequeued, JobStore, Lease, Limits, NewChild, Reaped,
+    METRICS, STAGED_MAX_S, STALLED_TOO_OFTEN, TICK_KEEP_S, ChildOutcome, Dequeued, JobStore, Lease, Limits, NewJob, Reaped,
 )
 
 _COLUMNS = (
@@ -33,6 +33,14 @@ _SELECT = "select %s from b3_jobs" % ", ".join(_COLUMNS)
 
 class B3SqliteStorage(SqliteStorage):
     """Huey's SQLite storage with b3-jobs' tables added to its schema."""
+
+    def initialize_schema(self) -> None:
+        # Migrate in place what can be: a store from before staging gets its column (all queued).
+        with self.db(commit=True) as curs:
+            columns = {r[1] for r in curs.execute("pragma table_info(b3_jobs)").fetchall()}
+            if "lease_token" in columns and "staged" not in columns:
+                curs.execute("alter table b3_jobs add column staged integer not null default 0")
+        super().initialize_schema()
 
     def _create_connection(self) -> sqlite3.Connection:
         conn = super()._create_connection()
@@ -51,7 +59,7 @@ class B3SqliteStorage(SqliteStorage):
         " delay_reason text, parent_id text, children text not null default '[]', state_ts real not null,"
         " msg blob not null, prio_rank integer not null default 0, enq_seq integer not null default 0,"
         " lease_until real, dedupe_key text, rate_key text not null default '', children_done integer not null default 0,"
-        " pending integer not null default 0, lease_token text)",
+        " pending integer not null default 0, lease_token text, staged integer not null default 0)",
         "create unique index if not exists b3_jobs_dedupe on b3_jobs (dedupe_key)"
         " where dedupe_key is not null and state in ('waiting', 'delayed', 'active', 'waiting-children')",
         "create index if not exists b3_jobs_parent on b3_jobs (parent_id) where parent_id is not null",
@@ -63,7 +71,10 @@ class B3SqliteStorage(SqliteStorage):
         " id text primary key)",
         "create index if not exists b3_jobs_name_state_ts on b3_jobs (name, state, state_ts)",
         "create index if not exists b3_jobs_state_ts on b3_jobs (state, state_ts)",
-        "create index if not exists b3_jobs_queue on b3_jobs (prio_rank, enq_seq) where state = 'waiting'",
+        # The queue: waiting jobs a worker may take (not staged behind their job:waiting event).
+        "drop index if exists b3_jobs_queue",
+        "create index if not exists b3_jobs_ready on b3_jobs (prio_rank, enq_seq) where state = 'waiting' and staged = 0",
+        "create index if not exists b3_jobs_staged on b3_jobs (created_at) where staged = 1",
         "create index if not exists b3_jobs_leases on b3_jobs (lease_until) where state = 'active'",
         "create table if not exists b3_ticks (name text not null, tick real not null, primary key (name, tick))",
         "create table if not exists b3_paused (name text primary key)",
@@ -142,6 +153,66 @@ class SqliteJobStore(JobStore):
         existing = self.get(existing_id)
         return (existing, False) if existing is not None else self.create(record, message, dedupe_key=dedupe_key, rate_key=rate_key)
 
+    def create_many(self, jobs: list[NewJob], *, staged: bool = False) -> list[tuple[JobRecord, bool]]:
+        columns = ", ".join(_COLUMNS)
+        insert = (
+            "insert or ignore into b3_jobs (%s, state_ts, msg, prio_rank, enq_seq, dedupe_key, rate_key, staged)"
+            " values (%s)" % (columns, ", ".join("?" * (len(_COLUMNS) + 7)))
+        )
+        outcomes: list[str | None] = []  # None: created; else the id of the job returned instead
+        seq = time.time_ns()
+        with self._tx() as curs:
+            for n, job in enumerate(jobs):
+                record = job.record
+                if job.dedupe_key:
+                    other = curs.execute(
+                        "select id from b3_jobs where dedupe_key = ?"
+                        " and state in ('waiting', 'delayed', 'active', 'waiting-children')",
+                        (job.dedupe_key,),
+                    ).fetchone()
+                    if other is not None:
+                        outcomes.append(other[0])
+                        continue
+                data = record.to_dict()
+                values = [encode_json(data[c]) if c in _JSON else data[c] for c in _COLUMNS]
+                state_ts = record.run_at if record.state == DELAYED and record.run_at else record.created_at
+                park = int(staged and record.state == WAITING)
+                curs.execute(insert, (*values, state_ts, job.message, record.priority or 0, seq + n,
+                                      job.dedupe_key or None, job.rate_key, park))
+                outcomes.append(None if curs.rowcount == 1 else record.id)
+        if any(o is None for o in outcomes) and not staged:
+            self._notify()
+        out: list[tuple[JobRecord, bool]] = []
+        for job, other_id in zip(jobs, outcomes):
+            if other_id is None:
+                out.append((job.record, True))
+                continue
+            existing = self.get(other_id)
+            if existing is None:  # removed or finished meanwhile: create it on its own
+                out.append(self.create(job.record, job.message, dedupe_key=job.dedupe_key, rate_key=job.rate_key))
+            else:
+                out.append((existing, False))
+        return out
+
+    def release_staged(self, job_ids: list[str]) -> int:
+        if not job_ids:
+            return 0
+        released = 0
+        with self._tx() as curs:
+            for start in range(0, len(job_ids), 500):
+                part = job_ids[start : start + 500]
+                curs.execute(
+                    "update b3_jobs set staged = 0 where staged = 1 and id in (%s)" % ", ".join("?" * len(part)), part
+                )
+                released += curs.rowcount
+        if released:
+            self._notify()
+        return released
+
+    def _release_stale_staged(self, curs: sqlite3.Cursor) -> int:
+        curs.execute("update b3_jobs set staged = 0 where staged = 1 and created_at <= ?", (time.time() - STAGED_MAX_S,))
+        return curs.rowcount
+
     def _window(self, curs: sqlite3.Cursor, name: str, key: str, window_s: float, now: float) -> tuple[int, float]:
         """Starts of (name, key) in the last `window_s` seconds, and seconds until the oldest leaves."""
         curs.execute("delete from b3_rate where name = ? and key = ? and ts <= ?", (name, key, now - window_s))
@@ -199,8 +270,8 @@ class SqliteJobStore(JobStore):
                 # INDEXED BY: left to itself the planner picks the state index and sorts every
                 # waiting row, which makes a drain O(backlog^2).
                 row = curs.execute(
-                    "select id, name, msg, rate_key, children_done from b3_jobs indexed by b3_jobs_queue"
-                    " where state = 'waiting'%s order by prio_rank, enq_seq limit 1" % exclude,
+                    "select id, name, msg, rate_key, children_done from b3_jobs indexed by b3_jobs_ready"
+                    " where state = 'waiting' and staged = 0%s order by prio_rank, enq_seq limit 1" % exclude,
                     tuple(blocked),
                 ).fetchone()
                 if row is None:
@@ -252,6 +323,8 @@ class SqliteJobStore(JobStore):
         now = time.time() if now is None else now
         out = []
         with self._tx() as curs:
+            if self._release_stale_staged(curs):
+                self._notify()
             rows = curs.execute(
                 "select id, name, stalls, max_stalls from b3_jobs where state = 'active' and lease_until <= ? limit ?",
                 (now, limit),
@@ -432,7 +505,7 @@ class SqliteJobStore(JobStore):
             curs.execute("delete from b3_outcomes where parent = ?", (job_id,))
             return True
 
-    def spawn(self, parent_id: str, lease: Lease, children: list[NewChild], now: float) -> int:
+    def spawn(self, parent_id: str, lease: Lease, children: list[NewJob], now: float) -> int:
         created_ids = []
         with self._tx() as curs:
             if self._holds(curs, parent_id, lease) is None:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from runtime.web import models as m
 from runtime.engine import Runtime
+from runtime.core.enqueue import EnqueueItem
 from runtime.core.errors import InvalidArgument, PayloadError
 
 RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime", Runtime)
@@ -98,6 +99,17 @@ async def enqueue(request: web.Request) -> web.Response:
     return respond(job_out(record, deduplicated=not created), 202 if created else 200)
 
 
+async def enqueue_bulk(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    name = runtime.manifest.job(request.match_info["name"]).name
+    body = await parse_body(request, m.BulkBody)
+    items = [EnqueueItem(j.payload, delay=j.delay, priority=j.priority, job_id=j.job_id) for j in body.jobs]
+    results = await blocking(runtime.enqueue_many, name, items)
+    jobs = [m.BulkJob(id=r.id, state=r.state, deduplicated=not created) for r, created in results]
+    created = sum(1 for _, c in results if c)
+    return respond(m.BulkResult(created=created, jobs=jobs), 202 if created else 200)
+
+
 async def get_job(request: web.Request) -> web.Response:
     return respond(job_out(await blocking(request.app[RUNTIME].get, request.match_info["id"])))
 
@@ -178,7 +190,7 @@ async def healthz(request: web.Request) -> web.Response:
         store = "ok"
     except Exception as exc:  # the point of a health check: report, do not raise
         store = "unreachable: %s" % exc
-    bus = getattr(runtime.events, "url", "log")
+    bus = runtime.events.label
     status = "ok" if store == "ok" else "degraded"
     return respond(m.Health(status=status, backend=runtime.settings.backend, bus=bus, store=store), 200 if status == "ok" else 503)
 
@@ -187,6 +199,9 @@ E = m.Error
 ROUTES = [
     Route("POST", "/api/v1/jobs/{name}", enqueue, "Enqueue a job", body=m.EnqueueBody,
           responses={202: m.Job, 200: m.Job, 400: E, 404: E, 413: E, 422: E}),
+    Route("POST", "/api/v1/jobs/{name}/bulk", enqueue_bulk,
+          "Enqueue many jobs of one name: all validated first, then created in one store call", body=m.BulkBody,
+          responses={202: m.BulkResult, 200: m.BulkResult, 400: E, 404: E, 413: E, 422: E}),
     Route("GET", "/api/v1/jobs", list_jobs, "List jobs by state and name, newest first", query=m.JobsQuery,
           responses={200: m.JobPage, 404: E, 422: E}),
     Route("GET", "/api/v1/jobs/{id}", get_job, "Get a job", responses={200: m.Job, 404: E}),

@@ -20,11 +20,10 @@ from runtime.web import models as m
 from runtime.web.api import RUNTIME, Route, blocking, job_out, parse_body, parse_query, respond
 from runtime.core.cron import cron_job_id
 from runtime.engine import Runtime
-from runtime.web.metrics import METRICS, Activity, publisher_counts
-from runtime.core.records import FAILED, JobRecord
+from runtime.web.metrics import METRICS, Activity, publisher_counts, take_snapshot
+from runtime.core.records import FAILED, JobRecord, State
 from runtime.store.base import METRICS as TOTALS
 
-State = Literal["waiting", "delayed", "active", "waiting-children", "completed", "failed"]
 SCAN_PAGE = 500
 MAX_CHILDREN_SHOWN = 200
 RATE_WINDOW_MINUTES = 5
@@ -210,14 +209,11 @@ def cron_schedule(runtime: Runtime, name: str, now: float) -> CronSchedule | Non
 
 def build_overview(runtime: Runtime, activity: Activity, live: bool) -> Overview:
     now = time.time()
-    names = sorted(runtime.manifest.jobs)
-    counts = runtime.store.counts(names)
-    totals = runtime.store.stats(names)
-    paused = runtime.store.paused()
-    consumers = runtime.store.consumers(since_ts=now - 3 * runtime.settings.lease_s)
+    snap = take_snapshot(runtime)
+    totals, paused, consumers = snap.totals, snap.paused, snap.consumers
     events = publisher_counts(runtime.events)
     jobs = []
-    for name, by_state in counts.items():
+    for name, by_state in snap.counts.items():
         job = runtime.manifest.jobs.get(name)
         jobs.append(JobSummary(
             name=name,

@@ -29,11 +29,13 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from bus.envelope import Envelope, decode
+from bus.envelope import Envelope
 from runtime.web.api import RUNTIME, blocking
 from runtime.engine import Runtime
+from runtime.core.events import EventSink
 from runtime.core.records import STATES
 from runtime.store.base import METRICS as TOTALS
+from runtime.store.outage import STORE_ERRORS
 
 logger = logging.getLogger("b3jobs.metrics")
 
@@ -92,12 +94,11 @@ class BusMetrics:
         self._waiting_since: collections.OrderedDict[str, float] = collections.OrderedDict()
         self._event_labels: set[str] = set()
 
-    def observe_raw(self, raw: bytes) -> None:
-        """Called with every event body off the bus (on the bus thread); never raises."""
+    def observe_many(self, envelopes: list[Envelope]) -> None:
+        """Called with every batch of events off the bus (on the bridge's thread); never raises."""
         try:
-            self.observe(decode(raw))
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            return  # the relay counts and logs undecodable events
+            for envelope in envelopes:
+                self.observe(envelope)
         except Exception:  # metrics must never break the bridge that feeds the relay
             logger.exception("metrics: could not observe an event")
 
@@ -147,6 +148,7 @@ class Snapshot:
 
 
 def take_snapshot(runtime: Runtime) -> Snapshot:
+    """The store's counts, totals, paused names and live consumers: one read for /metrics and the dashboard."""
     started = time.perf_counter()
     names = sorted(runtime.manifest.jobs)
     counts = runtime.store.counts(names)
@@ -156,13 +158,9 @@ def take_snapshot(runtime: Runtime) -> Snapshot:
     return Snapshot(counts, totals, paused, consumers, time.perf_counter() - started, names)
 
 
-def publisher_counts(sink: Any) -> tuple[int, int] | None:
-    """(published, dropped) of the runtime's event sink, summed over a fan-out; None if it keeps none."""
-    sinks = getattr(sink, "sinks", None) or (sink,)
-    found = [(s.published, s.dropped) for s in sinks if hasattr(s, "published") and hasattr(s, "dropped")]
-    if not found:
-        return None
-    return sum(p for p, _ in found), sum(d for _, d in found)
+def publisher_counts(sink: EventSink) -> tuple[int, int, int] | None:
+    """(published, dropped, buffered) of the runtime's bus publisher; None when events go to no bus (a log, a test)."""
+    return (sink.published, sink.dropped, sink.buffered) if sink.holds_events else None
 
 
 class StoreCollector:
@@ -187,10 +185,15 @@ class StoreCollector:
         if events is not None:
             published = CounterMetricFamily("b3jobs_events_published", "Events this web process published to the bus")
             published.add_metric([], events[0])
-            dropped = CounterMetricFamily("b3jobs_events_dropped", "Events this web process dropped (bus down or full)")
+            dropped = CounterMetricFamily(
+                "b3jobs_events_dropped", "Events this web process dropped (its outage buffer full, or unencodable)")
             dropped.add_metric([], events[1])
+            buffered = GaugeMetricFamily(
+                "b3jobs_events_buffered", "Events this web process emitted and has not published yet (kept through an outage)")
+            buffered.add_metric([], events[2])
             yield published
             yield dropped
+            yield buffered
         if self.relay is not None:
             stats = self.relay.stats()
             clients = GaugeMetricFamily("b3jobs_relay_clients", "Websocket clients connected to this relay")
@@ -241,8 +244,6 @@ class Metrics:
         self.registry.register(self.store)  # type: ignore[arg-type]
         self._render_lock = threading.Lock()
 
-    def observe_raw(self, raw: bytes) -> None:
-        self.bus.observe_raw(raw)
 
     def render(self, snapshot: Snapshot | None) -> bytes:
         with self._render_lock:
@@ -254,7 +255,6 @@ class Metrics:
 
 
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
-STORE_ERRORS = (redis.RedisError, ConnectionError, sqlite3.Error, OSError)
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
@@ -262,18 +262,18 @@ async def metrics_handler(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     try:
         snapshot: Snapshot | None = await blocking(take_snapshot, runtime)
-    except STORE_ERRORS as exc:
+    except (*STORE_ERRORS, redis.RedisError, sqlite3.Error) as exc:  # any store failure: store_up 0
         logger.warning("metrics: job store unreachable: %s", exc)
         snapshot = None
     body = request.app[METRICS].render(snapshot)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def bus_tap(app: web.Application) -> Callable[[bytes], None]:
-    """The function the bus bridge calls with every event body, for this app's histograms."""
+def bus_tap(app: web.Application) -> Callable[[list[Envelope]], None]:
+    """The function the bus bridge calls with every batch of events, for this app's histograms."""
     bus = app[METRICS].bus
     bus.fed = True
-    return bus.observe_raw
+    return bus.observe_many
 
 
 def setup_metrics(app: web.Application, relay: Any = None) -> Metrics:

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from runtime.core.manifest import MAX_PRIORITY
+from runtime.core.records import State
 
 
 class Strict(BaseModel):
@@ -20,12 +21,37 @@ class EnqueueBody(Strict):
     job_id: str | None = Field(default=None, description="your own id; an existing one returns that job")
 
 
+# Fields of runtime.core.records.JobRecord that the API's Job leaves out (the dashboard's JobDetail
+# shows the first three); tests/test_models.py checks Job against the record field by field.
+RECORD_ONLY = frozenset({"stalls", "max_stalls", "worker", "delay_reason"})
+
+
+MAX_BULK = 10_000
+
+
+class BulkBody(Strict):
+    jobs: list[EnqueueBody] = Field(min_length=1, max_length=MAX_BULK, description="the jobs, each as a single enqueue's body")
+
+
+class BulkJob(BaseModel):
+    id: str
+    state: State
+    deduplicated: bool = Field(description="true when the job existed (its id, or an equal job by `dedupe`)")
+
+
+class BulkResult(BaseModel):
+    """What became of each job of a bulk enqueue, in the order given."""
+
+    created: int
+    jobs: list[BulkJob]
+
+
 class Job(BaseModel):
-    """A job record (epoch-second times)."""
+    """A job record (epoch-second times): `JobRecord` as the API shows it."""
 
     id: str
     name: str
-    state: Literal["waiting", "delayed", "active", "waiting-children", "completed", "failed"]
+    state: State
     payload: dict[str, Any]
     attempts: int
     max_attempts: int
@@ -50,7 +76,7 @@ class JobPage(BaseModel):
 
 
 class JobsQuery(Strict):
-    state: Literal["waiting", "delayed", "active", "waiting-children", "completed", "failed"] | None = None
+    state: State | None = None
     name: str | None = None
     offset: int = Field(default=0, ge=0)
     limit: int = Field(default=50, ge=1, le=500)

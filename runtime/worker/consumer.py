@@ -35,7 +35,7 @@ class B3Consumer(Consumer):
     ):
         self.runtime = runtime
         self.signals = signals
-        self.housekeeper = Housekeeper(runtime, cron=cron)
+        self.housekeeper = runtime.housekeeper(cron=cron)
         kwargs.setdefault("initial_delay", 0.05)
         kwargs.setdefault("max_delay", 1.0)
         kwargs.setdefault("health_check_interval", 2)  # restart a dead process worker within seconds

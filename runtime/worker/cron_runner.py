@@ -5,22 +5,26 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
 
 from runtime.core.cron import cron_job_id
 from runtime.core.errors import B3JobsError
+from runtime.core.manifest import Job
+from runtime.core.records import JobRecord
+from runtime.store.base import JobStore
 
-if TYPE_CHECKING:
-    from runtime.core.manifest import Job
-    from runtime.engine import Runtime
+Enqueue = Callable[..., tuple[JobRecord, bool]]
 
 logger = logging.getLogger("b3jobs.cron")
 
 
 class CronRunner:
-    def __init__(self, runtime: "Runtime", now: float | None = None):
-        self.runtime = runtime
-        self.jobs = [j for j in runtime.manifest.jobs.values() if j.cron is not None and j.spec.enabled]
+    """Claims each due tick of the manifest's cron jobs in the store and enqueues the job for it."""
+
+    def __init__(self, store: JobStore, jobs: Iterable[Job], enqueue: Enqueue, now: float | None = None):
+        self.store = store
+        self.enqueue = enqueue
+        self.jobs = [j for j in jobs if j.cron is not None and j.spec.enabled]
         # Start with the minute in progress: if no other consumer claimed it yet, it is still ours.
         self.last_minute = int((time.time() if now is None else now) // 60) * 60 - 60
         self.caught_up = False
@@ -49,14 +53,14 @@ class CronRunner:
         fired = 0
         for job in self.jobs:
             assert job.cron is not None
-            last = self.runtime.store.last_tick(job.name)
+            last = self.store.last_tick(job.name)
             if job.spec.misfire != "run_once" or last is None:
                 continue
             missed = job.cron.next_after(_utc(last), job.tz).timestamp()
             if missed > self.last_minute:
                 continue  # nothing missed: ticks from here on are the normal tick's
-            if self.runtime.store.claim_tick(job.name, missed):
-                record, _ = self.runtime.enqueue(job.name, job.spec.input or {}, job_id=cron_job_id(job.name, missed))
+            if self.store.claim_tick(job.name, missed):
+                record, _ = self.enqueue(job.name, job.spec.input or {}, job_id=cron_job_id(job.name, missed))
                 logger.warning("cron %s: ticks missed since %s; running once now (%s)", job.name,
                                dt.datetime.fromtimestamp(last, job.tz).isoformat(), record.id)
                 fired += 1
@@ -71,13 +75,13 @@ class CronRunner:
                 fired += self._enqueue(job, tick.timestamp())
         return fired
 
-    def _enqueue(self, job: "Job", tick: float) -> int:
+    def _enqueue(self, job: Job, tick: float) -> int:
         """Claim one tick and enqueue its job; 1 if this consumer got it, else 0."""
         local = _utc(tick).astimezone(job.tz).isoformat()
         try:
-            if not self.runtime.store.claim_tick(job.name, tick):
+            if not self.store.claim_tick(job.name, tick):
                 return 0
-            record, _ = self.runtime.enqueue(job.name, job.spec.input or {}, job_id=cron_job_id(job.name, tick))
+            record, _ = self.enqueue(job.name, job.spec.input or {}, job_id=cron_job_id(job.name, tick))
         except (B3JobsError, OSError, ConnectionError) as exc:
             logger.error("cron %s at %s: could not enqueue: %s", job.name, local, exc)
             return 0

@@ -8,20 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
-import os
 import signal
-import socket
-import sqlite3
 import threading
 import time
 import traceback
-import uuid
 from typing import Any, Callable, Iterator
 
 import msgspec
-import redis
 from pydantic import ValidationError
 
 from runtime.worker.retries import next_delay
@@ -30,24 +24,15 @@ from runtime.core.errors import JobTimeout, Retry, UnrecoverableError
 from runtime.core.events import EventSink
 from runtime.core.manifest import Job, Keep, Manifest
 from runtime.core.records import encode_json
-from runtime.store.base import Dequeued, JobStore, Lease, NewChild
+from runtime.core.messages import naive_utc
+from runtime.store.base import Dequeued, JobStore, Lease, NewJob
+from runtime.store.outage import STORE_ERRORS, Outage
+from runtime.worker.leases import HeldLeases, ProcessLeases
 
 logger = logging.getLogger("b3jobs.executor")
 
-# What a backend outage looks like from here: back off and try again, never crash a worker.
-STORE_ERRORS = (redis.ConnectionError, redis.TimeoutError, sqlite3.OperationalError, OSError)
-
-
-def naive_utc(ts: float) -> dt.datetime:
-    """Huey's clock: naive datetimes in UTC."""
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).replace(tzinfo=None)
-
-
-_INIT_LOCK = threading.Lock()
-
-
 class Executor:
-    """Takes leased jobs for Huey's workers and runs them; one per process (forked workers get their own)."""
+    """Takes leased jobs for Huey's workers and runs them; one per process (forked workers get their own leases)."""
 
     def __init__(
         self,
@@ -57,7 +42,7 @@ class Executor:
         events: EventSink,
         services: Any,
         lease_s: float,
-        prepare: Callable[..., Any],
+        prepare: Callable[..., NewJob],
     ):
         self.prepare = prepare
         self.huey = huey
@@ -66,91 +51,42 @@ class Executor:
         self.events = events
         self.services = services
         self.lease_s = lease_s
-        self._pid = 0
-        self._closing = False
+        self._leases = ProcessLeases(store, lease_s)
         self._outage = Outage("job store")
 
-    # -- per process: identity, the leases it holds, their heartbeat ---------------------------
-
-    def _this_process(self) -> None:
-        if self._pid == os.getpid():
-            return
-        with _INIT_LOCK:
-            if self._pid == os.getpid():
-                return
-            self.owner = "%s:%d:%s" % (socket.gethostname(), os.getpid(), uuid.uuid4().hex[:6])
-            self.in_flight: dict[str, Lease] = {}
-            self._dequeuing = 0
-            self._lock = threading.Lock()
-            threading.Thread(target=self._heartbeat, name="lease-heartbeat", daemon=True).start()
-            self._pid = os.getpid()  # last: other worker threads wait until the rest is set
-
-    def _heartbeat(self) -> None:
-        # Independent of any job's timeout: a long job is never handed to another consumer while
-        # this process lives, because its lease keeps being renewed.
-        interval = max(0.5, self.lease_s / 5)
-        while True:
-            time.sleep(interval)
-            with self._lock:
-                ids = list(self.in_flight)
-            try:
-                self.store.renew(self.owner, ids, None, self.lease_s)
-            except Exception as exc:  # the store is down: the reaper will sort leases out later
-                logger.warning("lease heartbeat failed: %s", exc)
+    @property
+    def owner(self) -> str:
+        """This process's name on its leases."""
+        return self._leases.here().owner
 
     def hand_back_all(self) -> int:
         """Release every job this process is running (it is about to exit); returns how many."""
-        if self._pid != os.getpid():
-            return 0
-        self._closing = True
-        # A worker blocked in dequeue may still take a job; let it return (and give it back) first.
-        deadline = time.monotonic() + 2.0
-        while self._dequeuing and time.monotonic() < deadline:
-            time.sleep(0.01)
-        with self._lock:
-            held = dict(self.in_flight)
-        released = 0
-        for job_id, lease in held.items():
-            try:
-                released += self.store.release(job_id, lease)
-            except STORE_ERRORS as exc:
-                logger.warning("could not hand back %s (%s); its lease will expire", job_id, exc)
-        if released:
-            logger.warning("handed %d unfinished job(s) back to the queue", released)
-        return released
+        return self._leases.hand_back_all()
 
     # -- the worker's side ---------------------------------------------------------------------
 
     def next_task(self) -> Any:
         """The next job for a Huey worker, leased to this process; None when there is none yet."""
-        self._this_process()
-        if self._closing:
-            return None
-        with self._lock:
-            self._dequeuing += 1
-        try:
-            return self._next_task()
-        finally:
-            with self._lock:
-                self._dequeuing -= 1
+        held = self._leases.here()
+        with held.dequeuing() as open_:
+            return self._next_task(held) if open_ else None
 
-    def _next_task(self) -> Any:
+    def _next_task(self, held: HeldLeases) -> Any:
         try:
-            got = self.store.dequeue(self.owner, time.time(), self.lease_s, wait_s=1.0)
+            got = self.store.dequeue(held.owner, time.time(), self.lease_s, wait_s=1.0)
         except STORE_ERRORS as exc:
             self._outage.down(exc)
             return None
         self._outage.up()
         if got is None:
             return None
-        if self._closing:  # taken while this process hands its jobs back: give it back too
+        if held.closing:  # taken while this process hands its jobs back: give it back too
             self.store.release(got.job_id, got.lease)
             return None
         task = self._decode(got)
         if task is not None:
             task.b3 = got
-            with self._lock:
-                self.in_flight[got.job_id] = got.lease
+            held.hold(got.job_id, got.lease)
         return task
 
     def _decode(self, got: Dequeued) -> Any:
@@ -181,10 +117,7 @@ class Executor:
                 logger.warning("%s[%s] not handed back (%s); its lease will expire", task.name, task.id, exc)
             raise
         finally:
-            with self._lock:
-                # Only this run's lease: the job may have been reaped and taken again by this process.
-                if self.in_flight.get(got.job_id) == got.lease:
-                    del self.in_flight[got.job_id]
+            self._leases.here().drop(got.job_id, got.lease)
 
     def _run(self, task: Any, got: Dequeued) -> None:
         job = self.manifest.jobs[task.name]
@@ -253,7 +186,7 @@ class Executor:
         children = []
         for n, payload in enumerate(payloads, start=first):
             new = self.prepare(name, payload, job_id="%s.%d" % (parent_id, n), parent_id=parent_id)
-            children.append(NewChild(new.record, new.message, new.rate_key))
+            children.append(new)
         self.store.spawn(parent_id, lease, children, time.time())
         for child in children:
             self.events.emit("job:waiting", (child.record.id, name), {"parent": parent_id})
@@ -285,28 +218,6 @@ class Executor:
 def _child_order(child_id: str) -> tuple[int, str]:
     head, _, n = child_id.rpartition(".")
     return (int(n), head) if n.isdigit() else (0, child_id)
-
-
-class Outage:
-    """Logs a backend outage once when it starts and once when it ends, and backs off meanwhile."""
-
-    def __init__(self, what: str):
-        self.what = what
-        self.since: float | None = None
-        self.backoff = 0.25
-
-    def down(self, exc: BaseException) -> None:
-        if self.since is None:
-            self.since = time.monotonic()
-            logger.error("%s unreachable (%s); retrying with backoff", self.what, exc)
-        time.sleep(self.backoff)
-        self.backoff = min(self.backoff * 2, 5.0)
-
-    def up(self) -> None:
-        if self.since is not None:
-            logger.warning("%s reachable again after %.1fs", self.what, time.monotonic() - self.since)
-            self.since = None
-        self.backoff = 0.25
 
 
 def call_handler(job: Job, payload: Any, ctx: JobContext) -> Any:

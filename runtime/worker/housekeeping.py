@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Iterable
 
+from runtime.core.events import EventSink
+from runtime.store.base import JobStore
+from runtime.store.outage import STORE_ERRORS, Outage
 from runtime.worker.cron_runner import CronRunner
-from runtime.worker.executor import STORE_ERRORS, Outage
-
-if TYPE_CHECKING:
-    from runtime.engine import Runtime
 
 logger = logging.getLogger("b3jobs.housekeeping")
 
@@ -22,10 +21,13 @@ REAP_EVERY_S = 1.0
 
 
 class Housekeeper:
-    def __init__(self, runtime: "Runtime", cron: bool = True):
-        self.runtime = runtime
-        self.cron = CronRunner(runtime) if cron else None
-        self.names = sorted(runtime.manifest.jobs)
+    """One consumer's scheduler round: promote due delayed jobs, reap dead leases, fire cron ticks."""
+
+    def __init__(self, store: JobStore, events: EventSink, names: Iterable[str], cron: CronRunner | None):
+        self.store = store
+        self.events = events
+        self.cron = cron
+        self.names = sorted(names)
         self._next_reap = 0.0
         self._outage = Outage("job store (scheduler)")
 
@@ -45,20 +47,20 @@ class Housekeeper:
         self._outage.up()
 
     def promote_due(self, now: float) -> int:
-        moved = self.runtime.store.promote_due(self.names, now)
+        moved = self.store.promote_due(self.names, now)
         for job_id, name in moved:
-            self.runtime.events.emit("job:waiting", (job_id, name), {})
+            self.events.emit("job:waiting", (job_id, name), {})
         return len(moved)
 
     def reap(self, now: float) -> int:
-        reaped = self.runtime.store.reap(None)  # judged on the clock leases were given on
+        reaped = self.store.reap(None)  # judged on the clock leases were given on
         for r in reaped:
             ref = (r.job_id, r.name)
-            self.runtime.events.emit("job:stalled", ref, {"stalls": r.stalls})
+            self.events.emit("job:stalled", ref, {"stalls": r.stalls})
             if r.failed:
                 logger.error("! %s[%s] failed: stalled %d times", r.name, r.job_id, r.stalls)
-                self.runtime.events.emit("job:failed", ref, {"error": "stalled too often", "stalls": r.stalls})
+                self.events.emit("job:failed", ref, {"error": "stalled too often", "stalls": r.stalls})
             else:
                 logger.warning("%s[%s] stalled (worker gone); back to the queue (stall %d)", r.name, r.job_id, r.stalls)
-                self.runtime.events.emit("job:waiting", ref, {"stalled": True})
+                self.events.emit("job:waiting", ref, {"stalled": True})
         return len(reaped)

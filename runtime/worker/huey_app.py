@@ -11,6 +11,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from huey import Huey
+from huey.registry import Registry
 from huey.storage import RedisStorage
 from redis import ConnectionPool
 
@@ -24,8 +25,35 @@ if TYPE_CHECKING:
 logger = logging.getLogger("b3jobs.huey")
 
 
+LEGACY_PREFIX = "runtime.engine."  # messages written before the registry keyed tasks by job name
+
+
+class JobRegistry(Registry):
+    """Huey's task registry keyed by the job's name, so a message names its job and nothing else."""
+
+    def task_to_string(self, task_class: Any) -> str:
+        return str(task_class.__name__)
+
+    def string_to_task(self, task_str: str) -> Any:
+        return super().string_to_task(task_str.removeprefix(LEGACY_PREFIX))
+
+
+def _dispatched_by_executor(*args: Any) -> None:
+    """Placeholder body of every Huey task: b3-jobs' executor calls the manifest's handler instead."""
+    raise RuntimeError("b3-jobs tasks are run by runtime.worker.executor.Executor")
+
+
 class B3Huey(Huey):
     executor: "Executor"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._registry = JobRegistry()
+
+    def register_jobs(self, names: Any) -> None:
+        """One Huey task per job name: Huey's workers decode messages through these."""
+        for name in names:
+            self.task(name=name)(_dispatched_by_executor)
 
     def dequeue(self) -> Any:
         # Called by Huey's worker loop: a job leased to this process, or None after waiting a while.

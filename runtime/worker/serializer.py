@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any, Union
 
 import msgspec
 from huey.registry import Message
 from huey.serializer import Serializer
 
-
-class WireMessage(msgspec.Struct, array_like=True, tag="m"):
-    """Huey's Message, with the fields b3-jobs uses; pipelines and chords are not carried."""
-
-    id: str
-    name: str
-    eta: dt.datetime | None
-    priority: int | None
-    args: tuple[Any, ...]
-    expires_resolved: dt.datetime | None = None
+from runtime.core.messages import WireMessage
 
 
 class WireValue(msgspec.Struct, array_like=True, tag="v"):

@@ -22,6 +22,7 @@ local key = {
   names = ns .. ':names',
   paused = ns .. ':paused',
   consumers = ns .. ':consumers',
+  staged = ns .. ':staged',
 }
 
 -- ARGV from position `first` on, as a list. A loop, not unpack: unpack stops at about 8000 values.
