@@ -16,7 +16,8 @@ set headers on a websocket, with a first message `{"op": "auth", "token": "<toke
 
 Client → server
 ---------------
-    {"op": "subscribe", "events": ["job:*", "asset:updated"], "where": {"ticker": "PETR4"}, "since": 41}
+    {"op": "subscribe", "events": ["job:*", "asset:updated"], "where": {"ticker": "PETR4"}, "after": "9f2c…"}
+    {"op": "subscribe", "events": ["job:*"], "since": 41}
     {"op": "unsubscribe", "events": ["job:*"]}
     {"op": "auth", "token": "..."}
 
@@ -25,13 +26,15 @@ Client → server
   matches the job name (`envelope.job.name`, or `data.job` for events without a job, such as
   `queue:paused`). A list value means "any of": `{"ticker": ["PETR4", "VALE3"]}`. Values are
   JSON scalars.
-- `since` (optional): the last `seq` the client saw; see Resume.
+- `after` (optional): the `id` of the last event the client saw, on this node or any other; with
+  `seen` (optional, at most 1,000): the ids it received last. See Resume.
+- `since` (optional): the last `seq` the client saw from this same process; see Resume.
 - Each `subscribe` adds its patterns, each with its own `where`, to the connection's subscription;
   an event is sent once when any of them matches. `unsubscribe` removes the patterns named
   (whatever their `where`).
 
 Every client message gets exactly one reply, in order:
-`{"op": "subscribed", "events": [...], "seq": S, "oldest": O, "replay": R}` (see Resume),
+`{"op": "subscribed", "events": [...], "seq": S, "last_id": I, "oldest": O, "replay": R}` (see Resume),
 `{"op": "unsubscribed", "events": [...removed]}`, `{"op": "authenticated"}`, or
 `{"op": "error", "code": "bad_json" | "bad_message" | "unknown_op" | "bad_subscription", "message": "..."}`
 (the connection stays open after an error).
@@ -54,23 +57,35 @@ subset (its filters), so gaps in the `seq` it sees are normal.
 Resume
 ------
 `subscribed.seq` (S) is the relay's position when the subscription took effect: every matching
-event with `seq > S` arrives live. `oldest` is the oldest `seq` still held in the replay buffer
-(the last 10,000 events by default), or null.
+event with `seq > S` arrives live; `last_id` (I) is the id of the event at S (null before any),
+a resume point for a client that has received nothing yet. `oldest` is the oldest `seq` still held
+in the replay buffer (the last 10,000 events by default), or null.
 
-With `since: N`, if every event with `seq > N` is still held, the R matching ones with
-`N < seq <= S` are sent right after `subscribed`, in order, then live events follow: no gap and
-no duplicate (events this connection already received through an earlier subscription are not
-sent again). If they are not all held (the buffer moved on, or the relay restarted and `N` is
-beyond its `seq`), the relay sends `{"op": "gap", "since": N, "oldest": O, "latest": S}` and goes
-live: the client reloads its state over HTTP. A resume against another web process is not
-promised: `seq` is per relay process.
+By id, on any web node (`after`): ids are global (every node receives every event with the same
+id), `seq` is not. If this node holds the event `after` (it waits up to 2 s for it to arrive: the
+node may be a little behind the one the client left), the R matching events held after it are sent
+right after `subscribed`, in this node's order, then live events follow. Ahead of them come the
+matching events that arrived here less than 2 s (`overlap_s`) before it, less the ids listed in
+`seen`: two nodes' queues may interleave two publishers' concurrent messages differently, so an
+event this node got just before `after` may have reached the old node just after it, and the client
+never saw it. The client drops any id it already has. "Still held" means: this node was already
+receiving events when `after` was published, and `after` is among the last 10,000 it received. If
+not, the relay sends `{"op": "gap", "after": ID, "oldest": O, "latest": S}` and goes live: the
+client reloads its state over HTTP.
+
+By seq, on the same process (`since: N`): if every event with `seq > N` is still held, the R
+matching ones with `N < seq <= S` are sent right after `subscribed`, in order, then live events
+follow: no gap and no duplicate (events this connection already received through an earlier
+subscription are not sent again). If they are not all held (the buffer moved on, or the relay
+restarted and `N` is beyond its `seq`), the relay sends `{"op": "gap", "since": N, "oldest": O,
+"latest": S}` and goes live. `seq` is per relay process: use `after` to resume on another node.
 
 Slow clients
 ------------
 Each client has its own queue and writer, so a slow socket never delays the others. When more
 than 5,000 live events wait for one client, the relay first coalesces `*:progress` events (only
 the newest per job and event name is kept); if still over, it closes the socket with code
-**4408** "too slow: N events pending" (reconnect and resume with `since`). Heartbeat pings every
+**4408** "too slow: N events pending" (reconnect and resume with `after`). Heartbeat pings every
 20 s drop dead sockets. Shutdown closes every socket with 1001 (going away).
 
 Wiring
@@ -79,6 +94,11 @@ Wiring
     relay.setup(app)          # GET /ws, the flush task (cleanup_ctx), GOING_AWAY on shutdown
     # from the Kombu consumer thread:
     loop.call_soon_threadsafe(relay.ingest_many, envelopes)   # a batch, decoded once by bus.bridge
+
+A second transport (`bus.socketio`) authenticates its connections with `relay.token_ok`, makes a
+`Client` for each with `relay.attach(wire)` (its Wire says how bytes are built and written), and
+uses `relay.subscribe`/`regroup`/`unsubscribe`/`detach`: the same filters, replay, encode-once
+flushes (one frame per flush per distinct (codec, subscription)) and slow-client bounds.
 
 `setup` is `app.router.add_get("/ws", relay.handle)`, `app.cleanup_ctx.append(relay.context)`
 and `app.on_shutdown.append(relay.shutdown)`. The last matters: aiohttp waits for running
@@ -96,8 +116,9 @@ import functools
 import hmac
 import itertools
 import logging
+import time
 from dataclasses import asdict, dataclass
-from typing import Annotated, Any, AsyncIterator, Iterable, Iterator, Sequence, Union
+from typing import Annotated, Any, AsyncIterator, Collection, Iterable, Iterator, Protocol, Sequence, Union
 
 import msgspec
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -112,6 +133,8 @@ MAX_INBOUND_BYTES = 64 * 1024
 MAX_FILTERS = 128
 MAX_PATTERN_CHARS = 255
 MAX_EVENTS_PER_FRAME = 1000
+MAX_SEEN_IDS = 1000
+MAX_ID_CHARS = 64
 CLOSE_TIMEOUT_S = 5.0
 
 Scalar = Union[str, int, float, bool, None]
@@ -127,6 +150,8 @@ class Subscribe(msgspec.Struct, forbid_unknown_fields=True):
     events: list[str]
     where: dict[str, Union[Scalar, list[Scalar]]] | None = None
     since: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    after: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS)] | None = None
+    seen: Annotated[list[Annotated[str, msgspec.Meta(max_length=MAX_ID_CHARS)]], msgspec.Meta(max_length=MAX_SEEN_IDS)] | None = None
 
 
 class Unsubscribe(msgspec.Struct, forbid_unknown_fields=True):
@@ -186,7 +211,8 @@ def check_patterns(patterns: list[str]) -> None:
 
 
 class Held(msgspec.Struct, frozen=True, gc=False):
-    """One received event as the relay keeps it: `seq`, its bytes (encoded once) and its coalescing key.
+    """One received event as the relay keeps it: `seq`, its bytes (encoded once), its coalescing key,
+    its `id` and when it arrived here (`at`, monotonic seconds: the resume overlap is measured with it).
 
     Only atoms, and untracked by the cyclic GC (`gc=False`): with 1,000 sockets a full collection
     already pauses the loop for 30-50 ms, and 10,000 held envelopes (40,000 objects) made those
@@ -196,12 +222,14 @@ class Held(msgspec.Struct, frozen=True, gc=False):
     seq: int
     raw: bytes
     progress_key: tuple[str, str] | None
+    id: str = ""
+    at: float = 0.0
 
 
 def hold(envelope: Envelope) -> Held:
     job, name = envelope.job, envelope.event
     progress_key = (job.id, name) if job is not None and name.endswith(":progress") else None
-    return Held(envelope.seq, encode(envelope), progress_key)
+    return Held(envelope.seq, encode(envelope), progress_key, envelope.id, time.monotonic())
 
 
 def build_frame(items: Sequence[Held]) -> bytes:
@@ -214,6 +242,69 @@ def build_frame(items: Sequence[Held]) -> bytes:
 def batches(items: Sequence[Held], size: int = MAX_EVENTS_PER_FRAME) -> Iterator[tuple[Held, ...]]:
     for start in range(0, len(items), size):
         yield tuple(items[start : start + size])
+
+
+# ---------------------------------------------------------------- transports
+
+
+class Codec(Protocol):
+    """How one transport puts events and control messages into bytes; one per transport, shared by its clients.
+
+    Frames are built once per flush per distinct (codec, subscription) and handed to every client in it.
+    """
+
+    def events(self, items: Sequence[Held]) -> bytes: ...
+
+    def control(self, message: dict[str, Any]) -> bytes: ...
+
+
+class JsonCodec:
+    """`/ws`: one envelope as itself, several as a JSON array; control messages as JSON objects."""
+
+    def events(self, items: Sequence[Held]) -> bytes:
+        return build_frame(items)
+
+    def control(self, message: dict[str, Any]) -> bytes:
+        return msgspec.json.encode(message)
+
+
+JSON = JsonCodec()
+
+
+class Wire(Protocol):
+    """One connection as the relay's Client drives it: its codec, and how its bytes leave."""
+
+    codec: Codec
+    peer: str
+
+    async def write(self, frame: bytes, items: tuple[Held, ...] | None) -> None:
+        """Send one frame; `items` are the events in it (None: a control message). Raises ConnectionResetError."""
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+class WsWire:
+    """A `/ws` websocket."""
+
+    codec: Codec = JSON
+
+    def __init__(self, ws: web.WebSocketResponse, request: web.Request) -> None:
+        self.ws = ws
+        self.request = request
+        self.peer = request.remote or "?"
+
+    async def write(self, frame: bytes, items: tuple[Held, ...] | None) -> None:
+        await self.ws.send_frame(frame, WSMsgType.TEXT)
+
+    async def close(self, code: int, reason: str) -> None:
+        await self.ws.close(code=code, message=reason.encode())
+
+    def abort(self) -> None:
+        transport = self.request.transport
+        if transport is not None:
+            transport.abort()
 
 
 # ---------------------------------------------------------------- filters
@@ -256,10 +347,11 @@ def any_matches(keys: Iterable[FilterKey], envelope: Envelope) -> bool:
 class Group:
     """The clients with one distinct subscription: each flush builds its frame once for all of them."""
 
-    __slots__ = ("keys", "clients")
+    __slots__ = ("keys", "codec", "clients")
 
-    def __init__(self, keys: frozenset[FilterKey]) -> None:
+    def __init__(self, keys: frozenset[FilterKey], codec: Codec) -> None:
         self.keys = keys
+        self.codec = codec
         self.clients: set[Client] = set()
 
     def select(self, due: list[tuple[Held, Envelope]]) -> tuple[Held, ...]:
@@ -294,12 +386,13 @@ class Chunk(msgspec.Struct, frozen=True, gc=False):
 
 
 class Client:
-    """One websocket: its subscription, its bounded queue of frames and the task that writes them."""
+    """One connection (a `/ws` websocket, a Socket.IO socket): its subscription, its bounded queue of
+    frames and the task that writes them through its Wire."""
 
-    def __init__(self, ws: web.WebSocketResponse, request: web.Request, counters: Counters, max_pending: int) -> None:
-        self.ws = ws
-        self.request = request
-        self.peer = request.remote or "?"
+    def __init__(self, wire: Wire, counters: Counters, max_pending: int) -> None:
+        self.wire = wire
+        self.codec = wire.codec
+        self.peer = wire.peer
         self.filters: dict[FilterKey, int] = {}  # filter -> the seq after which it has had every event
         self.group: Group | None = None
         self.closing = False
@@ -313,11 +406,11 @@ class Client:
     # -- queueing (on the loop, never awaits)
 
     def send_control(self, message: dict[str, Any]) -> None:
-        self._enqueue(Chunk(msgspec.json.encode(message), None))
+        self._enqueue(Chunk(self.codec.control(message), None))
 
     def send_replay(self, items: Sequence[Held]) -> None:
         for part in batches(items):
-            self._enqueue(Chunk(build_frame(part), part))
+            self._enqueue(Chunk(self.codec.events(part), part))
 
     def push(self, frame: bytes, items: tuple[Held, ...]) -> None:
         """Queue one flush's frame; returns at once whatever the socket does."""
@@ -356,7 +449,7 @@ class Client:
             items = tuple(i for i in chunk.items if i.progress_key is None or newest[i.progress_key] == i.seq)
             dropped += len(chunk.items) - len(items)
             if items:
-                kept.append(chunk if len(items) == len(chunk.items) else Chunk(build_frame(items), items, live=True))
+                kept.append(chunk if len(items) == len(chunk.items) else Chunk(self.codec.events(items), items, live=True))
         self._pending = kept
         self._pending_live -= dropped
         return dropped
@@ -386,12 +479,12 @@ class Client:
         if len(self._pending) == 1:
             chunk = self._pending.popleft()
             self._pending_live = 0
-            await self.ws.send_frame(chunk.frame, WSMsgType.TEXT)
+            await self.wire.write(chunk.frame, chunk.items)
             self._sent(len(chunk.items) if chunk.items else 0)
             return
-        for frame, count in frames_of(self._take_all()):
-            await self.ws.send_frame(frame, WSMsgType.TEXT)
-            self._sent(count)
+        for frame, items in frames_of(self._take_all(), self.codec):
+            await self.wire.write(frame, items)
+            self._sent(len(items) if items else 0)
 
     def _sent(self, events: int) -> None:
         self._counters.frames_sent += 1
@@ -419,33 +512,34 @@ class Client:
         self.writer.cancel()
 
 
-def frames_of(chunks: Iterable[Chunk]) -> Iterator[tuple[bytes, int]]:
-    """(frame, events in it): control frames as they are, runs of event frames merged."""
+def frames_of(chunks: Iterable[Chunk], codec: Codec) -> Iterator[tuple[bytes, tuple[Held, ...] | None]]:
+    """(frame, events in it): control frames as they are (None), runs of event frames merged."""
     run: list[Chunk] = []
     for chunk in chunks:
         if chunk.items is None:
-            yield from merged(run)
+            yield from merged(run, codec)
             run = []
-            yield chunk.frame, 0
+            yield chunk.frame, None
         else:
             run.append(chunk)
-    yield from merged(run)
+    yield from merged(run, codec)
 
 
-def merged(run: list[Chunk]) -> Iterator[tuple[bytes, int]]:
+def merged(run: list[Chunk], codec: Codec) -> Iterator[tuple[bytes, tuple[Held, ...]]]:
     if len(run) == 1:
-        yield run[0].frame, len(run[0].items or ())
+        yield run[0].frame, run[0].items or ()
         return
     items = [item for chunk in run for item in chunk.items or ()]
     for part in batches(items):
-        yield build_frame(part), len(part)
+        yield codec.events(part), part
 
 
 # ---------------------------------------------------------------- the relay
 
 
 class Relay:
-    """Numbers incoming envelopes, keeps the last `replay_size`, and fans them out to `/ws` clients."""
+    """Numbers incoming envelopes, keeps the last `replay_size`, and fans them out to `/ws` clients
+    (and to those of a second transport that attaches its own Wire: `bus.socketio`)."""
 
     def __init__(
         self,
@@ -456,19 +550,25 @@ class Relay:
         flush_interval_s: float = 0.01,
         auth_timeout_s: float = 5.0,
         heartbeat_s: float = 20.0,
+        overlap_s: float = 2.0,
+        resume_wait_s: float = 2.0,
     ) -> None:
         self._token = token.encode() if token else None
+        self._overlap_s = overlap_s
+        self._resume_wait_s = resume_wait_s
         self._max_pending = max_pending
         self._flush_interval_s = flush_interval_s
         self._auth_timeout_s = auth_timeout_s
         self._heartbeat_s = heartbeat_s
         self._seq = 0
         self._flushed_seq = 0  # every event up to here has been handed to the subscribed clients
-        self._replay: collections.deque[Held] = collections.deque(maxlen=replay_size)
+        self._replay_size = replay_size
+        self._replay: collections.deque[Held] = collections.deque()
+        self._seq_of_id: dict[str, int] = {}  # id -> seq of every held event
         self._due: list[tuple[Held, Envelope]] = []  # received, not flushed yet
         self._due_event: asyncio.Event | None = None
         self._clients: set[Client] = set()
-        self._groups: dict[frozenset[FilterKey], Group] = {}
+        self._groups: dict[tuple[Codec, frozenset[FilterKey]], Group] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._counters = Counters()
 
@@ -499,6 +599,10 @@ class Relay:
             client.discard()
         await asyncio.gather(*(self._close(c, WSCloseCode.GOING_AWAY, "server shutdown") for c in clients))
 
+    @property
+    def token_required(self) -> bool:
+        return self._token is not None
+
     def stats(self) -> dict[str, int]:
         live = {"clients": len(self._clients), "subscriptions": len(self._groups), "seq": self._seq}
         return {**live, **asdict(self._counters)}
@@ -510,7 +614,12 @@ class Relay:
         self._seq += 1
         envelope = msgspec.structs.replace(envelope, seq=self._seq)
         held = hold(envelope)
+        if len(self._replay) >= self._replay_size:
+            oldest = self._replay.popleft()
+            if self._seq_of_id.get(oldest.id) == oldest.seq:
+                del self._seq_of_id[oldest.id]
         self._replay.append(held)
+        self._seq_of_id[held.id] = held.seq
         self._due.append((held, envelope))
         self._counters.events_ingested += 1
         if len(self._due) == 1 and self._due_event is not None:
@@ -557,7 +666,7 @@ class Relay:
         for group in list(self._groups.values()):
             items = group.select(due)
             if items:
-                self._deliver(group, build_frame(items), items)
+                self._deliver(group, group.codec.events(items), items)
 
     def _deliver(self, group: Group, frame: bytes, items: tuple[Held, ...]) -> None:
         for client in list(group.clients):
@@ -583,16 +692,25 @@ class Relay:
         if how is None:
             await ws.close(code=CLOSE_UNAUTHORIZED, message=b"unauthorized")
             return ws
-        client = Client(ws, request, self._counters, self._max_pending)
-        self._clients.add(client)
+        client = self.attach(WsWire(ws, request))
         if how == "message":
             client.send_control({"op": "authenticated"})
         try:
-            await self._serve(client)
+            await self._serve(client, ws)
         finally:
-            self._unregister(client)
-            client.stop()
+            self.detach(client)
         return ws
+
+    def attach(self, wire: Wire) -> Client:
+        """A new connection of any transport, authenticated by its caller; subscribe() it, detach() it when gone."""
+        client = Client(wire, self._counters, self._max_pending)
+        self._clients.add(client)
+        return client
+
+    def detach(self, client: Client) -> None:
+        """The connection is gone: no more events for it, its writer ends."""
+        self._unregister(client)
+        client.stop()
 
     async def _authenticate(self, request: web.Request, ws: web.WebSocketResponse) -> str | None:
         """How the connection proved the token ("open" when there is none, "header", "message"), or None."""
@@ -615,26 +733,35 @@ class Relay:
             return False
         return isinstance(message, Auth) and self._token_ok(message.token)
 
+    def token_ok(self, token: str) -> bool:
+        """Whether `token` is the relay's (always, when it has none): the check every transport applies."""
+        return self._token_ok(token)
+
     def _token_ok(self, token: str) -> bool:
         """Constant-time comparison; with no token configured every token is fine."""
         if self._token is None:
             return True
         return hmac.compare_digest(token.encode(), self._token)
 
-    async def _serve(self, client: Client) -> None:
-        async for msg in client.ws:
+    async def _serve(self, client: Client, ws: web.WebSocketResponse) -> None:
+        async for msg in ws:
             if msg.type is WSMsgType.TEXT:
-                self._on_text(client, msg.data)
+                await self._on_text(client, msg.data)
             elif msg.type is WSMsgType.BINARY:
                 self._reply_error(client, BadMessage("bad_message", "binary frames are not accepted; send JSON text"))
 
-    def _on_text(self, client: Client, data: str) -> None:
+    async def _on_text(self, client: Client, data: str) -> None:
         try:
             message = parse_message(data)
             if isinstance(message, Subscribe):
-                self._subscribe(client, message)
+                reply, replay, gap = await self.subscribe(client, message)
+                client.send_control(reply)
+                client.send_replay(replay)
+                if gap is not None:
+                    client.send_control(gap)
+                self._regroup(client)
             elif isinstance(message, Unsubscribe):
-                self._unsubscribe(client, message)
+                client.send_control(self.unsubscribe(client, message))
             elif self._token_ok(message.token):
                 client.send_control({"op": "authenticated"})
             else:
@@ -653,19 +780,54 @@ class Relay:
 
     # -- subscriptions
 
-    def _subscribe(self, client: Client, message: Subscribe) -> None:
+    async def subscribe(
+        self, client: Client, message: Subscribe
+    ) -> tuple[dict[str, Any], list[Held], dict[str, Any] | None]:
+        """Add the message's filters: (the `subscribed` reply, the events to replay, a `gap` message or None).
+
+        The caller sends them in that order, then calls `_regroup` (through `regroup`) so live events
+        follow; nothing awaits in between. Raises BadMessage. With `after`, waits up to resume_wait_s
+        for that event to arrive (this node may be a little behind the one the client left).
+        """
         new = self._new_filters(client, message)
+        if message.after is not None:
+            await self._wait_for(message.after)
         live, oldest = self._flushed_seq, self._oldest()
-        start = self._resume_point(message.since)
-        replay = self._replay_for(client, new, start) if start is not None else []
-        reply = {"op": "subscribed", "events": message.events, "seq": live, "oldest": oldest, "replay": len(replay)}
-        client.send_control(reply)
-        client.send_replay(replay)
-        if message.since is not None and start is None:
-            client.send_control({"op": "gap", "since": message.since, "oldest": oldest, "latest": live})
+        replay: list[Held] = []
+        if message.after is not None:
+            start = self._after_point(message.after)
+            if start is not None:
+                overlap = self._overlap(client, new, start, frozenset(message.seen or ()))
+                replay = overlap + self._replay_for(client, new, start)
+        else:
+            start = self._resume_point(message.since)
+            if start is not None:
+                replay = self._replay_for(client, new, start)
+        reply = {
+            "op": "subscribed", "events": message.events, "seq": live, "last_id": self._id_at(live),
+            "oldest": oldest, "replay": len(replay),
+        }
+        gap = None
+        if start is None and message.after is not None:
+            gap = {"op": "gap", "after": message.after, "oldest": oldest, "latest": live}
+        elif start is None and message.since is not None:
+            gap = {"op": "gap", "since": message.since, "oldest": oldest, "latest": live}
         for key in new:
             client.filters[key] = live if start is None else start
+        return reply, replay, gap
+
+    def regroup(self, client: Client) -> None:
+        """Start live delivery of the client's filters as they now are (after subscribe()'s replay was queued)."""
         self._regroup(client)
+
+    def unsubscribe(self, client: Client, message: Unsubscribe) -> dict[str, Any]:
+        """Remove the patterns named; returns the `unsubscribed` reply."""
+        patterns = set(message.events)
+        removed = [key for key in client.filters if key[0] in patterns]
+        for key in removed:
+            del client.filters[key]
+        self._regroup(client)
+        return {"op": "unsubscribed", "events": sorted({key[0] for key in removed})}
 
     def _new_filters(self, client: Client, message: Subscribe) -> list[FilterKey]:
         check_patterns(message.events)
@@ -676,16 +838,51 @@ class Relay:
             raise BadMessage("bad_subscription", "at most %d patterns per connection, got %d" % (MAX_FILTERS, total))
         return new
 
-    def _unsubscribe(self, client: Client, message: Unsubscribe) -> None:
-        patterns = set(message.events)
-        removed = [key for key in client.filters if key[0] in patterns]
-        for key in removed:
-            del client.filters[key]
-        self._regroup(client)
-        client.send_control({"op": "unsubscribed", "events": sorted({key[0] for key in removed})})
-
     def _oldest(self) -> int | None:
         return self._replay[0].seq if self._replay else None
+
+    def _id_at(self, seq: int) -> str | None:
+        """The id of the held event numbered `seq`, or None."""
+        if not self._replay or not self._replay[0].seq <= seq <= self._replay[-1].seq:
+            return None
+        return self._replay[seq - self._replay[0].seq].id
+
+    async def _wait_for(self, event_id: str) -> None:
+        """Until the event `event_id` is held and flushed here, or resume_wait_s has passed."""
+        deadline = time.monotonic() + self._resume_wait_s
+        while time.monotonic() < deadline:
+            seq = self._seq_of_id.get(event_id)
+            if seq is not None and seq <= self._flushed_seq:
+                return
+            await asyncio.sleep(min(0.02, self._flush_interval_s * 2))
+
+    def _after_point(self, event_id: str) -> int | None:
+        """The seq of the held, flushed event `event_id`: every event this node received after it is held."""
+        seq = self._seq_of_id.get(event_id)
+        return seq if seq is not None and seq <= self._flushed_seq else None
+
+    def _overlap(self, client: Client, new: list[FilterKey], start: int, seen: frozenset[str]) -> list[Held]:
+        """Matching events that arrived here less than overlap_s before the event at `start`, less `seen`.
+
+        Every web node has its own queue on the bus, and a broker may interleave two publishers'
+        concurrent messages differently in two queues: an event this node received just before
+        `start` may have reached the node the client left just after it, so the client never got it.
+        Those are sent again, in order, ahead of the replay; the client drops ids it already has.
+        """
+        first = self._replay[0].seq
+        index = start - first
+        since_at = self._replay[index].at - self._overlap_s
+        items: list[Held] = []
+        while index > 0 and self._replay[index - 1].at >= since_at:
+            index -= 1
+            item = self._replay[index]
+            if item.id in seen:
+                continue
+            envelope = decode(item.raw)
+            if any_matches(new, envelope) and not self._already_sent(client, envelope):
+                items.append(item)
+        items.reverse()
+        return items
 
     def _resume_point(self, since: int | None) -> int | None:
         """`since` when every event after it up to the live position is still held, else None."""
@@ -716,9 +913,9 @@ class Relay:
         if not client.filters:
             return
         keys = frozenset(client.filters)
-        group = self._groups.get(keys)
+        group = self._groups.get((client.codec, keys))
         if group is None:
-            group = self._groups[keys] = Group(keys)
+            group = self._groups[(client.codec, keys)] = Group(keys, client.codec)
         group.clients.add(client)
         client.group = group
 
@@ -728,7 +925,7 @@ class Relay:
             return
         group.clients.discard(client)
         if not group.clients:
-            del self._groups[group.keys]
+            del self._groups[(group.codec, group.keys)]
 
     def _unregister(self, client: Client) -> None:
         self._clients.discard(client)
@@ -739,11 +936,9 @@ class Relay:
     async def _close(self, client: Client, code: int, reason: str) -> None:
         """Close with a code; a peer that does not take the close frame within 5 s is cut off."""
         try:
-            await asyncio.wait_for(client.ws.close(code=code, message=reason.encode()), CLOSE_TIMEOUT_S)
+            await asyncio.wait_for(client.wire.close(code, reason), CLOSE_TIMEOUT_S)
         except (asyncio.TimeoutError, ConnectionError):
-            transport = client.request.transport
-            if transport is not None:
-                transport.abort()
+            client.wire.abort()
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
