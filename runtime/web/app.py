@@ -1,4 +1,5 @@
-"""The app factory: the HTTP API, the OpenAPI document, the dashboard, metrics and the `/ws` relay in one aiohttp app."""
+"""The app factory: the HTTP API, the OpenAPI document, the dashboard, metrics, the `/ws` relay and
+its Socket.IO endpoint (`/socket.io/`) in one aiohttp app."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from aiohttp import web
 from bus.bridge import bridge_context
 from bus.publisher import KombuPublisher
 from bus.relay import Relay
+from bus.socketio import SocketIO
 from runtime.core.settings import Settings, bus_url
 from runtime.web.triggers import trigger_routes
 from runtime.engine import Runtime
@@ -42,6 +44,7 @@ def create_app(runtime: Runtime, relay: Any = None, *, token: str | None = None)
     app.router.add_get("/api/openapi.json", openapi)
     if relay is not None:
         relay.setup(app)
+        SocketIO(relay).setup(app)
     setup_metrics(app, relay)
     setup_dashboard(app)
     return app
