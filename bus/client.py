@@ -12,10 +12,14 @@ Iteration yields `Envelope` objects (single-object and array frames alike) and, 
 cannot replay what was missed, a `Gap` object: a gap is an expected event of a long-running
 script, not an error, so it is yielded rather than raised and the iteration goes on.
 
-The client remembers the last `seq` it has seen. When the connection drops (network, relay
-restart, a 4408 "too slow" close) it reconnects with exponential backoff (0.25 s doubling to 10 s,
-with jitter) and re-sends every subscription with `since` = that seq, so the events published
-meanwhile arrive in order, or a `Gap` says they cannot. A 4401 close raises `Unauthorized`.
+The client remembers the `id` of the last event it has seen (`last_id`; ids are the same on every
+web node, `seq` is per node). When the connection drops (network, relay restart, a 4408 "too
+slow" close, a load balancer moving it to another node) it reconnects with exponential backoff
+(0.25 s doubling to 10 s, with jitter) and re-sends every subscription with `after` = that id and
+`seen` = the ids it received last, so the events published meanwhile arrive in order, or a `Gap`
+says they cannot. The relay sends a short overlap on such a resume; the client drops any event
+whose id it has among the last 10,000 it yielded, so each event is yielded once. A 4401 close
+raises `Unauthorized`.
 
 One task at a time: call `subscribe()` before iterating or from the iterating task (they share
 the socket's reader).
@@ -45,13 +49,18 @@ _envelopes = msgspec.json.Decoder(list[Envelope])
 _object = msgspec.json.Decoder(dict[str, Any])
 
 
+DEDUPE_IDS = 10_000  # ids remembered to drop events sent again (the resume overlap)
+SEEN_IDS = 1_000  # ids sent as `seen` on a resume
+
+
 @dataclass(frozen=True)
 class Gap:
-    """The relay no longer holds every event after `since`: reload state, then carry on with live events."""
+    """The relay no longer holds every event after `after` (or `since`): reload state, then carry on."""
 
-    since: int
+    since: int | None
     oldest: int | None
     latest: int
+    after: str | None = None
 
 
 class RelayError(Exception):
@@ -91,7 +100,9 @@ class RelayClient:
         self.url = url
         self.reconnect = reconnect
         self.last_seq: int | None = None
+        self.last_id: str | None = None
         self.reconnects = 0
+        self.duplicates = 0  # events received again (resume overlap) and not yielded
         self._headers = {"Authorization": "Bearer %s" % token} if token else {}
         self._backoff_s = backoff_s
         self._max_backoff_s = max_backoff_s
@@ -103,7 +114,10 @@ class RelayClient:
         self._buffer: collections.deque[Envelope | Gap] = collections.deque()
         self._replay_left = 0
         self._replay_end = 0
-        self._gap_seen: int | None = None
+        self._replay_end_id: str | None = None
+        self._recent: collections.deque[str] = collections.deque(maxlen=DEDUPE_IDS)
+        self._recent_ids: set[str] = set()
+        self._gap_seen: int | str | None = None
         self._closed = False
 
     # -- lifecycle
@@ -224,32 +238,47 @@ class RelayClient:
         return None
 
     def _on_envelope(self, envelope: Envelope) -> None:
-        self._buffer.append(envelope)
-        if self.last_seq is None or envelope.seq > self.last_seq:
-            self.last_seq = envelope.seq
         if self._replay_left:
             self._replay_left -= 1
             if not self._replay_left:
-                self._caught_up(self._replay_end)
+                self._caught_up(self._replay_end, self._replay_end_id)
+        elif self.last_seq is None or envelope.seq > self.last_seq:
+            # A live event. (Replayed ones may be the overlap, older than last_id: the position moves
+            # to the relay's `subscribed` one once the replay is complete.)
+            self.last_seq = envelope.seq
+            self.last_id = envelope.id
+        if envelope.id in self._recent_ids:
+            self.duplicates += 1
+            return
+        if len(self._recent) == self._recent.maxlen:
+            self._recent_ids.discard(self._recent[0])
+        self._recent.append(envelope.id)
+        self._recent_ids.add(envelope.id)
+        self._buffer.append(envelope)
 
     def _on_control(self, obj: dict[str, Any]) -> dict[str, Any]:
         if obj["op"] == "subscribed":
             self._replay_left, self._replay_end = int(obj.get("replay", 0)), int(obj["seq"])
+            self._replay_end_id = obj.get("last_id")
             if not self._replay_left:
-                self._caught_up(self._replay_end)
+                self._caught_up(self._replay_end, self._replay_end_id)
         elif obj["op"] == "gap":
-            self._on_gap(Gap(since=obj["since"], oldest=obj.get("oldest"), latest=obj["latest"]))
+            gap = Gap(since=obj.get("since"), oldest=obj.get("oldest"), latest=obj["latest"], after=obj.get("after"))
+            self._on_gap(gap)
         return obj
 
-    def _caught_up(self, seq: int) -> None:
-        """Everything up to `seq` that matches has arrived: resume from there next time."""
+    def _caught_up(self, seq: int, event_id: str | None) -> None:
+        """Everything up to `seq` (the event `event_id`) that matches has arrived: resume from there next time."""
         if self.last_seq is None or seq > self.last_seq:
             self.last_seq = seq
+            if event_id is not None:
+                self.last_id = event_id
 
     def _on_gap(self, gap: Gap) -> None:
         self.last_seq = gap.latest  # the relay's own position: it may have restarted with a lower seq
-        if self._gap_seen != gap.since:  # one Gap per resume, however many subscriptions report it
-            self._gap_seen = gap.since
+        mark = gap.after if gap.after is not None else gap.since
+        if self._gap_seen != mark:  # one Gap per resume, however many subscriptions report it
+            self._gap_seen = mark
             self._buffer.append(gap)
 
     # -- reconnecting
@@ -275,6 +304,12 @@ class RelayClient:
         await self.connect()
         self.reconnects += 1
         self._replay_left = 0
+        # One resume point for every subscription: the first one's replay moves last_id on.
+        resume: dict[str, Any] = {}
+        if self.last_id is not None:
+            resume = {"after": self.last_id, "seen": list(self._recent)[-SEEN_IDS:]}
+        elif self.last_seq is not None:
+            resume = {"since": self.last_seq}
+        self.last_seq = None  # seq is the new process's from here on
         for message in self._subscriptions:
-            resume = dict(message, since=self.last_seq) if self.last_seq is not None else message
-            await self._request(resume)
+            await self._request({**message, **resume})

@@ -65,13 +65,13 @@ By id, on any web node (`after`): ids are global (every node receives every even
 id), `seq` is not. If this node holds the event `after` (it waits up to 2 s for it to arrive: the
 node may be a little behind the one the client left), the R matching events held after it are sent
 right after `subscribed`, in this node's order, then live events follow. Ahead of them come the
-matching events that arrived here less than 2 s (`overlap_s`) before it, less the ids listed in
-`seen`: two nodes' queues may interleave two publishers' concurrent messages differently, so an
-event this node got just before `after` may have reached the old node just after it, and the client
-never saw it. The client drops any id it already has. "Still held" means: this node was already
-receiving events when `after` was published, and `after` is among the last 10,000 it received. If
-not, the relay sends `{"op": "gap", "after": ID, "oldest": O, "latest": S}` and goes live: the
-client reloads its state over HTTP.
+matching events that arrived here less than 2 s (`overlap_s`) before it: two nodes' queues may
+interleave two publishers' concurrent messages differently, so an event this node got just before
+`after` may have reached the old node just after it, and the client never saw it. No id listed in
+`seen` is sent again; a client that sends no `seen` drops the ids it already has. "Still held"
+means: this node was already receiving events when `after` was published, and `after` is among the
+last 10,000 it received. If not, the relay sends `{"op": "gap", "after": ID, "oldest": O,
+"latest": S}` and goes live: the client reloads its state over HTTP.
 
 By seq, on the same process (`since: N`): if every event with `seq > N` is still held, the R
 matching ones with `N < seq <= S` are sent right after `subscribed`, in order, then live events
@@ -797,8 +797,9 @@ class Relay:
         if message.after is not None:
             start = self._after_point(message.after)
             if start is not None:
-                overlap = self._overlap(client, new, start, frozenset(message.seen or ()))
-                replay = overlap + self._replay_for(client, new, start)
+                seen = frozenset(message.seen or ())
+                after = [item for item in self._replay_for(client, new, start) if item.id not in seen]
+                replay = self._overlap(client, new, start, seen) + after
         else:
             start = self._resume_point(message.since)
             if start is not None:

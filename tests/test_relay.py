@@ -231,6 +231,101 @@ def test_resume_under_a_steady_stream_has_no_gap_and_no_duplicate() -> None:
     run(story)
 
 
+def test_resume_by_id_on_another_node_gets_each_missed_event_once_in_that_nodes_order() -> None:
+    async def story() -> None:
+        # Given two web nodes whose queues interleaved two publishers' concurrent events differently
+        a, b = Relay(), Relay()
+        e = [event("asset:updated", ticker="PETR4", n=n) for n in range(8)]
+        async with serving(a) as node_a, serving(b) as node_b:
+            for n in (0, 1, 2, 3):
+                a.ingest(e[n])
+            for n in (0, 1, 2, 4, 3):  # e4 reached node B before e3
+                b.ingest(e[n])
+            # and a client on A that saw e0..e3
+            on_a = await node_a.ws_connect("/ws")
+            await subscribe(on_a, events=["asset:updated"], since=0)
+            seen = [x["id"] for x in await collect(on_a, 4)]
+            assert seen == [x.id for x in e[:4]]
+            await on_a.close()
+
+            # When it resumes on B after e3, listing the ids it saw, while e5.. keep coming
+            on_b = await node_b.ws_connect("/ws")
+            reply = await subscribe(on_b, events=["asset:updated"], after=e[3].id, seen=seen)
+            for n in (5, 6, 7):
+                b.ingest(e[n])
+
+            # Then it gets e4 (ahead of e3 on B, so in the overlap), then e5..e7: each once, no gap
+            assert reply["replay"] == 1 and reply["last_id"] == e[3].id
+            got = await collect(on_b, 4)
+            assert [x["data"]["n"] for x in got] == [4, 5, 6, 7]
+            with pytest.raises(asyncio.TimeoutError):
+                await next_frame(on_b, 0.2)
+
+    run(story)
+
+
+def test_resume_by_id_waits_for_a_node_a_little_behind() -> None:
+    async def story() -> None:
+        node = Relay()
+        e = [event("job:progress", ("j1", "x"), progress=p) for p in (10, 20, 30)]
+        async with serving(node) as http:
+            node.ingest(e[0])
+            # Given a client that saw e0 and e1 elsewhere, and this node that has not received e1 yet
+            ws = await http.ws_connect("/ws")
+            await ws.send_json({"op": "subscribe", "events": ["job:*"], "after": e[1].id})
+            await asyncio.sleep(0.2)
+            # When e1 and e2 arrive
+            node.ingest(e[1])
+            node.ingest(e[2])
+            # Then the resume goes on from e1: e2 follows, e0 (before, not in `seen`) is the overlap
+            reply = await next_frame(ws)
+            assert (reply["op"], reply["replay"]) == ("subscribed", 2)
+            got = await collect(ws, 2)
+            assert [x["data"]["progress"] for x in got] == [10, 30]
+
+    run(story)
+
+
+def test_resume_by_an_id_this_node_never_had_is_a_gap() -> None:
+    async def story() -> None:
+        node = Relay(resume_wait_s=0.1)
+        async with serving(node) as http:
+            node.ingest(event("job:active", ("j1", "x")))
+            await settle()
+            ws = await http.ws_connect("/ws")
+            reply = await subscribe(ws, events=["job:*"], after="f" * 32)
+            assert reply["replay"] == 0
+            assert await next_frame(ws) == {"op": "gap", "after": "f" * 32, "oldest": 1, "latest": 1}
+
+    run(story)
+
+
+def test_client_moved_to_another_node_yields_every_event_once() -> None:
+    async def story() -> None:
+        a, b = Relay(), Relay()
+        e = [event("asset:updated", ticker="PETR4", n=n) for n in range(6)]
+        async with serving(a) as node_a, serving(b) as node_b:
+            async with RelayClient(str(node_a.make_url("/ws")), backoff_s=0.05) as client:
+                await client.subscribe(["asset:updated"])
+                for n in (0, 1, 2):
+                    a.ingest(e[n])
+                for n in (0, 2, 1, 3):
+                    b.ingest(e[n])
+                got = [await anext(client) for _ in range(3)]
+                # When node A goes away and the client's next connection lands on B
+                client.url = str(node_b.make_url("/ws"))
+                await a.shutdown()
+                b.ingest(e[4])
+                got += [await anext(client) for _ in range(2)]
+                b.ingest(e[5])
+                got.append(await anext(client))
+            # Then it yielded e0..e5 once each, in order
+            assert [x.data["n"] for x in got if isinstance(x, Envelope)] == [0, 1, 2, 3, 4, 5]
+            assert client.reconnects == 1
+
+    run(story)
+
+
 def test_since_older_than_the_replay_buffer_gets_a_gap_then_live_events() -> None:
     async def story() -> None:
         relay = Relay(replay_size=5)
@@ -573,11 +668,12 @@ def test_client_resumes_after_a_dropped_connection() -> None:
 
 def test_client_yields_a_gap_when_the_relay_lost_events() -> None:
     async def story() -> None:
-        relay = Relay(replay_size=3)
+        relay = Relay(replay_size=3, resume_wait_s=0.1)
         async with serving(relay) as http:
             async with RelayClient(str(http.make_url("/ws")), backoff_s=0.05) as client:
                 await client.subscribe(["*"])
-                relay.ingest(event("job:active", ("j1", "x")))
+                first = event("job:active", ("j1", "x"))
+                relay.ingest(first)
                 assert (await anext(client)).seq == 1  # type: ignore[union-attr]
 
                 await relay.shutdown()
@@ -586,7 +682,7 @@ def test_client_yields_a_gap_when_the_relay_lost_events() -> None:
                 await settle()
 
                 gap = await anext(client)
-                assert gap == Gap(since=1, oldest=9, latest=11)
+                assert gap == Gap(since=None, oldest=9, latest=11, after=first.id)
                 relay.ingest(event("job:completed", ("j1", "x")))
                 assert (await anext(client)).seq == 12  # type: ignore[union-attr]
 
