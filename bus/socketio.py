@@ -55,7 +55,9 @@ from bus.relay import MAX_INBOUND_BYTES, BadMessage, Client, Held, Relay, Subscr
 log = logging.getLogger(__name__)
 
 DEFAULT_EVENTS = ["*"]
-ENGINEIO_QUEUE_MAX = 500  # packets handed to a long-polling client's engine.io queue before waiting
+# Packets in a long-polling client's engine.io queue: a poll answers with all of them, and
+# python-engineio's own client refuses an answer of more than 16.
+ENGINEIO_QUEUE_MAX = 12
 CACHE_SIZE = 20_000  # encoded packets kept (by seq); the relay holds 10,000 events
 
 
