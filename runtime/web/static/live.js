@@ -1,4 +1,5 @@
-// Live updates over /ws: auth by first message, subscribe, resume with `since` after a drop, reload on a gap.
+// Live updates over /ws: auth by first message, subscribe, resume by the last event id after a drop (on
+// this web node or another behind a load balancer), each event handled once, reload on a gap.
 
 import { config, token } from "./api.js";
 import { $, banner } from "./ui.js";
@@ -9,6 +10,11 @@ export const live = {
   handlers: { event: () => {}, resync: () => {} },
   ws: null,
   lastSeq: null,
+  lastId: null, // the resume point: ids are the same on every web node, seq is not
+  recent: [], // ids handled last (newest last): sent as `seen`, and events already handled are dropped
+  recentIds: new Set(),
+  replayLeft: 0,
+  replayEndId: null,
   attempt: 0,
   timer: null,
   lostAt: null,
@@ -34,7 +40,10 @@ export const live = {
       ws.sentToken = secret;
       if (secret) ws.send(JSON.stringify({ op: "auth", token: secret })); // browsers cannot set headers on a websocket
       const message = { op: "subscribe", events: ["job:*", "queue:*"] };
-      if (this.lastSeq !== null) message.since = this.lastSeq;
+      if (this.lastId !== null) {
+        message.after = this.lastId;
+        message.seen = this.recent.slice(-1000);
+      }
       this.lastSubscribe = message;
       ws.send(JSON.stringify(message));
     };
@@ -87,7 +96,10 @@ export const live = {
     if (msg.op === "subscribed") {
       this.subscriptions += 1;
       this.lastSubscribed = msg;
-      if (this.lastSeq === null || !msg.replay) this.lastSeq = Math.max(this.lastSeq || 0, msg.seq);
+      this.lastSeq = msg.seq;
+      this.replayLeft = msg.replay || 0;
+      this.replayEndId = msg.last_id;
+      if (!this.replayLeft && msg.last_id) this.lastId = msg.last_id;
       this.status("live", "live");
       if (this.lostAt) {
         const away = ((Date.now() - this.lostAt) / 1000).toFixed(1);
@@ -99,7 +111,7 @@ export const live = {
       }
     } else if (msg.op === "gap") {
       // The relay no longer holds what we missed (it restarted, or moved on): reload from the API.
-      this.lastSeq = msg.latest;
+      this.lastSeq = msg.latest; // lastId is already the `subscribed` position
       banner("Some events were missed while disconnected; the page was reloaded from the registry.", "info");
       setTimeout(() => banner(null), 5000);
       this.handlers.resync();
@@ -109,7 +121,19 @@ export const live = {
   },
 
   onEnvelope(env) {
-    if (typeof env.seq === "number") this.lastSeq = Math.max(this.lastSeq || 0, env.seq);
+    if (this.replayLeft > 0) {
+      // Replayed events may include a short overlap older than lastId; the position moves on once
+      // the replay is complete, to the node's `subscribed` position.
+      this.replayLeft -= 1;
+      if (!this.replayLeft && this.replayEndId) this.lastId = this.replayEndId;
+    } else if (typeof env.seq === "number" && env.seq > (this.lastSeq || 0)) {
+      this.lastSeq = env.seq;
+      this.lastId = env.id;
+    }
+    if (this.recentIds.has(env.id)) return; // handled already (a resume's overlap)
+    this.recent.push(env.id);
+    this.recentIds.add(env.id);
+    if (this.recent.length > 5000) this.recentIds.delete(this.recent.shift());
     this.handlers.event(env);
   },
 };
