@@ -1,0 +1,109 @@
+"""The platform's frontend hook against b3-jobs: python-socketio's client, real B3 jobs, the HTTP API.
+
+The handlers are those of the frontend's hook, in Python: each looks at the event's data only
+(`{ticker, progress}`), as `socket.on('analysis:progress', ({ticker, progress}) => ...)` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Callable
+
+import pytest
+import socketio
+
+from bus.relay import Relay
+from fake_brapi import FakeBrapi
+from runtime.engine import Runtime
+from runtime.web.app import build_web, create_app
+from test_b3_e2e import LINEAR, b3_runtime, fake  # noqa: F401  (fixtures)
+
+from conftest import running_consumer
+
+TOKEN = "s3cret-token"
+
+
+class Page:
+    """What the frontend's hook keeps: a status and a progress per ticker, and each price tile."""
+
+    def __init__(self, ticker: str) -> None:
+        self.ticker = ticker
+        self.status = "idle"
+        self.progress = 0
+        self.statuses: list[str] = []
+        self.progresses: list[Any] = []
+        self.prices: dict[str, float] = {}
+        self.socket = socketio.AsyncClient(reconnection=False)
+        on = self.socket.on
+        on("analysis:started", lambda data, meta=None: self._status(data, "processing"))
+        on("analysis:progress", lambda data, meta=None: self._progress(data))
+        on("analysis:completed", lambda data, meta=None: self._completed(data))
+        on("asset:updated", lambda data, meta=None: self.prices.__setitem__(data["ticker"], data["price"]))
+
+    def _status(self, data: dict[str, Any], status: str) -> None:
+        if data["ticker"] == self.ticker:
+            self.status = status
+            self.statuses.append(status)
+
+    def _progress(self, data: dict[str, Any]) -> None:
+        if data["ticker"] == self.ticker:
+            self.progress = data["progress"]
+            self.progresses.append(data["progress"])
+
+    def _completed(self, data: dict[str, Any]) -> None:
+        if data["ticker"] == self.ticker:
+            self.progress = 100
+            self._status(data, "completed")
+
+
+async def until(predicate: Callable[[], bool], timeout_s: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+async def test_the_frontend_hook_sees_an_analysis_and_a_price_update_requested_over_http(
+    b3_runtime: Callable[..., Runtime], fake: FakeBrapi, aiohttp_client: Callable[..., Any]  # noqa: F811
+) -> None:
+    # Given b3-jobs (web process and consumer on one bus), PETR4's history, and a page watching PETR4
+    fake.prices["PETR4"] = 38.12
+    web_runtime = b3_runtime(bus="memory://")
+    worker_runtime = b3_runtime(bus="memory://")
+    worker_runtime.services.store.seed_closes("PETR4", LINEAR, source="brapi")
+    client = await aiohttp_client(build_web(web_runtime.settings, web_runtime, url="memory://"))
+    page = Page("PETR4")
+    await page.socket.connect(str(client.make_url("/")), wait_timeout=5)
+    try:
+        await asyncio.sleep(0.5)  # the bridge's queue is bound
+        with running_consumer(worker_runtime, workers=2):
+            # When an analysis and an update of PETR4 are requested through the original routes
+            assert (await client.post("/api/v1/analysis", json={"ticker": "PETR4"})).status == 202
+            assert (await client.post("/api/v1/assets/update/PETR4")).status == 202
+            await until(lambda: page.status == "completed" and "PETR4" in page.prices)
+        # Then the hook went processing → 50 → completed (100), and the price tile shows the quote
+        assert page.statuses == ["processing", "completed"]
+        assert page.progresses == [50] and page.progress == 100
+        assert page.prices["PETR4"] == 38.12
+    finally:
+        await page.socket.disconnect()
+        web_runtime.events.close()  # type: ignore[attr-defined]
+        worker_runtime.events.close()  # type: ignore[attr-defined]
+
+
+async def test_with_a_token_only_a_page_that_sends_it_connects(
+    b3_runtime: Callable[..., Runtime], aiohttp_client: Callable[..., Any]  # noqa: F811
+) -> None:
+    runtime = b3_runtime()
+    client = await aiohttp_client(create_app(runtime, Relay(token=TOKEN), token=TOKEN))
+    url = str(client.make_url("/"))
+    refused = socketio.AsyncClient(reconnection=False)
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await refused.connect(url, wait_timeout=5, transports=["websocket"])
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await refused.connect(url, wait_timeout=5, transports=["websocket"], auth={"token": "wrong"})
+    admitted = socketio.AsyncClient(reconnection=False)
+    await admitted.connect(url, wait_timeout=5, auth={"token": TOKEN})
+    assert admitted.connected
+    await admitted.disconnect()
