@@ -4,6 +4,9 @@ Each web process gets its own exclusive auto-delete queue bound to `#`, so every
 every event; the relay filters per subscriber. Kombu has no asyncio: a thread receives the
 messages (each a batch of envelopes), decodes each batch once, and hands the envelopes to the
 relay on its event loop (call_soon_threadsafe) and to the taps (metrics) on the thread.
+
+The web app starts serving once its queue is bound (or after READY_TIMEOUT_S, with the bus down):
+a node behind a load balancer must not take clients before it receives the events they resume to.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ logger = logging.getLogger("b3jobs.bus")
 
 
 Envelopes = list[Envelope]
+READY_TIMEOUT_S = 10.0
 
 
 class BusBridge(ConsumerMixin):
@@ -50,6 +54,7 @@ class BusBridge(ConsumerMixin):
         self.received = 0  # events
         self.undecodable = 0  # messages
         self._thread: threading.Thread | None = None
+        self.ready = threading.Event()  # the queue is bound: every event published from now on arrives
 
     def get_consumers(self, Consumer: Any, channel: Any) -> list[Any]:
         return [Consumer(queues=[self.queue], on_message=self._on_message, accept=["application/json"], no_ack=True)]
@@ -74,6 +79,7 @@ class BusBridge(ConsumerMixin):
 
     def on_consume_ready(self, connection: Any, channel: Any, consumers: Any, **kwargs: Any) -> None:
         logger.info("bus %s: receiving events on %s", redact(self.url), self.queue.name)
+        self.ready.set()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.run, name="bus-bridge", daemon=True)
@@ -98,6 +104,9 @@ def bridge_context(url: str, relay: Any, namespace: str, taps: tuple[Callable[[E
 
         bridge = BusBridge(url, on_events, namespace=namespace)
         bridge.start()
+        if not await loop.run_in_executor(None, bridge.ready.wait, READY_TIMEOUT_S):
+            logger.warning("bus %s: not receiving events after %.0fs; serving anyway, resumes will report gaps",
+                           redact(url), READY_TIMEOUT_S)
         yield
         await loop.run_in_executor(None, bridge.stop)
 
