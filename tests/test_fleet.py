@@ -89,7 +89,7 @@ class SocketIOPage:
     """python-socketio's client resuming as the frontend does (lastId and seen in `auth`); records what arrives."""
 
     def __init__(self) -> None:
-        self.events: list[tuple[str, str, str]] = []  # (event, job id, event id)
+        self.events: list[tuple[str, str, str, int]] = []  # (event, job id, event id, seq)
         self.recent: list[str] = []
         self.gaps: list[Any] = []
         self.connects = 0
@@ -109,12 +109,12 @@ class SocketIOPage:
         if name == "relay:gap":
             self.gaps.append(data)
             return
-        self.events.append((name, meta["job"]["id"], meta["id"]))
+        self.events.append((name, meta["job"]["id"], meta["id"], meta["seq"]))
         self.recent.append(meta["id"])
         del self.recent[:-2000]
 
 
-async def relay_listener(url: str, events: list[tuple[str, str, str]], gaps: list[Gap], client: list[RelayClient]) -> None:
+async def relay_listener(url: str, events: list[tuple[str, str, str, int]], gaps: list[Gap], client: list[RelayClient]) -> None:
     async with RelayClient(url, backoff_s=0.1, max_backoff_s=1.0) as relay:
         client.append(relay)
         await relay.subscribe(FILTER["events"], where=FILTER["where"])
@@ -122,7 +122,7 @@ async def relay_listener(url: str, events: list[tuple[str, str, str]], gaps: lis
             if isinstance(item, Gap):
                 gaps.append(item)
             elif isinstance(item, Envelope) and item.job is not None:
-                events.append((item.event, item.job.id, item.id))
+                events.append((item.event, item.job.id, item.id, item.seq))
 
 
 def relay_events_received(url: str) -> float:
@@ -133,9 +133,9 @@ def relay_events_received(url: str) -> float:
     return 0.0
 
 
-def per_job(events: list[tuple[str, str, str]], ids: set[str]) -> dict[str, list[str]]:
+def per_job(events: list[tuple[str, str, str, int]], ids: set[str]) -> dict[str, list[str]]:
     jobs: dict[str, list[str]] = {}
-    for name, job_id, _ in events:
+    for name, job_id, _, _ in events:
         if job_id in ids:
             jobs.setdefault(job_id, []).append(name)
     return jobs
@@ -158,7 +158,7 @@ async def test_ten_sigkills_alternating_between_two_nodes_lose_and_repeat_nothin
     fleet = Fleet(consumers=2, web=2, port=base, env=env, logs=tmp_path / "logs", workers=4)
     loop = asyncio.get_running_loop()
     producer = Producer(runtime)
-    ws_events: list[tuple[str, str, str]] = []
+    ws_events: list[tuple[str, str, str, int]] = []
     ws_gaps: list[Gap] = []
     ws_client: list[RelayClient] = []
     page = SocketIOPage()
@@ -194,14 +194,17 @@ async def test_ten_sigkills_alternating_between_two_nodes_lose_and_repeat_nothin
             if per_job(ws_events, ids) == expected and per_job(page.events, ids) == expected:
                 break
             await asyncio.sleep(0.25)
+        problems = []
         for name, events in (("/ws", ws_events), ("socket.io", page.events)):
             got = per_job(events, ids)
             missing = [j for j in ids if j not in got]
-            wrong = {j: names for j, names in got.items() if names != LIFECYCLE}
-            assert not missing and not wrong, "%s: %d jobs missing (%s), %d wrong (%s)" % (
-                name, len(missing), missing[:3], len(wrong), list(wrong.items())[:3])
+            wrong = {j: [(e[0], e[3]) for e in events if e[1] == j] for j, names in got.items() if names != LIFECYCLE}
             ours = [e for e in events if e[1] in ids]
-            assert len({event_id for _, _, event_id in ours}) == len(ours) == 5 * len(ids)
+            unique = len({e[2] for e in ours})
+            if missing or wrong or not unique == len(ours) == 5 * len(ids):
+                problems.append("%s: %d jobs missing (%s), %d wrong (%s), %d events, %d distinct, %d expected" % (
+                    name, len(missing), missing[:3], len(wrong), list(wrong.items())[:3], len(ours), unique, 5 * len(ids)))
+        assert not problems, problems
         assert ws_gaps == [] and page.gaps == []
         assert len(ids) >= JOBS_PER_S * KILLS  # the stream really ran through every kill
         assert ws_client[0].reconnects >= KILLS - 1 and page.connects >= KILLS
