@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_fanout.py                      # full run, ~4 min
     .venv/bin/python benchmarks/bench_fanout.py --sources inproc --rates 200 --duration 5   # quick look
+    .venv/bin/python benchmarks/bench_fanout.py --transport sio --sources inproc,amqp --rates 200   # Socket.IO
 
 Processes (each started and stopped by PID):
   - one web process (benchmarks/fanout/server.py): `bus.relay.Relay` on /ws, as shipped
@@ -12,6 +13,9 @@ Processes (each started and stopped by PID):
     is close to what a browser with its own CPU would see, without the load generators' queueing;
   - for the Kombu sources, a publisher process (benchmarks/fanout/publisher.py) using
     `bus.publisher.KombuPublisher`.
+
+--transport sio: the subscribers speak Socket.IO (engine.io websocket transport) to `/socket.io/`
+on the same relay, with the same filter; latency comes from each event's meta `ts`.
 
 Sources: `inproc` (a task in the web process ingests envelopes on schedule, stamping `ts` at
 publish), `redis` (Kombu on --redis-url) and `amqp` (Kombu on --amqp-url), published from the
@@ -141,8 +145,10 @@ class Server:
 
 
 class LoadGen:
-    def __init__(self, url: str, connections: int, log: Path) -> None:
-        args = [PY, str(FANOUT / "loadgen.py"), "--url", url + "/ws", "--connections", str(connections)]
+    def __init__(self, url: str, connections: int, log: Path, transport: str = "ws") -> None:
+        path = "/socket.io/" if transport == "sio" else "/ws"
+        args = [PY, str(FANOUT / "loadgen.py"), "--url", url + path, "--connections", str(connections)]
+        args += ["--transport", transport]
         pipe = subprocess.PIPE
         self.proc = subprocess.Popen(args, stdin=pipe, stdout=pipe, stderr=log.open("ab"), text=True)
 
@@ -173,6 +179,7 @@ class LoadGen:
 @dataclass
 class Phase:
     source: str
+    transport: str
     rate: int
     subscribers: int
     duration_s: float
@@ -258,6 +265,7 @@ def run_phase(
     loadgen_cpu = (gen1 - gen0 + publisher_cpu) / wall
     return Phase(
         source=source,
+        transport=args.transport,
         rate=rate,
         subscribers=args.subscribers,
         duration_s=args.duration,
@@ -348,9 +356,9 @@ def run_source(source: str, args: argparse.Namespace, log: Path) -> Iterator[tup
 
 def start_loadgens(server: Server, args: argparse.Namespace, log: Path) -> list[LoadGen]:
     share, extra = divmod(args.subscribers - args.probes, args.loadgens)
-    loadgens = [LoadGen(server.url, share + (1 if i < extra else 0), log) for i in range(args.loadgens)]
+    loadgens = [LoadGen(server.url, share + (1 if i < extra else 0), log, args.transport) for i in range(args.loadgens)]
     if args.probes:
-        loadgens.append(LoadGen(server.url, args.probes, log))  # the last one: the probe
+        loadgens.append(LoadGen(server.url, args.probes, log, args.transport))  # the last one: the probe
     for lg in loadgens:
         lg.ask()  # {"ready": n}
     if args.pin:
@@ -376,7 +384,7 @@ HEADER = (
 def row(p: Phase) -> str:
     share = p.received / p.expected if p.expected else 0.0
     cells = [
-        p.source, str(p.rate), str(p.subscribers), "{:,}".format(p.rate * p.subscribers),
+        p.source if p.transport == "ws" else "%s, socket.io" % p.source, str(p.rate), str(p.subscribers), "{:,}".format(p.rate * p.subscribers),
         "{:,.0f}".format(p.delivered_per_s), "%.2f%%" % (share * 100),
         "%.1f" % p.p50_ms, "%.1f" % p.p99_ms, "%.1f" % p.max_ms, "%.1f / %.1f" % (p.probe_p50_ms, p.probe_p99_ms),
         "%.2f" % p.web_cpu, "%.2f" % p.loadgen_cpu, "%.2f" % p.broker_cpu, "%.2f" % p.other_cpu,
@@ -398,6 +406,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--drain", type=float, default=5.0, help="give up after this many seconds without a delivery")
     parser.add_argument("--sources", type=lambda s: s.split(","), default=["inproc", "redis", "amqp"])
+    parser.add_argument("--transport", choices=["ws", "sio"], default="ws", help="/ws or Socket.IO subscribers")
     parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15"))
     parser.add_argument("--amqp-url", default=os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//"))
     parser.add_argument("--pin", action="store_true", help="web process on CPU0, load generators on CPU1")

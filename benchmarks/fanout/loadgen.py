@@ -1,6 +1,11 @@
 """A load-generator process: N websocket subscribers that count events and their latency.
 
     python benchmarks/fanout/loadgen.py --url http://127.0.0.1:8765/ws --connections 500
+    python benchmarks/fanout/loadgen.py --url http://127.0.0.1:8765/socket.io/ --transport sio --connections 500
+
+`--transport sio` speaks Socket.IO over engine.io's websocket transport (what socket.io-client 4
+does with `transports: ["websocket"]`): the handshake `40{auth}` with the same filter, then one
+`42["event",data,meta]` frame per event, pings answered.
 
 Driven over stdin/stdout, one JSON line per answer:
     (start)  -> {"ready": N}            once every connection is open and subscribed
@@ -40,6 +45,8 @@ class Stamp(msgspec.Struct):
 
 decode_many = msgspec.json.Decoder(list[Stamp]).decode
 decode_one = msgspec.json.Decoder(Stamp).decode
+decode_sio = msgspec.json.Decoder(tuple[str, msgspec.Raw, Stamp]).decode
+SUBSCRIPTION = {"events": ["asset:updated", "job:*"], "where": {"bench": "fanout"}}
 
 
 class Counters:
@@ -59,7 +66,7 @@ async def subscriber(
     session: aiohttp.ClientSession, url: str, index: int, counters: Counters, ready: asyncio.Queue[int]
 ) -> None:
     ws = await session.ws_connect(url, max_msg_size=0, decode_text=False, heartbeat=None)
-    subscription = {"op": "subscribe", "events": ["asset:updated", "job:*"], "where": {"bench": "fanout"}}
+    subscription = {"op": "subscribe", **SUBSCRIPTION}
     await ws.send_str(json.dumps(subscription))
     subscribed = False
     async for msg in ws:
@@ -77,6 +84,31 @@ async def subscriber(
             if stamp.ts:
                 hist[int((now - stamp.ts) / BUCKET_S)] += 1
                 counters.per_conn[index] += 1
+    counters.closed += 1
+
+
+async def sio_subscriber(
+    session: aiohttp.ClientSession, url: str, index: int, counters: Counters, ready: asyncio.Queue[int]
+) -> None:
+    ws = await session.ws_connect(url + "?EIO=4&transport=websocket", max_msg_size=0, decode_text=False, heartbeat=None)
+    subscribed = False
+    async for msg in ws:
+        if msg.type is not aiohttp.WSMsgType.TEXT:
+            continue
+        now = time.time()
+        data: bytes = msg.data
+        if data[:2] == b"42":
+            counters.frames += 1
+            stamp = decode_sio(data[2:])[2]
+            counters.hist[int((now - stamp.ts) / BUCKET_S)] += 1
+            counters.per_conn[index] += 1
+        elif data[:1] == b"2":  # engine.io ping
+            await ws.send_str("3")
+        elif data[:1] == b"0":  # engine.io open: connect the default namespace with the filter
+            await ws.send_str("40" + json.dumps(SUBSCRIPTION))
+        elif data[:2] == b"40" and not subscribed:
+            subscribed = True
+            ready.put_nowait(index)
     counters.closed += 1
 
 
@@ -104,14 +136,15 @@ def read_commands(loop: asyncio.AbstractEventLoop, commands: asyncio.Queue[str])
     loop.call_soon_threadsafe(commands.put_nowait, "QUIT")
 
 
-async def main(url: str, connections: int) -> None:
+async def main(url: str, connections: int, transport: str = "ws") -> None:
+    connect = sio_subscriber if transport == "sio" else subscriber
     counters = Counters(connections)
     ready: asyncio.Queue[int] = asyncio.Queue()
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
     tasks = []
     for start in range(0, connections, 50):  # open in waves, not 500 SYNs at once
         wave = range(start, min(start + 50, connections))
-        batch = [asyncio.create_task(subscriber(session, url, i, counters, ready)) for i in wave]
+        batch = [asyncio.create_task(connect(session, url, i, counters, ready)) for i in wave]
         tasks.extend(batch)
         for _ in batch:
             await asyncio.wait_for(ready.get(), 30)
@@ -136,5 +169,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--url", required=True)
     parser.add_argument("--connections", type=int, default=500)
+    parser.add_argument("--transport", choices=["ws", "sio"], default="ws")
     args = parser.parse_args()
-    asyncio.run(main(args.url, args.connections))
+    asyncio.run(main(args.url, args.connections, args.transport))

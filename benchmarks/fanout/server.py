@@ -1,4 +1,4 @@
-"""The web process of the fan-out benchmark: the relay on /ws, fed in-process or from a Kombu bus.
+"""The web process of the fan-out benchmark: the relay on /ws and /socket.io/, fed in-process or from a Kombu bus.
 
     python benchmarks/fanout/server.py --port 8765 [--bus redis://127.0.0.1:6379/15 --namespace N]
 
@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bus import envelope  # noqa: E402
 from bus.relay import Relay  # noqa: E402
+from bus.socketio import SocketIO  # noqa: E402
 
 TICKERS = ["PETR4", "VALE3", "ITUB4", "BBDC4", "ABEV3", "WEGE3", "BBAS3", "RENT3", "SUZB3", "GGBR4"]
 
@@ -109,6 +110,7 @@ def make_app(bus: str | None, namespace: str) -> web.Application:
     app[RELAY] = relay
     app[PUBLISHER] = Publisher(relay)
     relay.setup(app)
+    SocketIO(relay).setup(app)
     app.router.add_post("/publish", publish)
     app.router.add_get("/status", status)
     if bus:
