@@ -41,7 +41,8 @@ import asyncio
 import functools
 import logging
 import struct
-from typing import Any, AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import msgspec
 import socketio
@@ -50,7 +51,7 @@ from engineio import packet as eio_packet
 from socketio.exceptions import ConnectionRefusedError as Refused
 
 from bus.envelope import decode
-from bus.relay import MAX_INBOUND_BYTES, BadMessage, Client, Held, Relay, Subscribe, Unsubscribe
+from bus.relay import MAX_INBOUND_BYTES, BadMessage, Client, Codec, Held, Relay, Subscribe, Unsubscribe
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +181,7 @@ class SocketIOWire:
 
     def __init__(self, owner: SocketIO, eio_sid: str, peer: str) -> None:
         self.owner = owner
-        self.codec = owner.codec
+        self.codec: Codec = owner.codec
         self.eio_sid = eio_sid
         self.peer = peer
 
@@ -281,7 +282,7 @@ class SocketIO:
     async def _start(self, sid: str, client: Client, message: Subscribe) -> None:
         """The handshake's subscription, once the connect reply is queued (so events never precede it)."""
         try:
-            reply, replay, gap = await self.relay.subscribe(client, message)
+            _reply, replay, gap = await self.relay.subscribe(client, message)
         except BadMessage as exc:  # checked at connect; only a relay limit can refuse it here
             log.warning("socket.io %s: subscription refused: %s", client.peer, exc.message)
             return

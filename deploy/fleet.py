@@ -30,8 +30,17 @@ ROOT = Path(__file__).resolve().parent.parent
 class Fleet:
     """The processes of one fleet, started and stopped by their pids."""
 
-    def __init__(self, *, consumers: int, web: int, port: int, env: dict[str, str], logs: Path,
-                 workers: int = 4, python: str = sys.executable) -> None:
+    def __init__(
+        self,
+        *,
+        consumers: int,
+        web: int,
+        port: int,
+        env: dict[str, str],
+        logs: Path,
+        workers: int = 4,
+        python: str = sys.executable,
+    ) -> None:
         if not env.get("REDIS_URL"):
             raise SystemExit("REDIS_URL is required: the fleet's processes share one Redis store")
         self.env = {**os.environ, **env}
@@ -65,8 +74,9 @@ class Fleet:
         backends = []
         for p in self.web_ports:
             backends += ["--backend", "127.0.0.1:%d" % p]
-        self.proxy = self._spawn("proxy", [self.python, str(ROOT / "deploy" / "proxy.py"), "--port", str(self.port),
-                                           *backends])
+        self.proxy = self._spawn(
+            "proxy", [self.python, str(ROOT / "deploy" / "proxy.py"), "--port", str(self.port), *backends]
+        )
         for i in range(len(self.webs)):
             self.wait_web(i, timeout_s)
         wait_http(self.url + "/healthz", timeout_s)
@@ -130,8 +140,7 @@ def main() -> None:
     parser.add_argument("--logs", type=Path, default=ROOT / "var" / "fleet")
     args = parser.parse_args()
     env = {k: v for k, v in os.environ.items() if k.startswith(("REDIS_URL", "BUS_URL", "B3JOBS_", "BRAPI_"))}
-    fleet = Fleet(consumers=args.consumers, web=args.web, port=args.port, env=env, logs=args.logs,
-                  workers=args.workers)
+    fleet = Fleet(consumers=args.consumers, web=args.web, port=args.port, env=env, logs=args.logs, workers=args.workers)
     stopping = False
 
     def stop(signum: int, frame: object) -> None:
@@ -142,8 +151,11 @@ def main() -> None:
     signal.signal(signal.SIGINT, stop)
     try:
         fleet.start()
-        print("b3-jobs fleet: %s (proxy) → %s; logs in %s" % (
-            fleet.url, ", ".join(fleet.web_url(i) for i in range(args.web)), args.logs), flush=True)
+        print(
+            "b3-jobs fleet: %s (proxy) → %s; logs in %s"
+            % (fleet.url, ", ".join(fleet.web_url(i) for i in range(args.web)), args.logs),
+            flush=True,
+        )
         while not stopping:
             time.sleep(0.5)
     finally:

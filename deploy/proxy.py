@@ -22,11 +22,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import itertools
 import json
 import logging
 import time
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 from aiohttp import WSMsgType, web
@@ -35,11 +37,23 @@ log = logging.getLogger("b3jobs.proxy")
 
 HOP_BY_HOP = frozenset(
     h.lower()
-    for h in ("Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer",
-              "Transfer-Encoding", "Upgrade", "Host", "Content-Length")
+    for h in (
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+        "Host",
+        "Content-Length",
+    )
 )
-WS_HEADERS = frozenset(h.lower() for h in ("Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Extensions",
-                                            "Sec-WebSocket-Protocol"))
+WS_HEADERS = frozenset(
+    h.lower()
+    for h in ("Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Extensions", "Sec-WebSocket-Protocol")
+)
 DOWN_S = 2.0
 SESSIONS = 100_000  # engine.io sids remembered for long-polling
 
@@ -104,15 +118,15 @@ async def forward(request: web.Request, address: str) -> web.StreamResponse:
     session = request.app[SESSION]
     body = await request.read()
     url = "http://%s%s" % (address, request.path_qs)
-    async with session.request(request.method, url, headers=forwarded_headers(request), data=body,
-                               allow_redirects=False) as upstream:
+    async with session.request(
+        request.method, url, headers=forwarded_headers(request), data=body, allow_redirects=False
+    ) as upstream:
         payload = await upstream.read()
         headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
         if request.path.startswith("/socket.io/") and "sid" not in request.query and payload[:2] == b"0{":
-            try:  # an engine.io long-polling handshake: pin the session to this node
+            # An engine.io long-polling handshake: pin the session to this node.
+            with contextlib.suppress(ValueError, KeyError):
                 request.app[BACKENDS].remember(json.loads(payload[1:].split(b"\x1e")[0])["sid"], address)
-            except (ValueError, KeyError):
-                pass
         return web.Response(status=upstream.status, headers=headers, body=payload)
 
 
@@ -120,8 +134,14 @@ async def pipe_websocket(request: web.Request, address: str) -> web.WebSocketRes
     session = request.app[SESSION]
     url = "ws://%s%s" % (address, request.path_qs)
     protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
-    upstream = await session.ws_connect(url, headers=forwarded_headers(request, websocket=True), protocols=protocols,
-                                        autoping=False, max_msg_size=0, compress=0)
+    upstream = await session.ws_connect(
+        url,
+        headers=forwarded_headers(request, websocket=True),
+        protocols=protocols,
+        autoping=False,
+        max_msg_size=0,
+        compress=0,
+    )
     downstream = web.WebSocketResponse(protocols=protocols, autoping=False, max_msg_size=0, compress=False)
     await downstream.prepare(request)
 
@@ -158,8 +178,9 @@ def make_app(addresses: list[str]) -> web.Application:
 
     async def client_session(app: web.Application) -> AsyncIterator[None]:
         timeout = aiohttp.ClientTimeout(total=None, connect=2, sock_read=90)
-        app[SESSION] = aiohttp.ClientSession(timeout=timeout, auto_decompress=False,
-                                             connector=aiohttp.TCPConnector(limit=0))
+        app[SESSION] = aiohttp.ClientSession(
+            timeout=timeout, auto_decompress=False, connector=aiohttp.TCPConnector(limit=0)
+        )
         yield
         await app[SESSION].close()
 

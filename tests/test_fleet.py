@@ -25,6 +25,8 @@ from typing import Any
 
 import pytest
 import socketio
+from conftest import REDIS_URL, ROOT, TEST_MANIFEST, TESTS, require_redis
+from test_events_e2e import require_amqp
 
 from bus.client import Gap, RelayClient
 from bus.envelope import Envelope
@@ -33,11 +35,8 @@ from runtime.core.manifest import load_manifest
 from runtime.core.settings import Settings
 from runtime.engine import Runtime
 
-from conftest import REDIS_URL, ROOT, TEST_MANIFEST, TESTS, require_redis
-from test_events_e2e import require_amqp
-
 sys.path.insert(0, str(ROOT))
-from deploy.fleet import Fleet  # noqa: E402
+from deploy.fleet import Fleet
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
@@ -93,8 +92,9 @@ class SocketIOPage:
         self.recent: list[str] = []
         self.gaps: list[Any] = []
         self.connects = 0
-        self.client = socketio.AsyncClient(reconnection=True, reconnection_delay=0.25, reconnection_delay_max=1,
-                                           randomization_factor=0.2)
+        self.client = socketio.AsyncClient(
+            reconnection=True, reconnection_delay=0.25, reconnection_delay_max=1, randomization_factor=0.2
+        )
         self.client.on("*", self._event)
         self.client.on("connect", self._connected)
 
@@ -114,7 +114,9 @@ class SocketIOPage:
         del self.recent[:-2000]
 
 
-async def relay_listener(url: str, events: list[tuple[str, str, str, int]], gaps: list[Gap], client: list[RelayClient]) -> None:
+async def relay_listener(
+    url: str, events: list[tuple[str, str, str, int]], gaps: list[Gap], client: list[RelayClient]
+) -> None:
     async with RelayClient(url, backoff_s=0.1, max_backoff_s=1.0) as relay:
         client.append(relay)
         await relay.subscribe(FILTER["events"], where=FILTER["where"])
@@ -147,12 +149,17 @@ async def test_ten_sigkills_alternating_between_two_nodes_lose_and_repeat_nothin
     namespace = "tfleet%s" % uuid.uuid4().hex[:10]
     base = free_ports(3)
     env = {
-        "REDIS_URL": REDIS_URL, "BUS_URL": amqp, "B3JOBS_NAMESPACE": namespace,
-        "B3JOBS_MANIFEST": str(TEST_MANIFEST), "B3JOBS_DATA_DIR": str(tmp_path / "var"),
-        "PYTHONPATH": os.pathsep.join([str(TESTS), str(ROOT)]), "B3JOBS_TOKEN": "",
+        "REDIS_URL": REDIS_URL,
+        "BUS_URL": amqp,
+        "B3JOBS_NAMESPACE": namespace,
+        "B3JOBS_MANIFEST": str(TEST_MANIFEST),
+        "B3JOBS_DATA_DIR": str(tmp_path / "var"),
+        "PYTHONPATH": os.pathsep.join([str(TESTS), str(ROOT)]),
+        "B3JOBS_TOKEN": "",
     }
-    settings = Settings.from_env({}, redis_url=REDIS_URL, namespace=namespace, manifest=TEST_MANIFEST,
-                                 data_dir=tmp_path / "var")
+    settings = Settings.from_env(
+        {}, redis_url=REDIS_URL, namespace=namespace, manifest=TEST_MANIFEST, data_dir=tmp_path / "var"
+    )
     publisher = KombuPublisher(amqp, namespace=namespace)
     runtime = Runtime(settings, load_manifest(TEST_MANIFEST), events=publisher)
     fleet = Fleet(consumers=2, web=2, port=base, env=env, logs=tmp_path / "logs", workers=4)
@@ -166,8 +173,9 @@ async def test_ten_sigkills_alternating_between_two_nodes_lose_and_repeat_nothin
     try:
         await loop.run_in_executor(None, fleet.start)
         # Given both clients connected through the proxy, and 200 events/s flowing
-        listener = asyncio.create_task(relay_listener(fleet.url.replace("http", "ws") + "/ws", ws_events, ws_gaps,
-                                                      ws_client))
+        listener = asyncio.create_task(
+            relay_listener(fleet.url.replace("http", "ws") + "/ws", ws_events, ws_gaps, ws_client)
+        )
         await page.client.connect(fleet.url, transports=["websocket"], auth=page.auth, wait_timeout=10)
         await asyncio.sleep(1.0)
         producer.start()
@@ -202,8 +210,19 @@ async def test_ten_sigkills_alternating_between_two_nodes_lose_and_repeat_nothin
             ours = [e for e in events if e[1] in ids]
             unique = len({e[2] for e in ours})
             if missing or wrong or not unique == len(ours) == 5 * len(ids):
-                problems.append("%s: %d jobs missing (%s), %d wrong (%s), %d events, %d distinct, %d expected" % (
-                    name, len(missing), missing[:3], len(wrong), list(wrong.items())[:3], len(ours), unique, 5 * len(ids)))
+                problems.append(
+                    "%s: %d jobs missing (%s), %d wrong (%s), %d events, %d distinct, %d expected"
+                    % (
+                        name,
+                        len(missing),
+                        missing[:3],
+                        len(wrong),
+                        list(wrong.items())[:3],
+                        len(ours),
+                        unique,
+                        5 * len(ids),
+                    )
+                )
         assert not problems, problems
         assert ws_gaps == [] and page.gaps == []
         assert len(ids) >= JOBS_PER_S * KILLS  # the stream really ran through every kill

@@ -13,7 +13,8 @@ import json
 import os
 import socket
 import struct
-from typing import Any, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 import socketio
@@ -49,7 +50,9 @@ class Listener:
     """A python-socketio client that records (event, data, meta) for every event it is sent."""
 
     def __init__(self) -> None:
-        self.client = socketio.AsyncClient(reconnection=False, engineio_logger=__import__("os").environ.get("EIO_LOG") == "1")
+        self.client = socketio.AsyncClient(
+            reconnection=False, engineio_logger=__import__("os").environ.get("EIO_LOG") == "1"
+        )
         self.got: list[tuple[str, Any, Any]] = []
         self.arrived = asyncio.Event()
 
@@ -106,8 +109,10 @@ def test_each_event_arrives_under_its_name_with_its_data_then_its_envelope(trans
             listener = await Listener().connect(server, transports=transports)
             await settle()
             # When 300 events go out
-            sent = [event("analysis:progress", ("j%d" % n, "process-pending-analysis"), ticker="PETR4", progress=n)
-                    for n in range(300)]
+            sent = [
+                event("analysis:progress", ("j%d" % n, "process-pending-analysis"), ticker="PETR4", progress=n)
+                for n in range(300)
+            ]
             for item in sent:
                 relay.ingest(item)
                 if item.data["progress"] % 50 == 0:
@@ -117,8 +122,13 @@ def test_each_event_arrives_under_its_name_with_its_data_then_its_envelope(trans
         # Then the handlers got each under its own name, the data as published, the envelope after it
         assert [name for name, _, _ in got] == ["analysis:progress"] * 300
         assert [data for _, data, _ in got] == [{"ticker": "PETR4", "progress": n} for n in range(300)]
-        name, data, meta = got[7]
-        assert meta == {"id": sent[7].id, "seq": 8, "ts": sent[7].ts, "job": {"id": "j7", "name": "process-pending-analysis"}}
+        _name, _data, meta = got[7]
+        assert meta == {
+            "id": sent[7].id,
+            "seq": 8,
+            "ts": sent[7].ts,
+            "job": {"id": "j7", "name": "process-pending-analysis"},
+        }
 
     run(story)
 
@@ -143,8 +153,12 @@ def test_the_handshake_and_a_subscribe_event_narrow_what_arrives() -> None:
             relay.ingest(event("analysis:completed", ticker="PETR4"))
             # Then each page gets only what it asked for
             assert [(n, d["ticker"]) for n, d, _ in await petr4.until(2)] == [
-                ("analysis:started", "PETR4"), ("analysis:completed", "PETR4")]
-            assert [(n, d) for n, d, _ in await later.until(1)] == [("asset:updated", {"ticker": "VALE3", "price": 61.2})]
+                ("analysis:started", "PETR4"),
+                ("analysis:completed", "PETR4"),
+            ]
+            assert [(n, d) for n, d, _ in await later.until(1)] == [
+                ("asset:updated", {"ticker": "VALE3", "price": 61.2})
+            ]
             await settle()
             assert len(petr4.got) == 2 and len(later.got) == 1
             assert reply["op"] == "subscribed" and reply["events"] == ["asset:updated"]
@@ -167,8 +181,9 @@ def test_with_a_token_a_client_without_it_or_with_a_wrong_one_is_refused() -> No
                 with pytest.raises(socketio.exceptions.ConnectionError):
                     await refused.connect(server, transports=["websocket"], auth=auth)
                 assert refused.refused == {"message": "unauthorized"}
-            listener = await Listener().connect(server, transports=["websocket"], auth={"token": TOKEN},
-                                                headers={"Origin": "http://platform.example"})
+            listener = await Listener().connect(
+                server, transports=["websocket"], auth={"token": TOKEN}, headers={"Origin": "http://platform.example"}
+            )
             await settle()
             relay.ingest(event("asset:updated", ticker="PETR4", price=1.0))
             assert [n for n, _, _ in await listener.until(1)] == ["asset:updated"]
@@ -256,10 +271,12 @@ class StalledSocketIO:
         await asyncio.get_running_loop().sock_connect(sock, (host, port))
         reader, writer = await asyncio.open_connection(sock=sock)
         key = base64.b64encode(os.urandom(16)).decode()
-        writer.write((
-            "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
-            "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % (host, port, key)
-        ).encode())
+        writer.write(
+            (
+                "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
+                "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % (host, port, key)
+            ).encode()
+        )
         assert b" 101 " in await reader.readuntil(b"\r\n\r\n")
         peer = cls(reader, writer)
         assert (await peer.read_frame())[1].startswith(b"0{")  # engine.io OPEN

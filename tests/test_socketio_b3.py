@@ -8,20 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import socketio
+import test_b3_e2e
+from conftest import running_consumer
+from fake_brapi import FakeBrapi
+from test_b3_e2e import LINEAR
 
 from bus.relay import Relay
-from fake_brapi import FakeBrapi
 from runtime.engine import Runtime
 from runtime.web.app import build_web, create_app
-from test_b3_e2e import LINEAR, b3_runtime, fake  # noqa: F401  (fixtures)
-
-from conftest import running_consumer
 
 TOKEN = "s3cret-token"
+b3_runtime, fake = test_b3_e2e.b3_runtime, test_b3_e2e.fake  # the B3 end-to-end tests' fixtures
 
 
 class Page:
@@ -65,7 +67,9 @@ async def until(predicate: Callable[[], bool], timeout_s: float = 15.0) -> None:
 
 
 async def test_the_frontend_hook_sees_an_analysis_and_a_price_update_requested_over_http(
-    b3_runtime: Callable[..., Runtime], fake: FakeBrapi, aiohttp_client: Callable[..., Any]  # noqa: F811
+    b3_runtime: Callable[..., Runtime],
+    fake: FakeBrapi,
+    aiohttp_client: Callable[..., Any],
 ) -> None:
     # Given b3-jobs (web process and consumer on one bus), PETR4's history, and a page watching PETR4
     fake.prices["PETR4"] = 38.12
@@ -93,7 +97,8 @@ async def test_the_frontend_hook_sees_an_analysis_and_a_price_update_requested_o
 
 
 async def test_with_a_token_only_a_page_that_sends_it_connects(
-    b3_runtime: Callable[..., Runtime], aiohttp_client: Callable[..., Any]  # noqa: F811
+    b3_runtime: Callable[..., Runtime],
+    aiohttp_client: Callable[..., Any],
 ) -> None:
     runtime = b3_runtime()
     client = await aiohttp_client(create_app(runtime, Relay(token=TOKEN), token=TOKEN))
