@@ -3,7 +3,7 @@
 - `emit` never raises into a job. It appends the envelope to an in-process buffer and returns.
   When the thread is behind and the buffer holds `max_buffer` events, `emit` waits for room
   (back-pressure, at most `block_s`) instead of dropping: while the broker is up nothing is dropped.
-- The thread takes everything buffered at once, at most every `linger_s` (3 ms) under load, while a
+- The thread takes everything buffered at once, at most every `linger_s` (10 ms) under load, while a
   lone event after a quiet spell goes out at once; it encodes each envelope once, groups them by routing key in an order that
   keeps each job's events in the order they were emitted (`plan`), and publishes one message per
   group: a JSON array of envelopes that share the message's routing key.
@@ -40,7 +40,7 @@ MAX_BUFFER = 20_000  # events waiting for the thread while the broker is up; pas
 MAX_OUTAGE = 200_000  # events kept while the broker is down; past it, new events are dropped
 BLOCK_S = 2.0  # the longest one emit waits for room before it drops (the broker is up but very slow)
 MAX_EVENTS_PER_MESSAGE = 1_000
-LINGER_S = 0.003  # under load, rounds of messages at most this often (a lone event is not held)
+LINGER_S = 0.010  # under load, rounds of messages at most this often (a lone event is not held)
 CLOSE_S = 5.0
 
 
