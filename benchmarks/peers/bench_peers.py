@@ -1,6 +1,6 @@
 """Peer benchmark: b3-jobs as deployed against BullMQ, bare Huey and Celery, on a private Redis, in one run.
 
-    .venv/bin/python benchmarks/peers/bench_peers.py              # full run (~30 min on a quiet 2-core box)
+    .venv/bin/python benchmarks/peers/bench_peers.py              # full run (~45 min on a quiet 2-core box)
     .venv/bin/python benchmarks/peers/bench_peers.py --quick      # smoke run, ~3 min: small N, 1 repetition
     .venv/bin/python benchmarks/peers/bench_peers.py --systems b3-jobs bullmq --reps 5
     .venv/bin/python benchmarks/peers/bench_peers.py --table-from benchmarks/peers/results.jsonl
@@ -177,9 +177,9 @@ class Bench:
     def quiet(self, rec: dict[str, Any]) -> None:
         rec["quiet_foreign"], rec["quiet_waited_s"] = cpu.wait_quiet(self.args.max_foreign, self.args.quiet_wait)
 
-    def roles(self, workers: list[Any], side: list[Any]) -> dict[str, list[int]]:
+    def roles(self, system: System, workers: list[Any], side: list[Any]) -> dict[str, list[int]]:
         roles = {"consumer": [p.pid for p in workers], "bench": [os.getpid()]}
-        if self.redis_pid:
+        if self.redis_pid and system.backend == "redis":
             roles["redis"] = [self.redis_pid]
         if side:
             roles["web"], roles["listener"] = [side[0].pid], [side[1].pid]
@@ -199,9 +199,9 @@ class Bench:
             # 1. single enqueue
             if monitor:
                 monitor.mark("enqueue")
-            a = cpu.sample(self.roles([], side))
+            a = cpu.sample(self.roles(system, [], side))
             produced = self.produce(system, run, "single", n)
-            b = cpu.sample(self.roles([], side))
+            b = cpu.sample(self.roles(system, [], side))
             rec.update(enqueue_rate=produced["rate"], enqueue_calls_rate=produced.get("calls_rate"),
                        version=produced.get("version"))
             rec["foreign"]["enqueue"] = cpu.between(a, b)["foreign"]
@@ -210,7 +210,7 @@ class Bench:
                 monitor.mark("drain")
             spawned = time.time()
             workers = [spawn(system.worker(run, w), system.env(run), run.log, self.tools.peers) for w in workers_of(config)]
-            roles = self.roles(workers, side)
+            roles = self.roles(system, workers, side)
             alive = lambda: all(p.poll() is None for p in workers)  # noqa: E731
             if not wait_for(lambda: read_probes(run.probe).count > 0, self.args.timeout, 0.005, alive):
                 raise RuntimeError("no job started in %ss" % self.args.timeout)
@@ -242,7 +242,7 @@ class Bench:
                 rec["foreign"]["latency"] = cpu.between(a, cpu.sample())["foreign"]
                 lat = read_probes(run.probe).lat_ms
                 rec.update(lat_n=len(lat), lat_p50_ms=percentile(lat, 50), lat_p99_ms=percentile(lat, 99),
-                           lat_max_ms=max(lat) if lat else None)
+                           lat_worst_ms=[round(v, 2) for v in sorted(lat)[-5:]])
                 if len(lat) < self.args.lat_n:
                     rec["ok"], rec["note"] = False, "latency: %d of %d jobs started" % (len(lat), self.args.lat_n)
             # 4. b3-jobs: did the events arrive?
@@ -393,7 +393,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.reps, args.n, args.n_sqlite, args.lat_n, args.retries = 1, 2000, 2000, 60, 0
-        args.quiet_wait, args.idle_s, args.settle_s = min(args.quiet_wait, 5), 0.5, 10
+        args.quiet_wait, args.idle_s, args.settle_s = 0, 0.5, 10  # quiet_wait 0: one 1 s look, noted, no waiting
     if args.table_from:
         runs = [json.loads(line) for line in open(args.table_from) if line.strip()]
         print_report([r for r in runs if r.get("quick", False) == args.quick], args.max_foreign)

@@ -23,6 +23,9 @@ TARGETS = [
 ]
 
 
+ORDER = ["bullmq", "huey-plain", "huey-priority", "celery", "b3-jobs", "huey-sqlite", "b3-jobs-sqlite"]
+
+
 def clean(run: Run, max_foreign: float) -> bool:
     return run["ok"] and max(run["foreign"].values(), default=0) <= max_foreign
 
@@ -52,11 +55,8 @@ class Report:
         return median(self.cell(system, config, kind), lambda r: r.get(key), self.max_foreign)
 
     def systems(self, backend: str) -> list[str]:
-        seen: dict[str, None] = {}
-        for r in self.runs:
-            if r["backend"] == backend:
-                seen[r["system"]] = None
-        return list(seen)
+        names = {r["system"] for r in self.runs if r["backend"] == backend}
+        return sorted(names, key=lambda s: (ORDER.index(s) if s in ORDER else len(ORDER), s))
 
     def configs(self, system: str) -> list[str]:
         return sorted({r["config"] for r in self.runs if r["system"] == system and r["kind"] == "drain"},
@@ -83,7 +83,7 @@ class Report:
                 cpu = lambda role: median(ok, lambda r: r["us_per_job"].get(role), 1e9)[0]  # noqa: E731
                 side = [v for v in (cpu("web"), cpu("listener")) if v is not None]
                 cmds = ok[0].get("cmds_per_job") or {}
-                cmd_text = ", ".join("%s %s" % (k, v) for k, v in cmds.items()) if cmds else "–"
+                cmd_text = ", ".join("%s %s" % (k, v) for k, v in list(cmds.items())[:5]) if cmds else "–"
                 events = self._events(ok)
                 foreign = statistics.median(max(r["foreign"].values(), default=0) for r in ok)
                 n_clean = sum(1 for r in ok if clean(r, self.max_foreign))
@@ -103,9 +103,11 @@ class Report:
             return "all, in order (%d runs)" % len(checked)
         worst = min(bad, key=lambda r: r["events"]["listener"]["lifecycle_complete"])
         listener = worst["events"]["listener"]
-        return "MISSING in %d/%d runs: worst %d of %d jobs complete, %d out of order, %d duplicates" % (
-            len(bad), len(checked), listener["lifecycle_complete"], worst["events"]["events_expected_jobs"],
-            listener["out_of_order"], listener["duplicates"])
+        web = worst["events"].get("web_received", {})
+        return "MISSING in %d/%d runs: worst %d of %d jobs complete at the listener, %d out of order, %d duplicates; " \
+               "web process got %s" % (len(bad), len(checked), listener["lifecycle_complete"],
+                                       worst["events"]["events_expected_jobs"], listener["out_of_order"],
+                                       listener["duplicates"], ", ".join("%s %s" % kv for kv in sorted(web.items())))
 
     def enqueue_table(self, backend: str) -> str:
         lines = ["| system | single call (jobs/s) | bulk (jobs/s) | bulk API | b3-jobs: calls alone single / bulk (jobs/s) |",

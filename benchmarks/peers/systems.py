@@ -227,7 +227,7 @@ class B3Jobs(System):
             client.close()
 
     def side_report(self, run: RunDir, jobs: int, settle_s: float) -> dict[str, Any]:
-        """Did every job's waiting, active and completed reach the listener and the web process?"""
+        """Did every job's waiting, active and completed reach the listener (in order, once) and the web process?"""
         path = run.path / "listener.json"
 
         def state() -> dict[str, Any]:
@@ -244,10 +244,11 @@ class B3Jobs(System):
             elif time.monotonic() - since > 2:
                 break
             time.sleep(0.05)
-        listener = state()
-        return {"events_expected_jobs": jobs, "listener": listener, "web_received": self._web_received(),
+        listener, web = state(), self._web_received()
+        web_ok = all(web.get(event, 0) == jobs for event in ("job:waiting", "job:active", "job:completed"))
+        return {"events_expected_jobs": jobs, "listener": listener, "web_received": web, "web_ok": web_ok,
                 "events_ok": listener["lifecycle_complete"] == jobs and not listener["out_of_order"]
-                and not listener["duplicates"]}
+                and not listener["duplicates"] and web_ok}
 
     def _web_received(self) -> dict[str, float]:
         try:

@@ -6,7 +6,7 @@
 // The worker is `new Worker(Q, noop, {concurrency: C})` with BullMQ's defaults; its noop body is
 // probe.py's, in JS: count the call, note the first and latest start, and the start latency of a
 // job that carries `t` (its producer's wall clock in seconds just before `queue.add`). A timer
-// writes the figures to $PEERS_PROBE_DIR/<pid>.json every 20 ms while they change.
+// writes the figures to $PEERS_PROBE_DIR/<pid>.json every 50 ms while they change.
 // The producer prints one JSON line: {"rate": jobs/s, ...}. Call 0 of `single` is untimed.
 'use strict';
 
@@ -32,7 +32,7 @@ function probe(directory) {
     fs.writeFileSync(file + '.tmp', JSON.stringify(state));
     fs.renameSync(file + '.tmp', file);
     written = mark;
-  }, 20);
+  }, 50);
   return (data) => {
     const now = nowS();
     state.count += 1;
