@@ -102,23 +102,31 @@ from systems import RunDir, System, Tools, build, workers_of  # noqa: E402
 
 # -- setting up the peers ------------------------------------------------------------------------
 
+SKIPPED: list[str] = []  # said at the start and again under the tables
+
+
+def skip(message: str) -> None:
+    SKIPPED.append(message)
+    print("# " + message, flush=True)
+
+
 
 def ensure_bullmq() -> str | None:
     """node, with BullMQ installed from package-lock.json (`npm ci`) if needed; None (and why) if not possible."""
     node, npm = shutil.which("node"), shutil.which("npm")
     if not node:
-        print("# BullMQ SKIPPED: node is not installed", flush=True)
+        skip("BullMQ SKIPPED: node is not installed")
         return None
     if (NODE_DIR / "node_modules" / "bullmq" / "package.json").exists():
         return node
     if not npm:
-        print("# BullMQ SKIPPED: npm is not installed, and node/node_modules is missing", flush=True)
+        skip("BullMQ SKIPPED: npm is not installed, and node/node_modules is missing")
         return None
     print("# installing BullMQ: npm ci in %s" % NODE_DIR, flush=True)
     done = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
-        print("# BullMQ SKIPPED: `npm ci` failed (is the npm registry reachable?): %s" % (done.stderr or done.stdout)[-400:],
-              flush=True)
+        errors = [line.strip() for line in (done.stderr or done.stdout).splitlines() if "error" in line.lower()]
+        skip("BullMQ SKIPPED: `npm ci` failed (is the npm registry reachable?): %s" % " | ".join(errors[:3])[:400])
         return None
     return node
 
@@ -137,8 +145,9 @@ def ensure_celery() -> str | None:
                        check=True, capture_output=True, text=True, timeout=900)
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
         output = getattr(exc, "stderr", "") or ""
-        print("# Celery SKIPPED: could not install %s (is the package index reachable?): %s %s" % (
-            requirements.name, exc, output[-400:]), flush=True)
+        errors = [line.strip() for line in output.splitlines() if "error" in line.lower()]
+        skip("Celery SKIPPED: could not install %s (is the package index reachable?): %s %s" % (
+            requirements.name, exc, " | ".join(errors[:3])[:400]))
         return None
     stamp.write_text(digest)
     return str(py)
@@ -166,9 +175,6 @@ class Bench:
         return {"ts": time.strftime("%Y-%m-%dT%H:%M:%S"), "code": CODE, "quick": self.args.quick, "kind": kind,
                 "backend": system.backend, "system": system.name, "label": system.label, "config": config, "rep": rep,
                 "attempt": attempt, "n": n, "ok": True, "note": "", "foreign": {}, "us_per_job": {}}
-
-    def env(self, system: System, run: RunDir) -> dict[str, str]:
-        return system.env(run)
 
     def produce(self, system: System, run: RunDir, mode: str, n: int, variant: str = "bulk") -> dict[str, Any]:
         cmd = system.producer(run, mode, n, self.args.chunk, self.args.gap_ms, variant)
@@ -199,9 +205,9 @@ class Bench:
             # 1. single enqueue
             if monitor:
                 monitor.mark("enqueue")
-            a = cpu.sample(self.roles(system, [], side))
+            a = cpu.sample()
             produced = self.produce(system, run, "single", n)
-            b = cpu.sample(self.roles(system, [], side))
+            b = cpu.sample()
             rec.update(enqueue_rate=produced["rate"], enqueue_calls_rate=produced.get("calls_rate"),
                        version=produced.get("version"))
             rec["foreign"]["enqueue"] = cpu.between(a, b)["foreign"]
@@ -420,6 +426,8 @@ def main() -> None:
         with open(out_path, "a") as out:
             runs = run_plan(bench, systems, out)
         print_report(runs, args.max_foreign)
+        for message in SKIPPED:
+            print("\n**%s**" % message)
         b3 = next((s for s in systems if s.name == "b3-jobs"), None)
         if b3 is not None and not args.no_monitor:
             n = 500 if args.quick else 2000

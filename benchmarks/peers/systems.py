@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import time
 import urllib.request
@@ -299,6 +298,3 @@ def build(tools: Tools, only: list[str] | None) -> list[System]:
     systems += [B3Jobs(tools), Huey(tools, "sqlite"), B3JobsSqlite(tools)]
     return [s for s in systems if not only or s.name in only]
 
-
-def node_path() -> str | None:
-    return shutil.which("node")
