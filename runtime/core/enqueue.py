@@ -86,7 +86,7 @@ class Enqueuer:
         """Validate every item first, then create them all in one store call; (record, created) per item.
 
         Nothing is enqueued when any item is invalid: the PayloadError lists each problem with its
-        index (`3.payload.ticker`). Ids and dedupe keys are honoured per item, as by `enqueue`.
+        index (`3.payload.user_id`). Ids and dedupe keys are honoured per item, as by `enqueue`.
         """
         news: list[NewJob] = []
         problems: list[dict[str, Any]] = []
