@@ -13,16 +13,20 @@ What runs (issue 12, "a peer benchmark in the project"):
     requirements-celery.txt on the first run; never the project's dependencies). Threads, not
     prefork: every other system's 1- and 8-worker configs are one process, so Celery is too,
   * b3-jobs as deployed: `python -m runtime consumer --worker-type thread` with BUS_URL = the same
-    Redis, a `python -m runtime web` process bound to it, and listener.py (a queue bound to `#` on
-    the b3.events exchange) that checks every job's waiting, active and completed events arrive,
-    in order. Configs: 1 worker, 8 thread workers, and two consumer processes of 8,
+    Redis, a `python -m runtime web` process bound to it, and benchmarks/event_listener.py (a queue
+    bound to `#` on the b3.events exchange) by which every job's waiting, active and completed
+    events are checked to arrive, once and in order. Configs: 1 worker, 8 thread workers, and two
+    consumer processes of 8,
   * SQLite: b3-jobs (consumer with its default bus, memory://) against SqliteHuey.
 All Redis systems share one private redis-server on a free port (tests/faults.py PrivateRedis,
 no persistence), emptied before every run; nothing else uses it.
 
 Protocol, for every (system, config) cell and repetition (cells shuffled within a repetition):
   1. wait for a quiet machine: others' CPU ("foreign", from /proc) ≤ --max-foreign cores over 1 s;
-  2. single enqueue: a producer process makes N one-job calls (call 0 untimed);
+  2. single enqueue: a producer process (producer.py, node/bullmq.js) makes N one-job calls
+     (call 0 untimed). b3-jobs enqueues as `python -m runtime enqueue` does (Runtime + Kombu
+     publisher): a new job is staged until its job:waiting is on the bus, so its rate is taken
+     until the last job is visible to workers (the calls alone are in `enqueue_calls_rate`);
   3. drain: the worker process(es) start; the noop handler (probe.py, the same in node/bullmq.js)
      counts calls and notes start times, with no I/O per job. Rate = (N-1) / (start of the last
      job - start of the first), so start-up is excluded. CPU per job (consumer, redis-server, and
@@ -42,7 +46,7 @@ After the plan, one MONITOR pass counts b3-jobs' Redis round trips per job by pr
 Results: one JSON line per run appended to benchmarks/peers/results.jsonl (--quick:
 results-quick.jsonl, not committed), and the markdown tables on stdout, with b3-jobs / peer
 ratios against the issue's targets (PASS / FAIL). The script runs from a pinned copy of the code
-(others edit runtime/ while it runs); the header names the commit it was copied from.
+(benchmarks/pinned.py: others edit runtime/ while it runs); the header names its commit.
 """
 
 from __future__ import annotations
@@ -63,33 +67,16 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent.parent  # the pinned copy, once pin_code() has re-run us
-ORIGIN = Path(os.environ.get("PEERS_ORIGIN", ROOT))  # the work tree the copy was taken from
-ORIGIN_PEERS = ORIGIN / "benchmarks" / "peers"
-CELERY_VENV = ORIGIN_PEERS / ".venv-celery"
-NODE_DIR = ORIGIN_PEERS / "node"
-NOT_PINNED = ("__pycache__", "*.pyc", "*.jsonl", "node_modules", ".venv-celery")
+sys.path[:0] = [str(HERE.parent), str(HERE)]  # benchmarks/ (pinned.py, event_listener.py) and this folder
 
-
-def pin_code() -> None:
-    """Copy the project's packages, tests/faults.py and this folder to a temporary directory and re-run from there."""
-    if "PEERS_ORIGIN" in os.environ or "--table-from" in sys.argv:
-        return
-    copy = Path(tempfile.mkdtemp(prefix="peers-code-"))
-    packages = [p.name for p in ROOT.iterdir() if (p / "__init__.py").exists()]
-    for part in packages + ["benchmarks/peers"]:
-        shutil.copytree(ROOT / part, copy / part, ignore=shutil.ignore_patterns(*NOT_PINNED))
-    (copy / "tests").mkdir()
-    shutil.copy2(ROOT / "tests" / "faults.py", copy / "tests" / "faults.py")
-    (copy / "benchmarks" / "peers" / "node" / "node_modules").symlink_to(NODE_DIR / "node_modules")
-    env = dict(os.environ, PEERS_ORIGIN=str(ROOT), PYTHONPATH="%s:%s" % (copy, copy / "benchmarks" / "peers"))
-    os.chdir(copy)
-    os.execve(sys.executable, [sys.executable, str(copy / "benchmarks" / "peers" / Path(__file__).name), *sys.argv[1:]], env)
-
+from pinned import ORIGIN, ROOT, code_version, pin_code, remove_copy  # noqa: E402
 
 if __name__ == "__main__":
-    pin_code()
-sys.path[:0] = [str(ROOT), str(HERE)]
+    pin_code(__file__)
+
+ORIGIN_PEERS = ORIGIN / "benchmarks" / "peers"  # what is installed stays in the work tree, not in the copy
+CELERY_VENV = ORIGIN_PEERS / ".venv-celery"
+NODE_DIR = ORIGIN_PEERS / "node"
 
 import redis  # noqa: E402
 
@@ -354,12 +341,6 @@ def monitor_pass(bench: Bench, system: System, config: str, n: int) -> str:
     return "\n".join(lines)
 
 
-def code_version() -> str:
-    git = lambda *a: subprocess.run(["git", *a], cwd=ORIGIN, capture_output=True, text=True).stdout.strip()  # noqa: E731
-    dirty = git("status", "--short", "--", "runtime", "bus", "benchmarks/peers").replace("\n", ", ")
-    return "%s%s" % (git("rev-parse", "--short", "HEAD"), " + uncommitted: %s" % dirty if dirty else " (clean)")
-
-
 def print_report(runs: list[dict[str, Any]], max_foreign: float) -> None:
     labels = {r["system"]: r["label"] for r in runs}
     labels.update({"huey-plain": "RedisHuey", "huey-priority": "PriorityRedisHuey"})
@@ -417,7 +398,7 @@ def main() -> None:
     server = PrivateRedis(scratch / "redis").start()
     try:
         assert server.proc is not None
-        tools = Tools(ROOT, sys.executable, celery_py, node, server.url, server.port)
+        tools = Tools(ROOT, sys.executable, celery_py, node, NODE_DIR / "node_modules", server.url, server.port)
         print("# private redis-server %s on port %d (pid %d); max foreign %.2f cores; N = %d (Redis), %d (SQLite)" % (
             redis.Redis.from_url(server.url).info("server")["redis_version"], server.port, server.proc.pid,
             args.max_foreign, args.n, args.n_sqlite), flush=True)
@@ -437,8 +418,7 @@ def main() -> None:
     finally:
         server.stop()
         shutil.rmtree(scratch, ignore_errors=True)
-        if ROOT != ORIGIN and ROOT.name.startswith("peers-code-"):
-            shutil.rmtree(ROOT, ignore_errors=True)
+        remove_copy()
 
 
 CODE = code_version() if __name__ == "__main__" else ""

@@ -32,6 +32,7 @@ class Tools:
     py: str  # the project's python
     celery_py: str | None  # .venv-celery's python, None when Celery is skipped
     node: str | None  # node, None when BullMQ is skipped
+    node_modules: Path  # BullMQ, installed in the work tree (NODE_PATH: the scripts run from the copy)
     redis_url: str | None
     redis_port: int | None
 
@@ -57,6 +58,26 @@ class RunDir:
     @property
     def log(self) -> Path:
         return self.path / "processes.log"
+
+
+LIFECYCLE = ("job:waiting", "job:active", "job:completed")
+
+
+def score(rows: list[list[Any]]) -> dict[str, Any]:
+    """event_listener.py's rows ([arrival, event, job id, ts, message]): what arrived of each job's lifecycle."""
+    per_job: dict[str, list[str]] = {}
+    for _arrival, event, job_id, _ts, _message in rows:
+        if job_id and event in LIFECYCLE:
+            per_job.setdefault(job_id, []).append(event)
+    complete = sum(1 for seq in per_job.values() if tuple(seq) == LIFECYCLE)
+    duplicates = sum(len(seq) - len(set(seq)) for seq in per_job.values())
+    disordered = sum(1 for seq in per_job.values()
+                     if any(LIFECYCLE.index(b) < LIFECYCLE.index(a) for a, b in zip(seq, seq[1:])))
+    events: dict[str, int] = {}
+    for row in rows:
+        events[row[1]] = events.get(row[1], 0) + 1
+    return {"events": events, "jobs": len(per_job), "lifecycle_complete": complete, "out_of_order": disordered,
+            "duplicates": duplicates}
 
 
 def workers_of(config: str) -> list[int]:
@@ -107,6 +128,9 @@ class System:
 
 class BullMQ(System):
     name, label = "bullmq", "BullMQ"
+
+    def env(self, run: RunDir) -> dict[str, str]:
+        return {**super().env(run), "NODE_PATH": str(self.tools.node_modules)}
 
     def worker(self, run: RunDir, workers: int) -> list[str]:
         return [str(self.tools.node), str(self.tools.peers / "node" / "bullmq.js"), "worker", "--port",
@@ -163,7 +187,7 @@ class Celery(System):
 
 class B3Jobs(System):
     """b3-jobs as deployed on Redis: `python -m runtime consumer` with the bus on the same Redis,
-    a `python -m runtime web` process bound to it, and a listener queue bound to `#`."""
+    a `python -m runtime web` process bound to it, and benchmarks/event_listener.py (a queue bound to `#`)."""
 
     name, label = "b3-jobs", "b3-jobs"
     configs = ("1", "8", "2x8")
@@ -172,6 +196,7 @@ class B3Jobs(System):
     def __init__(self, tools: Tools):
         super().__init__(tools)
         self.web_port = 0
+        self.listener: subprocess.Popen[bytes] | None = None
 
     def env(self, run: RunDir) -> dict[str, str]:
         env = {**super().env(run), "B3JOBS_NAMESPACE": run.name, "B3JOBS_MANIFEST": str(self.tools.peers / "peers.toml"),
@@ -196,18 +221,22 @@ class B3Jobs(System):
 
         self.web_port = free_port()
         env = self.env(run)
+        listen = run.path / "listener"
+        listen.mkdir()
         web = spawn([self.tools.py, "-m", "runtime", "--log-level", "WARNING", "web"], env, run.log, self.tools.root)
-        listener = spawn([self.tools.py, str(self.tools.peers / "listener.py"), "--url", str(self.tools.redis_url),
-                          "--namespace", run.name, "--out", str(run.path / "listener.json")], env, run.log, self.tools.root)
+        listener = spawn([self.tools.py, str(self.tools.root / "benchmarks" / "event_listener.py"), "--url",
+                          str(self.tools.redis_url), "--namespace", run.name, "--dir", str(listen)], env, run.log,
+                         self.tools.root)
         procs = [web, listener]
         alive = lambda: all(p.poll() is None for p in procs)  # noqa: E731
-        ready = wait_for(lambda: self._healthy() and (run.path / "listener.json").exists() and self._bindings(run) >= 2,
+        ready = wait_for(lambda: self._healthy() and (listen / "ready").exists() and self._bindings(run) >= 2,
                          timeout_s, 0.05, alive)
         if not ready:
             for proc in procs:
                 stop(proc)
             raise RuntimeError("web process / listener not ready in %ss (web %s, listener %s, bindings %d): %s" % (
                 timeout_s, web.poll(), listener.poll(), self._bindings(run), log_tail(run.log)))
+        self.listener = listener
         return procs
 
     def _healthy(self) -> bool:
@@ -227,24 +256,25 @@ class B3Jobs(System):
 
     def side_report(self, run: RunDir, jobs: int, settle_s: float) -> dict[str, Any]:
         """Did every job's waiting, active and completed reach the listener (in order, once) and the web process?"""
-        path = run.path / "listener.json"
-
-        def state() -> dict[str, Any]:
-            return json.loads(path.read_text())
-
-        last, since = None, 0.0
-        deadline = time.monotonic() + settle_s
+        listen = run.path / "listener"
+        total = lambda: json.loads((listen / "status").read_text())["total"]  # noqa: E731
+        last, since, deadline = -1, time.monotonic(), time.monotonic() + settle_s
         while time.monotonic() < deadline:  # until all arrived, or nothing new for 2 s
-            now = state()
-            if now["lifecycle_complete"] >= jobs:
+            now = total()
+            if now >= 3 * jobs:
                 break
             if now != last:
                 last, since = now, time.monotonic()
             elif time.monotonic() - since > 2:
                 break
             time.sleep(0.05)
-        listener, web = state(), self._web_received()
-        web_ok = all(web.get(event, 0) == jobs for event in ("job:waiting", "job:active", "job:completed"))
+        assert self.listener is not None
+        stop(self.listener)  # SIGTERM: it writes events.json and exits
+        got = json.loads((listen / "events.json").read_text())
+        listener = score(got["rows"])
+        listener.update(total=got["total"], messages=got["messages"])
+        web = self._web_received()
+        web_ok = all(web.get(event, 0) == jobs for event in LIFECYCLE)
         return {"events_expected_jobs": jobs, "listener": listener, "web_received": web, "web_ok": web_ok,
                 "events_ok": listener["lifecycle_complete"] == jobs and not listener["out_of_order"]
                 and not listener["duplicates"] and web_ok}

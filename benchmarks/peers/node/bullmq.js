@@ -1,4 +1,5 @@
 // BullMQ's side of the peer benchmark (bench_peers.py runs it; `npm ci` installs package-lock.json).
+// node_modules is this folder's (npm ci); bench_peers.py runs a pinned copy of this file with NODE_PATH pointing at it.
 //
 //   node bullmq.js worker  --port P --queue Q --concurrency C        (PEERS_PROBE_DIR set)
 //   node bullmq.js produce --port P --queue Q --mode single|bulk|latency --n N [--chunk K] [--gap-ms G]
@@ -42,6 +43,18 @@ function probe(directory) {
   };
 }
 
+function bullmqVersion() {
+  // node_modules may be found through NODE_PATH (bench_peers.py runs this file from a pinned copy).
+  for (let dir = path.dirname(require.resolve('bullmq')); dir !== path.dirname(dir); dir = path.dirname(dir)) {
+    const file = path.join(dir, 'package.json');
+    if (fs.existsSync(file)) {
+      const pkg = JSON.parse(fs.readFileSync(file, 'utf8'));
+      if (pkg.name === 'bullmq') return pkg.version;
+    }
+  }
+  return 'unknown';
+}
+
 async function worker(a) {
   const hit = probe(process.env.PEERS_PROBE_DIR);
   const connection = { host: '127.0.0.1', port: Number(a.port) };
@@ -83,8 +96,7 @@ async function produce(a) {
     throw new Error(`--mode must be single, bulk or latency, got ${a.mode}`);
   }
   await queue.close();
-  const pkg = JSON.parse(fs.readFileSync(path.join(__dirname, 'node_modules', 'bullmq', 'package.json'), 'utf8'));
-  console.log(JSON.stringify({ ...result, version: pkg.version }));
+  console.log(JSON.stringify({ ...result, version: bullmqVersion() }));
 }
 
 const a = args();
