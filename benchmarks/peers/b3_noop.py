@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import probe
 from pydantic import BaseModel
 
 from runtime import JobContext
-
-import probe
 
 
 class Noop(BaseModel):

@@ -78,14 +78,12 @@ ORIGIN_PEERS = ORIGIN / "benchmarks" / "peers"  # what is installed stays in the
 CELERY_VENV = ORIGIN_PEERS / ".venv-celery"
 NODE_DIR = ORIGIN_PEERS / "node"
 
-import redis  # noqa: E402
-
 import cpu  # noqa: E402
+import redis  # noqa: E402
 from commands import Monitor, commandstats, per_job, socket_owners  # noqa: E402
 from procs import log_tail, read_probes, run_json, spawn, stop, wait_for  # noqa: E402
 from report import Report  # noqa: E402
 from systems import RunDir, System, Tools, build, workers_of  # noqa: E402
-
 
 # -- setting up the peers ------------------------------------------------------------------------
 
@@ -95,7 +93,6 @@ SKIPPED: list[str] = []  # said at the start and again under the tables
 def skip(message: str) -> None:
     SKIPPED.append(message)
     print("# " + message, flush=True)
-
 
 
 def ensure_bullmq() -> str | None:
@@ -110,7 +107,9 @@ def ensure_bullmq() -> str | None:
         skip("BullMQ SKIPPED: npm is not installed, and node/node_modules is missing")
         return None
     print("# installing BullMQ: npm ci in %s" % NODE_DIR, flush=True)
-    done = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [npm, "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, capture_output=True, text=True, timeout=600
+    )
     if done.returncode != 0:
         errors = [line.strip() for line in (done.stderr or done.stdout).splitlines() if "error" in line.lower()]
         skip("BullMQ SKIPPED: `npm ci` failed (is the npm registry reachable?): %s" % " | ".join(errors[:3])[:400])
@@ -128,13 +127,20 @@ def ensure_celery() -> str | None:
     print("# installing Celery into %s" % CELERY_VENV, flush=True)
     try:
         venv.create(CELERY_VENV, with_pip=True, clear=True)
-        subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", "-r", str(requirements)],
-                       check=True, capture_output=True, text=True, timeout=900)
+        subprocess.run(
+            [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", "-r", str(requirements)],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
         output = getattr(exc, "stderr", "") or ""
         errors = [line.strip() for line in output.splitlines() if "error" in line.lower()]
-        skip("Celery SKIPPED: could not install %s (is the package index reachable?): %s %s" % (
-            requirements.name, exc, " | ".join(errors[:3])[:400]))
+        skip(
+            "Celery SKIPPED: could not install %s (is the package index reachable?): %s %s"
+            % (requirements.name, exc, " | ".join(errors[:3])[:400])
+        )
         return None
     stamp.write_text(digest)
     return str(py)
@@ -159,9 +165,23 @@ class Bench:
         self.client = redis.Redis.from_url(tools.redis_url) if tools.redis_url else None
 
     def new_record(self, system: System, kind: str, config: str, rep: int, attempt: int, n: int) -> dict[str, Any]:
-        return {"ts": time.strftime("%Y-%m-%dT%H:%M:%S"), "code": CODE, "quick": self.args.quick, "kind": kind,
-                "backend": system.backend, "system": system.name, "label": system.label, "config": config, "rep": rep,
-                "attempt": attempt, "n": n, "ok": True, "note": "", "foreign": {}, "us_per_job": {}}
+        return {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "code": CODE,
+            "quick": self.args.quick,
+            "kind": kind,
+            "backend": system.backend,
+            "system": system.name,
+            "label": system.label,
+            "config": config,
+            "rep": rep,
+            "attempt": attempt,
+            "n": n,
+            "ok": True,
+            "note": "",
+            "foreign": {},
+            "us_per_job": {},
+        }
 
     def produce(self, system: System, run: RunDir, mode: str, n: int, variant: str = "bulk") -> dict[str, Any]:
         cmd = system.producer(run, mode, n, self.args.chunk, self.args.gap_ms, variant)
@@ -178,8 +198,9 @@ class Bench:
             roles["web"], roles["listener"] = [side[0].pid], [side[1].pid]
         return roles
 
-    def drain(self, system: System, config: str, rep: int, attempt: int, monitor: Monitor | None = None,
-              n: int | None = None) -> dict[str, Any]:
+    def drain(
+        self, system: System, config: str, rep: int, attempt: int, monitor: Monitor | None = None, n: int | None = None
+    ) -> dict[str, Any]:
         n = n or (self.args.n if system.backend == "redis" else self.args.n_sqlite)
         rec = self.new_record(system, "drain", config, rep, attempt, n)
         run = RunDir(Path(tempfile.mkdtemp(prefix="run-", dir=self.scratch)))
@@ -195,14 +216,19 @@ class Bench:
             a = cpu.sample()
             produced = self.produce(system, run, "single", n)
             b = cpu.sample()
-            rec.update(enqueue_rate=produced["rate"], enqueue_calls_rate=produced.get("calls_rate"),
-                       version=produced.get("version"))
+            rec.update(
+                enqueue_rate=produced["rate"],
+                enqueue_calls_rate=produced.get("calls_rate"),
+                version=produced.get("version"),
+            )
             rec["foreign"]["enqueue"] = cpu.between(a, b)["foreign"]
             # 2. drain
             if monitor:
                 monitor.mark("drain")
             spawned = time.time()
-            workers = [spawn(system.worker(run, w), system.env(run), run.log, self.tools.peers) for w in workers_of(config)]
+            workers = [
+                spawn(system.worker(run, w), system.env(run), run.log, self.tools.peers) for w in workers_of(config)
+            ]
             roles = self.roles(system, workers, side)
             alive = lambda: all(p.poll() is None for p in workers)  # noqa: E731
             if not wait_for(lambda: read_probes(run.probe).count > 0, self.args.timeout, 0.005, alive):
@@ -211,19 +237,28 @@ class Bench:
             done = wait_for(lambda: read_probes(run.probe).count >= n, self.args.timeout, 0.02, alive)
             s2, stats2, totals = cpu.sample(roles), self.stats(system), read_probes(run.probe)
             if not done:
-                raise RuntimeError("drain stuck: %d of %d jobs started after %ss; workers alive: %s; %s" % (
-                    totals.count, n, self.args.timeout, alive(), system.diagnose(run)))
+                raise RuntimeError(
+                    "drain stuck: %d of %d jobs started after %ss; workers alive: %s; %s"
+                    % (totals.count, n, self.args.timeout, alive(), system.diagnose(run))
+                )
             jobs = max(1, totals.count - count1)
-            rec.update(drain_rate=(n - 1) / (totals.last - totals.first), startup_s=round(totals.first - spawned, 3),
-                       worker_processes=totals.processes, drain_cores=cpu.between(s1, s2))
+            rec.update(
+                drain_rate=(n - 1) / (totals.last - totals.first),
+                startup_s=round(totals.first - spawned, 3),
+                worker_processes=totals.processes,
+                drain_cores=cpu.between(s1, s2),
+            )
             rec["foreign"]["drain"] = rec["drain_cores"]["foreign"]
-            rec["us_per_job"] = {role: round(cpu.cpu_seconds(s1, s2, role) / jobs * 1e6, 1) for role in roles
-                                 if role != "bench"}
+            rec["us_per_job"] = {
+                role: round(cpu.cpu_seconds(s1, s2, role) / jobs * 1e6, 1) for role in roles if role != "bench"
+            }
             if stats1 is not None:
                 rec["cmds_per_job"] = per_job(stats1, stats2, jobs)
             if monitor:
                 monitor.mark("idle")
-                rec["owners"] = socket_owners({k: v for k, v in roles.items() if k != "bench"}, self.tools.redis_port or 0)
+                rec["owners"] = socket_owners(
+                    {k: v for k, v in roles.items() if k != "bench"}, self.tools.redis_port or 0
+                )
             # 3. start latency, on idle workers
             expected = n
             if system.latency and self.args.lat_n and not monitor:
@@ -234,8 +269,12 @@ class Bench:
                 wait_for(lambda: read_probes(run.probe).count >= expected, 30, 0.02, alive)
                 rec["foreign"]["latency"] = cpu.between(a, cpu.sample())["foreign"]
                 lat = read_probes(run.probe).lat_ms
-                rec.update(lat_n=len(lat), lat_p50_ms=percentile(lat, 50), lat_p99_ms=percentile(lat, 99),
-                           lat_worst_ms=[round(v, 2) for v in sorted(lat)[-5:]])
+                rec.update(
+                    lat_n=len(lat),
+                    lat_p50_ms=percentile(lat, 50),
+                    lat_p99_ms=percentile(lat, 99),
+                    lat_worst_ms=[round(v, 2) for v in sorted(lat)[-5:]],
+                )
                 if len(lat) < self.args.lat_n:
                     rec["ok"], rec["note"] = False, "latency: %d of %d jobs started" % (len(lat), self.args.lat_n)
             # 4. b3-jobs: did the events arrive?
@@ -265,10 +304,17 @@ class Bench:
             a = cpu.sample()
             produced = self.produce(system, run, "bulk", n, variant)
             rec["foreign"]["enqueue"] = cpu.between(a, cpu.sample())["foreign"]
-            rec.update(enqueue_rate=produced["rate"], enqueue_calls_rate=produced.get("calls_rate"),
-                       api=produced.get("api", "Queue.addBulk" if system.name == "bullmq" else ""), chunk=self.args.chunk)
+            rec.update(
+                enqueue_rate=produced["rate"],
+                enqueue_calls_rate=produced.get("calls_rate"),
+                api=produced.get("api", "Queue.addBulk" if system.name == "bullmq" else ""),
+                chunk=self.args.chunk,
+            )
         except Exception as exc:
-            rec["ok"], rec["note"] = False, ("%s: %s" % (type(exc).__name__, exc))[:1500] + " | log: " + log_tail(run.log, 800)
+            rec["ok"], rec["note"] = (
+                False,
+                ("%s: %s" % (type(exc).__name__, exc))[:1500] + " | log: " + log_tail(run.log, 800),
+            )
         finally:
             for proc in side:
                 stop(proc)
@@ -295,9 +341,19 @@ def say(rec: dict[str, Any]) -> None:
     if rec.get("events"):
         figures.append("events %s" % ("ok" if rec["events"]["events_ok"] else "MISSING %s" % rec["events"]["listener"]))
     figures.append("foreign %s" % rec["foreign"])
-    print("%-15s %-5s %-4s rep %d%s: %s%s" % (rec["system"], rec["kind"], rec["config"], rec["rep"],
-                                             " (attempt %d)" % rec["attempt"] if rec["attempt"] else "",
-                                             "  ".join(figures), "" if rec["ok"] else "  FAILED " + rec["note"]), flush=True)
+    print(
+        "%-15s %-5s %-4s rep %d%s: %s%s"
+        % (
+            rec["system"],
+            rec["kind"],
+            rec["config"],
+            rec["rep"],
+            " (attempt %d)" % rec["attempt"] if rec["attempt"] else "",
+            "  ".join(figures),
+            "" if rec["ok"] else "  FAILED " + rec["note"],
+        ),
+        flush=True,
+    )
 
 
 def run_plan(bench: Bench, systems: list[System], out: Any) -> list[dict[str, Any]]:
@@ -335,8 +391,10 @@ def monitor_pass(bench: Bench, system: System, config: str, n: int) -> str:
         for role in sorted(table, key=lambda r: -table[r]["total"]):
             row = table[role]
             detail = ", ".join("%s %s" % (k, v) for k, v in row.items() if k != "total")
-            sender = {"other": "producer and others" if phase == "enqueue" else "others (bench, closed connections)",
-                      "lua": "inside Lua scripts"}.get(role, role)
+            sender = {
+                "other": "producer and others" if phase == "enqueue" else "others (bench, closed connections)",
+                "lua": "inside Lua scripts",
+            }.get(role, role)
             lines.append("| %s | %s | %s | %s |" % (phase, sender, row["total"], detail))
     return "\n".join(lines)
 
@@ -365,8 +423,11 @@ def main() -> None:
     parser.add_argument("--lat-n", type=int, default=400, help="jobs of the start-latency phase (0: skip it)")
     parser.add_argument("--gap-ms", type=float, default=10, help="time between the latency phase's jobs")
     parser.add_argument("--idle-s", type=float, default=1.0, help="workers idle this long before the latency phase")
-    parser.add_argument("--systems", nargs="+", help="only these: bullmq huey-plain huey-priority celery b3-jobs "
-                        "huey-sqlite b3-jobs-sqlite")
+    parser.add_argument(
+        "--systems",
+        nargs="+",
+        help="only these: bullmq huey-plain huey-priority celery b3-jobs huey-sqlite b3-jobs-sqlite",
+    )
     parser.add_argument("--no-bulk", action="store_true", help="skip the bulk enqueue cells")
     parser.add_argument("--no-monitor", action="store_true", help="skip the MONITOR pass")
     parser.add_argument("--max-foreign", type=float, default=0.15, help="others' cores a clean run allows")
@@ -382,15 +443,18 @@ def main() -> None:
         args.reps, args.n, args.n_sqlite, args.lat_n, args.retries = 1, 2000, 2000, 60, 0
         args.quiet_wait, args.idle_s, args.settle_s = 0, 0.5, 10  # quiet_wait 0: one 1 s look, noted, no waiting
     if args.table_from:
-        runs = [json.loads(line) for line in open(args.table_from) if line.strip()]
+        runs = [json.loads(line) for line in Path(args.table_from).read_text().splitlines() if line.strip()]
         print_report([r for r in runs if r.get("quick", False) == args.quick], args.max_foreign)
         return
     out_path = Path(args.out) if args.out else ORIGIN_PEERS / ("results-quick.jsonl" if args.quick else "results.jsonl")
 
     from tests.faults import PrivateRedis
 
-    print("# %s, %d cores, Python %s, load %s" % (time.strftime("%Y-%m-%d %H:%M:%S %Z"), os.cpu_count(),
-                                                  sys.version.split()[0], os.getloadavg()), flush=True)
+    print(
+        "# %s, %d cores, Python %s, load %s"
+        % (time.strftime("%Y-%m-%d %H:%M:%S %Z"), os.cpu_count(), sys.version.split()[0], os.getloadavg()),
+        flush=True,
+    )
     print("# code: %s, run from a copy: %s" % (CODE, ROOT), flush=True)
     node = ensure_bullmq() if not args.systems or "bullmq" in args.systems else None
     celery_py = ensure_celery() if not args.systems or "celery" in args.systems else None
@@ -399,9 +463,18 @@ def main() -> None:
     try:
         assert server.proc is not None
         tools = Tools(ROOT, sys.executable, celery_py, node, NODE_DIR / "node_modules", server.url, server.port)
-        print("# private redis-server %s on port %d (pid %d); max foreign %.2f cores; N = %d (Redis), %d (SQLite)" % (
-            redis.Redis.from_url(server.url).info("server")["redis_version"], server.port, server.proc.pid,
-            args.max_foreign, args.n, args.n_sqlite), flush=True)
+        print(
+            "# private redis-server %s on port %d (pid %d); max foreign %.2f cores; N = %d (Redis), %d (SQLite)"
+            % (
+                redis.Redis.from_url(server.url).info("server")["redis_version"],
+                server.port,
+                server.proc.pid,
+                args.max_foreign,
+                args.n,
+                args.n_sqlite,
+            ),
+            flush=True,
+        )
         systems = build(tools, args.systems)
         bench = Bench(args, tools, server.proc.pid, scratch)
         with open(out_path, "a") as out:

@@ -15,9 +15,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from celery import Celery
-
 import probe
+from celery import Celery
 
 app = Celery("peers", broker=os.environ.get("PEERS_REDIS_URL", "redis://127.0.0.1:6379/0"))
 app.conf.update(

@@ -79,7 +79,7 @@ class Monitor(threading.Thread):
         while True:
             line = self.conn.read_response()
             _ts, rest = line.split(b" ", 1)
-            sender, command = rest[rest.index(b" ") + 1:].split(b"]", 1)
+            sender, command = rest[rest.index(b" ") + 1 :].split(b"]", 1)
             name = command.split(b'"', 2)[1].lower().decode()
             if name == "echo" and self.marker in command:
                 phase = command.split(b":")[-1].rstrip(b'"').decode()
@@ -99,6 +99,8 @@ class Monitor(threading.Thread):
                 table.setdefault(role, Counter())[name] += calls
         out = {}
         for role, counter in table.items():
-            out[role] = {"total": round(sum(counter.values()) / jobs, 2),
-                         **{k: round(v / jobs, 3) for k, v in counter.most_common(8)}}
+            out[role] = {
+                "total": round(sum(counter.values()) / jobs, 2),
+                **{k: round(v / jobs, 3) for k, v in counter.most_common(8)},
+            }
         return out

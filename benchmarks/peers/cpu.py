@@ -18,7 +18,9 @@ HZ = os.sysconf("SC_CLK_TCK")
 
 def busy_jiffies() -> int:
     """Jiffies the machine's CPUs were busy since boot (user, nice, system, irq, softirq)."""
-    user, nice, system, _idle, _iowait, irq, softirq = map(int, Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8])
+    user, nice, system, _idle, _iowait, irq, softirq = map(
+        int, Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]
+    )
     return user + nice + system + irq + softirq
 
 

@@ -14,9 +14,8 @@ import argparse
 import logging
 from typing import Any
 
-from huey import PriorityRedisHuey, RedisHuey, SqliteHuey
-
 import probe
+from huey import PriorityRedisHuey, RedisHuey, SqliteHuey
 
 KINDS = ("plain", "priority", "sqlite")
 

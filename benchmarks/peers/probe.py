@@ -62,8 +62,17 @@ class Probe:
         while True:
             state = (self.count, self.last, len(self.lat_ms))
             if state != written:
-                tmp.write_text(json.dumps({"pid": os.getpid(), "count": self.count, "first": self.first,
-                                           "last": self.last, "lat_ms": self.lat_ms[:]}))
+                tmp.write_text(
+                    json.dumps(
+                        {
+                            "pid": os.getpid(),
+                            "count": self.count,
+                            "first": self.first,
+                            "last": self.last,
+                            "lat_ms": self.lat_ms[:],
+                        }
+                    )
+                )
                 tmp.rename(path)  # the benchmark never reads a half-written file
                 written = state
             time.sleep(REPORT_EVERY_S)

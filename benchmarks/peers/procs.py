@@ -7,9 +7,10 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -41,13 +42,16 @@ def run_json(cmd: list[str], env: dict[str, str], cwd: Path, timeout_s: float) -
     done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout_s)
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:
-        raise RuntimeError("%s exited %d: %s" % (Path(cmd[1]).name if len(cmd) > 1 else cmd[0], done.returncode,
-                                                 (done.stderr or done.stdout)[-800:]))
+        raise RuntimeError(
+            "%s exited %d: %s"
+            % (Path(cmd[1]).name if len(cmd) > 1 else cmd[0], done.returncode, (done.stderr or done.stdout)[-800:])
+        )
     return json.loads(lines[-1])
 
 
-def wait_for(predicate: Callable[[], T], timeout_s: float, interval_s: float = 0.02,
-             alive: Callable[[], bool] = lambda: True) -> T | None:
+def wait_for(
+    predicate: Callable[[], T], timeout_s: float, interval_s: float = 0.02, alive: Callable[[], bool] = lambda: True
+) -> T | None:
     """Poll predicate() until it returns something truthy; None on timeout or once alive() is False."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -23,7 +23,8 @@ import argparse
 import http.client
 import json
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def timed(call: Callable[[], Any], n: int) -> tuple[float, float]:
@@ -43,7 +44,6 @@ def paced(call: Callable[[dict[str, Any]], Any], n: int, gap_s: float) -> None:
 
 def huey_side(args: argparse.Namespace) -> dict[str, Any]:
     import huey
-
     from huey_app import make_huey
 
     _, task = make_huey(args.system.split("-", 1)[1], args.name, args.redis, args.sqlite)
@@ -64,7 +64,6 @@ def huey_side(args: argparse.Namespace) -> dict[str, Any]:
 def celery_side(args: argparse.Namespace) -> dict[str, Any]:
     import celery
     from celery import group
-
     from celery_app import noop
 
     out: dict[str, Any] = {"version": celery.__version__}
@@ -101,8 +100,9 @@ def b3_side(args: argparse.Namespace) -> dict[str, Any]:
                 runtime.enqueue_many("noop", [{}] * min(args.chunk, args.n - done))
             t1 = time.perf_counter()
             runtime.events.flush(300)
-            out.update(rate=args.n / (time.perf_counter() - t0), calls_rate=args.n / (t1 - t0),
-                       api="Runtime.enqueue_many")
+            out.update(
+                rate=args.n / (time.perf_counter() - t0), calls_rate=args.n / (t1 - t0), api="Runtime.enqueue_many"
+            )
         else:
             paced(lambda payload: runtime.enqueue("noop", payload), args.n, args.gap_ms / 1000)
     finally:
@@ -128,8 +128,14 @@ def b3_http_side(args: argparse.Namespace) -> dict[str, Any]:
     return {"rate": args.n / (time.perf_counter() - t0), "api": "POST /api/v1/jobs/noop/bulk"}
 
 
-SIDES = {"huey-plain": huey_side, "huey-priority": huey_side, "huey-sqlite": huey_side, "celery": celery_side,
-         "b3-jobs": b3_side, "b3-jobs-http": b3_http_side}
+SIDES = {
+    "huey-plain": huey_side,
+    "huey-priority": huey_side,
+    "huey-sqlite": huey_side,
+    "celery": celery_side,
+    "b3-jobs": b3_side,
+    "b3-jobs-http": b3_http_side,
+}
 
 
 def main() -> None:

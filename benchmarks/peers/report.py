@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import statistics
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 Run = dict[str, Any]
 
@@ -40,6 +41,12 @@ def median(runs: list[Run], key: Callable[[Run], float | None], max_foreign: flo
     return (statistics.median(key(r) for r in least), "*") if least else (None, "")  # type: ignore[type-var]
 
 
+def us_per_job(runs: list[Run], role: str) -> float | None:
+    """Median CPU µs per job of one role over the runs that measured it (disturbed runs too: CPU is CPU)."""
+    values = [r["us_per_job"][role] for r in runs if role in r["us_per_job"]]
+    return statistics.median(values) if values else None
+
+
 def fmt(value: float | None, mark: str = "", digits: int = 0) -> str:
     return "–" if value is None else "{:,.{}f}{}".format(value, digits, mark)
 
@@ -59,38 +66,58 @@ class Report:
         return sorted(names, key=lambda s: (ORDER.index(s) if s in ORDER else len(ORDER), s))
 
     def configs(self, system: str) -> list[str]:
-        return sorted({r["config"] for r in self.runs if r["system"] == system and r["kind"] == "drain"},
-                      key=lambda c: (len(c), c))
+        return sorted(
+            {r["config"] for r in self.runs if r["system"] == system and r["kind"] == "drain"},
+            key=lambda c: (len(c), c),
+        )
 
     # -- tables
 
     def drain_table(self, backend: str) -> str:
-        lines = ["| system | workers | drain (jobs/s) | start latency p50 / p99 (ms) | consumer CPU µs/job "
-                 "| redis-server CPU µs/job | web + listener CPU µs/job | Redis commands/job (commandstats) "
-                 "| events (listener) | foreign cores | runs clean/all |",
-                 "|---|--:|--:|--:|--:|--:|--:|---|---|--:|--:|"]
+        lines = [
+            "| system | workers | drain (jobs/s) | start latency p50 / p99 (ms) | consumer CPU µs/job "
+            "| redis-server CPU µs/job | web + listener CPU µs/job | Redis commands/job (commandstats) "
+            "| events (listener) | foreign cores | runs clean/all |",
+            "|---|--:|--:|--:|--:|--:|--:|---|---|--:|--:|",
+        ]
         for system in self.systems(backend):
             for config in self.configs(system):
                 runs = self.cell(system, config)
                 ok = [r for r in runs if r["ok"]]
                 if not ok:
                     note = runs[-1]["note"][:120].replace("|", "/") if runs else ""
-                    lines.append("| %s | %s | FAILED: %s | | | | | | | | 0/%d |" % (self.labels[system], config, note, len(runs)))
+                    lines.append(
+                        "| %s | %s | FAILED: %s | | | | | | | | 0/%d |" % (self.labels[system], config, note, len(runs))
+                    )
                     continue
                 drain, m = self.med(system, config, "drain_rate")
                 p50, m50 = self.med(system, config, "lat_p50_ms")
                 p99, m99 = self.med(system, config, "lat_p99_ms")
-                cpu = lambda role: median(ok, lambda r: r["us_per_job"].get(role), 1e9)[0]  # noqa: E731
-                side = [v for v in (cpu("web"), cpu("listener")) if v is not None]
+                cpu = {role: us_per_job(ok, role) for role in ("consumer", "redis", "web", "listener")}
+                side = [v for v in (cpu["web"], cpu["listener"]) if v is not None]
                 cmds = ok[0].get("cmds_per_job") or {}
                 cmd_text = ", ".join("%s %s" % (k, v) for k, v in list(cmds.items())[:5]) if cmds else "–"
                 events = self._events(ok)
                 foreign = statistics.median(max(r["foreign"].values(), default=0) for r in ok)
                 n_clean = sum(1 for r in ok if clean(r, self.max_foreign))
                 lat = "–" if p50 is None else "%s / %s" % (fmt(p50, m50, 2), fmt(p99, m99, 2))
-                lines.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %.2f | %d/%d |" % (
-                    self.labels[system], config.replace("x", " × "), fmt(drain, m), lat, fmt(cpu("consumer")),
-                    fmt(cpu("redis")), fmt(sum(side)) if side else "–", cmd_text, events, foreign, n_clean, len(runs)))
+                lines.append(
+                    "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %.2f | %d/%d |"
+                    % (
+                        self.labels[system],
+                        config.replace("x", " × "),
+                        fmt(drain, m),
+                        lat,
+                        fmt(cpu["consumer"]),
+                        fmt(cpu["redis"]),
+                        fmt(sum(side)) if side else "–",
+                        cmd_text,
+                        events,
+                        foreign,
+                        n_clean,
+                        len(runs),
+                    )
+                )
         return "\n".join(lines)
 
     @staticmethod
@@ -104,28 +131,52 @@ class Report:
         worst = min(bad, key=lambda r: r["events"]["listener"]["lifecycle_complete"])
         listener = worst["events"]["listener"]
         web = worst["events"].get("web_received", {})
-        return "MISSING in %d/%d runs: worst %d of %d jobs complete at the listener, %d out of order, %d duplicates; " \
-               "web process got %s" % (len(bad), len(checked), listener["lifecycle_complete"],
-                                       worst["events"]["events_expected_jobs"], listener["out_of_order"],
-                                       listener["duplicates"], ", ".join("%s %s" % kv for kv in sorted(web.items())))
+        return (
+            "MISSING in %d/%d runs: worst %d of %d jobs complete at the listener, %d out of order, %d duplicates; "
+            "web process got %s"
+            % (
+                len(bad),
+                len(checked),
+                listener["lifecycle_complete"],
+                worst["events"]["events_expected_jobs"],
+                listener["out_of_order"],
+                listener["duplicates"],
+                ", ".join("%s %s" % kv for kv in sorted(web.items())),
+            )
+        )
 
     def enqueue_table(self, backend: str) -> str:
-        lines = ["| system | single call (jobs/s) | bulk (jobs/s) | bulk API | b3-jobs: calls alone single / bulk (jobs/s) |",
-                 "|---|--:|--:|---|--:|"]
+        lines = [
+            "| system | single call (jobs/s) | bulk (jobs/s) | bulk API | b3-jobs: calls alone single / bulk (jobs/s) |",
+            "|---|--:|--:|---|--:|",
+        ]
         for system in self.systems(backend):
-            single = median([r for r in self.runs if r["system"] == system and r["kind"] == "drain"],
-                            lambda r: r.get("enqueue_rate"), self.max_foreign)
-            calls = median([r for r in self.runs if r["system"] == system and r["kind"] == "drain"],
-                           lambda r: r.get("enqueue_calls_rate"), self.max_foreign)
+            single = median(
+                [r for r in self.runs if r["system"] == system and r["kind"] == "drain"],
+                lambda r: r.get("enqueue_rate"),
+                self.max_foreign,
+            )
+            calls = median(
+                [r for r in self.runs if r["system"] == system and r["kind"] == "drain"],
+                lambda r: r.get("enqueue_calls_rate"),
+                self.max_foreign,
+            )
             variants = sorted({r["config"] for r in self.runs if r["system"] == system and r["kind"] == "bulk"})
             for i, variant in enumerate(variants or ["–"]):
                 bulk = self.med(system, variant, "enqueue_rate", "bulk")
                 bulk_calls = self.med(system, variant, "enqueue_calls_rate", "bulk")
                 api = next((r.get("api", "") for r in self.cell(system, variant, "bulk") if r.get("api")), "")
                 calls_text = "–" if calls[0] is None else "%s / %s" % (fmt(*calls), fmt(*bulk_calls))
-                lines.append("| %s | %s | %s | %s | %s |" % (
-                    self.labels[system] if i == 0 else "", fmt(*single) if i == 0 else "", fmt(*bulk), api,
-                    calls_text if i == 0 or bulk_calls[0] is not None else "–"))
+                lines.append(
+                    "| %s | %s | %s | %s | %s |"
+                    % (
+                        self.labels[system] if i == 0 else "",
+                        fmt(*single) if i == 0 else "",
+                        fmt(*bulk),
+                        api,
+                        calls_text if i == 0 or bulk_calls[0] is not None else "–",
+                    )
+                )
         return "\n".join(lines)
 
     def targets(self) -> str:
@@ -146,7 +197,17 @@ class Report:
             else:  # a latency: lower is better
                 ratio, passed, goal_text = ours / theirs, ours <= theirs, "≤ 1.0×"
             digits = 2 if key.endswith("_ms") else 0
-            lines.append("| %s | %s | %s (%s) | %.2f× | %s | **%s**%s |" % (
-                text, fmt(ours, m1, digits), fmt(theirs, m2, digits), self.labels.get(peer_name, peer_name), ratio,
-                goal_text, "PASS" if passed else "FAIL", " (fewer than 3 clean runs)" if m1 or m2 else ""))
+            lines.append(
+                "| %s | %s | %s (%s) | %.2f× | %s | **%s**%s |"
+                % (
+                    text,
+                    fmt(ours, m1, digits),
+                    fmt(theirs, m2, digits),
+                    self.labels.get(peer_name, peer_name),
+                    ratio,
+                    goal_text,
+                    "PASS" if passed else "FAIL",
+                    " (fewer than 3 clean runs)" if m1 or m2 else "",
+                )
+            )
         return "\n".join(lines)

@@ -9,6 +9,7 @@ Configs name the worker processes of a drain: "1" and "8" are one process with 1
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import subprocess
@@ -20,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import redis
-
 from procs import log_tail, spawn, stop, wait_for
 
 
@@ -71,17 +71,25 @@ def score(rows: list[list[Any]]) -> dict[str, Any]:
             per_job.setdefault(job_id, []).append(event)
     complete = sum(1 for seq in per_job.values() if tuple(seq) == LIFECYCLE)
     duplicates = sum(len(seq) - len(set(seq)) for seq in per_job.values())
-    disordered = sum(1 for seq in per_job.values()
-                     if any(LIFECYCLE.index(b) < LIFECYCLE.index(a) for a, b in zip(seq, seq[1:])))
+    disordered = sum(
+        1
+        for seq in per_job.values()
+        if any(LIFECYCLE.index(b) < LIFECYCLE.index(a) for a, b in itertools.pairwise(seq))
+    )
     events: dict[str, int] = {}
     for row in rows:
         events[row[1]] = events.get(row[1], 0) + 1
-    return {"events": events, "jobs": len(per_job), "lifecycle_complete": complete, "out_of_order": disordered,
-            "duplicates": duplicates}
+    return {
+        "events": events,
+        "jobs": len(per_job),
+        "lifecycle_complete": complete,
+        "out_of_order": disordered,
+        "duplicates": duplicates,
+    }
 
 
 def workers_of(config: str) -> list[int]:
-    """"8" → [8]; "2x8" → [8, 8]."""
+    """ "8" → [8]; "2x8" → [8, 8]."""
     count, _, per = config.rpartition("x")
     return [int(per)] * int(count or 1)
 
@@ -99,8 +107,13 @@ class System:
         self.tools = tools
 
     def env(self, run: RunDir) -> dict[str, str]:
-        return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(Path.home()), "PEERS_PROBE_DIR": str(run.probe),
-                "PYTHONPATH": "%s:%s" % (self.tools.root, self.tools.peers), "PYTHONDONTWRITEBYTECODE": "1"}
+        return {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "HOME": str(Path.home()),
+            "PEERS_PROBE_DIR": str(run.probe),
+            "PYTHONPATH": "%s:%s" % (self.tools.root, self.tools.peers),
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
 
     def reset(self, run: RunDir) -> None:
         """Start from nothing: the private Redis emptied (it serves only this benchmark)."""
@@ -133,13 +146,36 @@ class BullMQ(System):
         return {**super().env(run), "NODE_PATH": str(self.tools.node_modules)}
 
     def worker(self, run: RunDir, workers: int) -> list[str]:
-        return [str(self.tools.node), str(self.tools.peers / "node" / "bullmq.js"), "worker", "--port",
-                str(self.tools.redis_port), "--queue", run.name, "--concurrency", str(workers)]
+        return [
+            str(self.tools.node),
+            str(self.tools.peers / "node" / "bullmq.js"),
+            "worker",
+            "--port",
+            str(self.tools.redis_port),
+            "--queue",
+            run.name,
+            "--concurrency",
+            str(workers),
+        ]
 
     def producer(self, run: RunDir, mode: str, n: int, chunk: int, gap_ms: float, variant: str = "bulk") -> list[str]:
-        return [str(self.tools.node), str(self.tools.peers / "node" / "bullmq.js"), "produce", "--port",
-                str(self.tools.redis_port), "--queue", run.name, "--mode", mode, "--n", str(n), "--chunk", str(chunk),
-                "--gap-ms", str(gap_ms)]
+        return [
+            str(self.tools.node),
+            str(self.tools.peers / "node" / "bullmq.js"),
+            "produce",
+            "--port",
+            str(self.tools.redis_port),
+            "--queue",
+            run.name,
+            "--mode",
+            mode,
+            "--n",
+            str(n),
+            "--chunk",
+            str(chunk),
+            "--gap-ms",
+            str(gap_ms),
+        ]
 
 
 class Huey(System):
@@ -159,12 +195,35 @@ class Huey(System):
         return ["--redis", str(self.tools.redis_url)]
 
     def worker(self, run: RunDir, workers: int) -> list[str]:
-        return [self.tools.py, str(self.tools.peers / "huey_app.py"), "--kind", self.kind, "--name", run.name,
-                "--workers", str(workers), *self._where(run)]
+        return [
+            self.tools.py,
+            str(self.tools.peers / "huey_app.py"),
+            "--kind",
+            self.kind,
+            "--name",
+            run.name,
+            "--workers",
+            str(workers),
+            *self._where(run),
+        ]
 
     def producer(self, run: RunDir, mode: str, n: int, chunk: int, gap_ms: float, variant: str = "bulk") -> list[str]:
-        return [self.tools.py, str(self.tools.peers / "producer.py"), self.name, "--mode", mode, "--n", str(n),
-                "--chunk", str(chunk), "--gap-ms", str(gap_ms), "--name", run.name, *self._where(run)]
+        return [
+            self.tools.py,
+            str(self.tools.peers / "producer.py"),
+            self.name,
+            "--mode",
+            mode,
+            "--n",
+            str(n),
+            "--chunk",
+            str(chunk),
+            "--gap-ms",
+            str(gap_ms),
+            "--name",
+            run.name,
+            *self._where(run),
+        ]
 
 
 class Celery(System):
@@ -176,13 +235,38 @@ class Celery(System):
         return {**super().env(run), "PYTHONPATH": str(self.tools.peers), "PEERS_REDIS_URL": str(self.tools.redis_url)}
 
     def worker(self, run: RunDir, workers: int) -> list[str]:
-        return [str(self.tools.celery_py), "-m", "celery", "-A", "celery_app", "worker", "--pool", "threads",
-                "--concurrency", str(workers), "--loglevel", "WARNING", "--without-gossip", "--without-mingle",
-                "--without-heartbeat"]
+        return [
+            str(self.tools.celery_py),
+            "-m",
+            "celery",
+            "-A",
+            "celery_app",
+            "worker",
+            "--pool",
+            "threads",
+            "--concurrency",
+            str(workers),
+            "--loglevel",
+            "WARNING",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ]
 
     def producer(self, run: RunDir, mode: str, n: int, chunk: int, gap_ms: float, variant: str = "bulk") -> list[str]:
-        return [str(self.tools.celery_py), str(self.tools.peers / "producer.py"), "celery", "--mode", mode, "--n", str(n),
-                "--chunk", str(chunk), "--gap-ms", str(gap_ms)]
+        return [
+            str(self.tools.celery_py),
+            str(self.tools.peers / "producer.py"),
+            "celery",
+            "--mode",
+            mode,
+            "--n",
+            str(n),
+            "--chunk",
+            str(chunk),
+            "--gap-ms",
+            str(gap_ms),
+        ]
 
 
 class B3Jobs(System):
@@ -199,20 +283,48 @@ class B3Jobs(System):
         self.listener: subprocess.Popen[bytes] | None = None
 
     def env(self, run: RunDir) -> dict[str, str]:
-        env = {**super().env(run), "B3JOBS_NAMESPACE": run.name, "B3JOBS_MANIFEST": str(self.tools.peers / "peers.toml"),
-               "B3JOBS_DATA_DIR": str(run.path)}
+        env = {
+            **super().env(run),
+            "B3JOBS_NAMESPACE": run.name,
+            "B3JOBS_MANIFEST": str(self.tools.peers / "peers.toml"),
+            "B3JOBS_DATA_DIR": str(run.path),
+        }
         if self.backend == "redis":
             env.update(REDIS_URL=self.tools.redis_url, BUS_URL=self.tools.redis_url, B3JOBS_PORT=str(self.web_port))
         return env
 
     def worker(self, run: RunDir, workers: int) -> list[str]:
-        return [self.tools.py, "-m", "runtime", "--log-level", "WARNING", "consumer", "--workers", str(workers),
-                "--worker-type", "thread", "--no-cron"]
+        return [
+            self.tools.py,
+            "-m",
+            "runtime",
+            "--log-level",
+            "WARNING",
+            "consumer",
+            "--workers",
+            str(workers),
+            "--worker-type",
+            "thread",
+            "--no-cron",
+        ]
 
     def producer(self, run: RunDir, mode: str, n: int, chunk: int, gap_ms: float, variant: str = "bulk") -> list[str]:
         system = "b3-jobs-http" if variant == "http" else "b3-jobs"
-        return [self.tools.py, str(self.tools.peers / "producer.py"), system, "--mode", mode, "--n", str(n),
-                "--chunk", str(chunk), "--gap-ms", str(gap_ms), "--web", "127.0.0.1:%d" % self.web_port]
+        return [
+            self.tools.py,
+            str(self.tools.peers / "producer.py"),
+            system,
+            "--mode",
+            mode,
+            "--n",
+            str(n),
+            "--chunk",
+            str(chunk),
+            "--gap-ms",
+            str(gap_ms),
+            "--web",
+            "127.0.0.1:%d" % self.web_port,
+        ]
 
     # -- the web process and the listener
 
@@ -224,18 +336,33 @@ class B3Jobs(System):
         listen = run.path / "listener"
         listen.mkdir()
         web = spawn([self.tools.py, "-m", "runtime", "--log-level", "WARNING", "web"], env, run.log, self.tools.root)
-        listener = spawn([self.tools.py, str(self.tools.root / "benchmarks" / "event_listener.py"), "--url",
-                          str(self.tools.redis_url), "--namespace", run.name, "--dir", str(listen)], env, run.log,
-                         self.tools.root)
+        listener = spawn(
+            [
+                self.tools.py,
+                str(self.tools.root / "benchmarks" / "event_listener.py"),
+                "--url",
+                str(self.tools.redis_url),
+                "--namespace",
+                run.name,
+                "--dir",
+                str(listen),
+            ],
+            env,
+            run.log,
+            self.tools.root,
+        )
         procs = [web, listener]
         alive = lambda: all(p.poll() is None for p in procs)  # noqa: E731
-        ready = wait_for(lambda: self._healthy() and (listen / "ready").exists() and self._bindings(run) >= 2,
-                         timeout_s, 0.05, alive)
+        ready = wait_for(
+            lambda: self._healthy() and (listen / "ready").exists() and self._bindings(run) >= 2, timeout_s, 0.05, alive
+        )
         if not ready:
             for proc in procs:
                 stop(proc)
-            raise RuntimeError("web process / listener not ready in %ss (web %s, listener %s, bindings %d): %s" % (
-                timeout_s, web.poll(), listener.poll(), self._bindings(run), log_tail(run.log)))
+            raise RuntimeError(
+                "web process / listener not ready in %ss (web %s, listener %s, bindings %d): %s"
+                % (timeout_s, web.poll(), listener.poll(), self._bindings(run), log_tail(run.log))
+            )
         self.listener = listener
         return procs
 
@@ -275,9 +402,16 @@ class B3Jobs(System):
         listener.update(total=got["total"], messages=got["messages"])
         web = self._web_received()
         web_ok = all(web.get(event, 0) == jobs for event in LIFECYCLE)
-        return {"events_expected_jobs": jobs, "listener": listener, "web_received": web, "web_ok": web_ok,
-                "events_ok": listener["lifecycle_complete"] == jobs and not listener["out_of_order"]
-                and not listener["duplicates"] and web_ok}
+        return {
+            "events_expected_jobs": jobs,
+            "listener": listener,
+            "web_received": web,
+            "web_ok": web_ok,
+            "events_ok": listener["lifecycle_complete"] == jobs
+            and not listener["out_of_order"]
+            and not listener["duplicates"]
+            and web_ok,
+        }
 
     def _web_received(self) -> dict[str, float]:
         try:
@@ -312,8 +446,14 @@ class B3JobsSqlite(B3Jobs):
         return {}
 
     def diagnose(self, run: RunDir) -> str:
-        done = subprocess.run([self.tools.py, "-m", "runtime", "status"], env=self.env(run), cwd=self.tools.root,
-                              capture_output=True, text=True, timeout=30)
+        done = subprocess.run(
+            [self.tools.py, "-m", "runtime", "status"],
+            env=self.env(run),
+            cwd=self.tools.root,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         return (done.stdout + done.stderr)[-400:]
 
 
@@ -327,4 +467,3 @@ def build(tools: Tools, only: list[str] | None) -> list[System]:
         systems.append(Celery(tools))
     systems += [B3Jobs(tools), Huey(tools, "sqlite"), B3JobsSqlite(tools)]
     return [s for s in systems if not only or s.name in only]
-
