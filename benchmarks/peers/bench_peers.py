@@ -1,7 +1,7 @@
 """Peer benchmark: b3-jobs as deployed against BullMQ, bare Huey and Celery, on a private Redis, in one run.
 
     .venv/bin/python benchmarks/peers/bench_peers.py              # full run (~45 min on a quiet 2-core box)
-    .venv/bin/python benchmarks/peers/bench_peers.py --quick      # smoke run, ~3 min: small N, 1 repetition
+    .venv/bin/python benchmarks/peers/bench_peers.py --quick      # smoke run, ~2 min: small N, 1 repetition
     .venv/bin/python benchmarks/peers/bench_peers.py --systems b3-jobs bullmq --reps 5
     .venv/bin/python benchmarks/peers/bench_peers.py --table-from benchmarks/peers/results.jsonl
 
