@@ -21,7 +21,8 @@ def python_files() -> list[Path]:
     files = [ROOT / "local_runner.py"]
     for name in PROJECT_DIRS:
         files.extend((ROOT / name).rglob("*.py") if (ROOT / name).exists() else [])
-    return files
+    # Not the project's code: a benchmark's own venv of a peer (benchmarks/peers/.venv-celery).
+    return [f for f in files if not any(part.startswith(".") for part in f.relative_to(ROOT).parts)]
 
 
 def test_no_module_imports_or_uses_pickle() -> None:
