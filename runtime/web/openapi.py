@@ -8,15 +8,31 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from runtime.web import models as m
 from runtime.web.api import Route
 
 REF = "#/components/schemas/{model}"
+STATE_CHANGING = ("POST", "PUT", "PATCH", "DELETE")
+
+
+def answers(route: Route) -> dict[int, type[BaseModel] | None]:
+    """The route's own responses and those the app gives any request before or around its handler:
+    401 (token), 403 (Host/Origin), 415 (not JSON), 400/408/413 (the body), 404 (a path parameter
+    naming nothing), 503 (the store unreachable)."""
+    common: dict[int, type[BaseModel] | None] = {403: m.Error, 404: m.Error, 503: m.Error}
+    if route.auth:
+        common[401] = m.Error
+    if route.method in STATE_CHANGING:
+        common.update({400: m.Error, 408: m.Error, 413: m.Error, 415: m.Error})
+    if route.body is not None or route.query is not None or re.search(r"{\w+}", route.path):
+        common[422] = m.Error
+    return {**common, **route.responses}
 
 
 def _models(routes: list[Route]) -> list[type[BaseModel]]:
     seen: list[type[BaseModel]] = []
     for route in routes:
-        for model in [route.body, *route.responses.values()]:
+        for model in [route.body, *answers(route).values()]:
             if model is not None and model not in seen:
                 seen.append(model)
     return seen
@@ -29,7 +45,7 @@ def _ref(model: type[BaseModel]) -> dict[str, str]:
 def _operation(route: Route) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": route.summary, "operationId": route.handler.__name__, "responses": {}}
     params = [
-        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
         for name in re.findall(r"{(\w+)}", route.path)
     ]
     if route.query is not None:
@@ -40,7 +56,7 @@ def _operation(route: Route) -> dict[str, Any]:
         op["parameters"] = params
     if route.body is not None:
         op["requestBody"] = {"required": False, "content": {"application/json": {"schema": _ref(route.body)}}}
-    for status, model in sorted(route.responses.items()):
+    for status, model in sorted(answers(route).items()):
         response: dict[str, Any] = {"description": model.__doc__.strip().splitlines()[0] if model and model.__doc__ else str(status)}
         if model is not None:
             response["content"] = {"application/json": {"schema": _ref(model)}}
