@@ -51,8 +51,9 @@ def create_app(
     app = web.Application(
         middlewares=[errors_middleware, origin_middleware(policy), body_limit_middleware, auth_middleware(token)],
         client_max_size=MAX_BODY_BYTES,
-        # aiohttp's keep-alive timer also closes a connection whose headers have not all arrived.
-        handler_args={"keepalive_timeout": limits.header_timeout_s},
+        # aiohttp's keep-alive timer also closes a connection whose headers have not all arrived; after
+        # an answer to a body not read to its end (a 408, a 413) it reads on at most a second, not ten.
+        handler_args={"keepalive_timeout": limits.header_timeout_s, "lingering_time": 1.0},
     )
     app[LIMITS] = limits
     app.on_response_prepare.append(security_headers)
