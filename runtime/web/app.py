@@ -60,7 +60,7 @@ def create_app(
     app[RUNTIME] = runtime
     # The runtime's routes, the jobs' HTTP triggers and the app's routes (both declared by the manifest).
     routes = [*ROUTES, *trigger_routes(runtime.manifest), *runtime.manifest.app.routes, *DASHBOARD_ROUTES]
-    app[OPENAPI] = document(routes)
+    app[OPENAPI] = document(routes, secured=token is not None)
     for route in routes:
         app.router.add_route(route.method, route.path, route.handler)
     app.router.add_get("/api/openapi.json", openapi)
