@@ -203,7 +203,8 @@ def check_patterns(patterns: list[str]) -> None:
     if not patterns:
         raise BadMessage("bad_subscription", "events must name at least one event or pattern")
     if len(patterns) > MAX_FILTERS:
-        raise BadMessage("bad_subscription", "at most %d patterns per connection, got %d" % (MAX_FILTERS, len(patterns)))
+        message = "at most %d patterns per connection, got %d" % (MAX_FILTERS, len(patterns))
+        raise BadMessage("bad_subscription", message)
     for pattern in patterns:
         if not pattern or len(pattern) > MAX_PATTERN_CHARS:
             message = "event pattern must be 1-%d characters, got %.120r" % (MAX_PATTERN_CHARS, pattern)
@@ -224,7 +225,8 @@ def check_where(where: dict[str, Any] | None) -> int:
         if not 1 <= len(name) <= MAX_NAME_CHARS:
             raise BadMessage("bad_subscription", "where: field names must be 1-%d characters" % MAX_NAME_CHARS)
         if any(isinstance(v, str) and len(v) > MAX_VALUE_CHARS for v in values):
-            raise BadMessage("bad_subscription", "where.%s: string values must be at most %d characters" % (name, MAX_VALUE_CHARS))
+            message = "where.%s: string values must be at most %d characters" % (name, MAX_VALUE_CHARS)
+            raise BadMessage("bad_subscription", message)
         count += len(values)
     if count > MAX_WHERE_VALUES:
         raise BadMessage("bad_subscription", "where: at most %d values in all, got %d" % (MAX_WHERE_VALUES, count))
@@ -724,7 +726,8 @@ class Relay:
             raise BadMessage("bad_subscription", message_)
         shapes = {tuple(name for name, _ in where) for where in wheres if where}
         if len(shapes) > MAX_WHERE_SHAPES:
-            message_ = "at most %d distinct sets of where fields per connection, got %d" % (MAX_WHERE_SHAPES, len(shapes))
+            message_ = "at most %d distinct sets of where fields per connection, got %d" % (
+                MAX_WHERE_SHAPES, len(shapes))
             raise BadMessage("bad_subscription", message_)
         return new
 

@@ -23,7 +23,8 @@ from typing import Any
 from runtime.core.errors import InvalidState, JobNotFound
 from runtime.core.manifest import Keep
 from runtime.core.records import (
-    ACTIVE, COMPLETED, DELAYED, FAILED, STATES, WAITING, JobRecord, checked_record, corrupt_record, decode_json, encode_json,
+    ACTIVE, COMPLETED, DELAYED, FAILED, STATES, WAITING, JobRecord, checked_record, corrupt_record, decode_json,
+    encode_json,
 )
 from runtime.store.base import (
     METRICS, STAGED_MAX_S, STALLED_TOO_OFTEN, TICK_KEEP_S, ChildOutcome, Dequeued, JobStore, Lease, NewJob, Reaped,
@@ -70,8 +71,12 @@ def _record_from_hash(job_id: str, h: dict[bytes, bytes], found_in: tuple[str, s
                 values[field] = raw.decode()
         return checked_record(values)
     except (ValueError, TypeError) as exc:
-        name, state, ts = found_in or (h.get(b"name", b"").decode(errors="replace"), h.get(b"state", b"").decode(errors="replace"), 0.0)
+        name, state, ts = found_in or (_text(h.get(b"name")), _text(h.get(b"state")), 0.0)
         return corrupt_record(job_id, name, state, ts, "%s: %s" % (type(exc).__name__, exc))
+
+
+def _text(raw: bytes | None) -> str:
+    return (raw or b"").decode(errors="replace")
 
 
 def _held(lease: Lease) -> dict[str, Any]:

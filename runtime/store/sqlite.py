@@ -18,7 +18,8 @@ from huey.storage import SqliteStorage
 from runtime.core.errors import B3JobsError, InvalidState, JobNotFound
 from runtime.core.manifest import Keep
 from runtime.core.records import (
-    ACTIVE, COMPLETED, DELAYED, FAILED, STATES, WAITING, JobRecord, checked_record, corrupt_record, decode_json, encode_json,
+    ACTIVE, COMPLETED, DELAYED, FAILED, STATES, WAITING, JobRecord, checked_record, corrupt_record, decode_json,
+    encode_json,
 )
 from runtime.store.base import (
     METRICS, STAGED_MAX_S, STALLED_TOO_OFTEN, TICK_KEEP_S, ChildOutcome, Dequeued, JobStore, Lease, Limits, NewJob, Reaped,
