@@ -24,6 +24,7 @@ from runtime.core.settings import Settings, SettingsError, bus_url
 from runtime.web.app import build_web
 from runtime.web.serve import WebThread, require_safe_bind, tune_gc
 from bus.publisher import KombuPublisher
+from bus.urls import redact
 from runtime.core.events import ImmediateSink
 
 log = logging.getLogger("b3jobs.local")
@@ -92,7 +93,7 @@ def serve(settings: Settings, workers: int) -> int:
         "b3-jobs local runner: %d worker(s), %s at %s, API and /ws on http://%s:%d, jobs: %s. Ctrl-C stops.",
         workers,
         settings.backend,
-        settings.redis_url or settings.sqlite_path,
+        redact(settings.redis_url) if settings.redis_url else settings.sqlite_path,
         settings.host,
         web_thread.port,
         ", ".join(runtime.manifest.jobs) or "none",

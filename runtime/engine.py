@@ -6,8 +6,8 @@ import time
 import types
 from typing import Any
 
-from runtime.core.enqueue import EnqueueItem, Enqueuer, limits_of
-from runtime.core.errors import B3JobsError, InvalidArgument, JobNotFound
+from runtime.core.enqueue import EnqueueItem, Enqueuer, check_caller_id, limits_of
+from runtime.core.errors import B3JobsError, InvalidArgument, JobNotFound, PayloadError
 from runtime.core.events import EventSink, LogSink
 from runtime.core.manifest import Manifest, import_object, load_manifest
 from runtime.core.records import COMPLETED, DELAYED, FAILED, WAITING, JobRecord
@@ -84,7 +84,14 @@ class Runtime:
         priority: int | None = None,
         job_id: str | None = None,
     ) -> tuple[JobRecord, bool]:
-        """Validate and enqueue a job; returns (record, created). See `Enqueuer.enqueue`."""
+        """Validate and enqueue a job for a caller; returns (record, created). See `Enqueuer.enqueue`.
+
+        A `job_id` must not be one b3-jobs reserves for cron ticks and flow children (`check_caller_id`).
+        """
+        problems = check_caller_id(job_id)
+        if problems:
+            self.manifest.job(name)
+            raise PayloadError(name, problems)
         return self.enqueuer.enqueue(name, payload, delay=delay, priority=priority, job_id=job_id)
 
     def enqueue_many(
@@ -101,6 +108,10 @@ class Runtime:
         Nothing is enqueued if any is invalid. Returns (record, created) per item, in order.
         """
         items = [p if isinstance(p, EnqueueItem) else EnqueueItem(p, delay=delay, priority=priority) for p in payloads]
+        problems = [e for n, item in enumerate(items) for e in check_caller_id(item.job_id, "%d.job_id" % n)]
+        if problems:
+            self.manifest.job(name)
+            raise PayloadError(name, problems)
         return self.enqueuer.enqueue_many(name, items)
 
     # -- the consumer's parts ----------------------------------------------------------------------

@@ -61,7 +61,7 @@ async def test_overview_has_counts_paused_totals_cron_and_consumers(api: Any, ru
     runtime.store.renew("consumer-1", [], time.time(), 15)
     tick = (time.time() // 60) * 60 - 60
     runtime.store.claim_tick("every-minute", tick)
-    runtime.enqueue("every-minute", {"text": "tick"}, job_id=cron_job_id("every-minute", tick))
+    runtime.enqueuer.enqueue("every-minute", {"text": "tick"}, job_id=cron_job_id("every-minute", tick))  # as the tick does
 
     # When the dashboard asks for the overview
     resp = await api.get("/api/v1/dashboard/overview")

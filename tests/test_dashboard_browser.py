@@ -421,3 +421,74 @@ def test_metrics_counters_agree_with_the_page(tmp_path: Path, open_page: Any) ->
         families = {f.name: f for f in text_string_to_metric_families(text)}
         completed = {s.labels["job_name"]: s.value for s in families["b3jobs_jobs_completed"].samples}
         assert completed["echo"] == 3
+
+
+HOSTILE_PAGE = """<!doctype html><html><body>
+<form id="form" method="POST" enctype="text/plain" action="{base}/api/v1/jobs/noop" target="sink">
+  <input name='{{"payload": {{}}, "x": "' value='"}}'>
+</form>
+<form id="pause" method="POST" action="{base}/api/v1/queues/noop/pause" target="sink2"></form>
+<iframe name="sink"></iframe><iframe name="sink2"></iframe>
+<script>
+window.report = {{fetches: [], ws: "pending"}};
+const tries = [
+  ["/api/v1/jobs/noop", {{method: "POST", mode: "no-cors", body: JSON.stringify({{payload: {{}}}}), headers: {{"Content-Type": "text/plain"}}}}],
+  ["/api/v1/jobs/noop", {{method: "POST", mode: "no-cors", body: JSON.stringify({{payload: {{}}}})}}],
+  ["/api/v1/queues/noop/pause", {{method: "POST", mode: "no-cors"}}],
+  ["/api/v1/jobs/noop", {{method: "POST", body: JSON.stringify({{payload: {{}}}}), headers: {{"Content-Type": "application/json"}}}}],
+  ["/api/v1/jobs", {{}}],
+];
+window.done = Promise.all(tries.map(([path, init]) => fetch("{base}" + path, init)
+  .then(r => window.report.fetches.push([path, r.type, r.status]))
+  .catch(e => window.report.fetches.push([path, "error", String(e)]))));
+document.getElementById("form").submit();
+document.getElementById("pause").submit();
+const ws = new WebSocket("{ws}/ws");
+ws.onopen = () => {{ ws.send(JSON.stringify({{op: "subscribe", events: ["*"], since: 0}})); window.report.ws = "open"; }};
+ws.onmessage = (m) => {{ window.report.ws = "read: " + m.data.slice(0, 80); }};
+ws.onerror = () => {{ if (window.report.ws === "pending") window.report.ws = "refused"; }};
+</script></body></html>"""
+
+
+def test_a_page_on_another_origin_cannot_drive_or_read_a_no_token_instance(tmp_path: Path, browser: Any) -> None:
+    import http.server
+    import threading
+
+    with serving(tmp_path) as stack:
+        # Given an instance without a token that already holds events, and a page served from another origin
+        stack.enqueue("noop", {})
+        page_html = HOSTILE_PAGE.format(base=stack.base, ws=stack.base.replace("http://", "ws://"))
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = page_html.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        hostile = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)  # same machine, another port: another origin
+        threading.Thread(target=hostile.serve_forever, daemon=True).start()
+        context = browser.new_context()
+        try:
+            # When the operator's browser opens it
+            page = context.new_page()
+            page.goto("http://localhost:%d/" % hostile.server_address[1])
+            page.evaluate("window.done")
+            page.wait_for_timeout(1500)  # the form posts and the websocket have their turn
+            report = page.evaluate("window.report")
+        finally:
+            context.close()
+            hostile.shutdown()
+
+        # Then no job was created, no queue paused, and no event was read over /ws
+        counts = stack.runtime.counts().get("noop", {})
+        assert sum(counts.values()) == 1, counts
+        assert stack.runtime.paused() == set()
+        assert not str(report["ws"]).startswith("read"), report
+        # and the page could not read the job list either (no CORS: an opaque error)
+        assert [f for f in report["fetches"] if f[0] == "/api/v1/jobs" and f[1] != "error"] == [], report

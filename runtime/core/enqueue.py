@@ -16,15 +16,38 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from runtime.core.errors import PayloadError
+from runtime.core.errors import JobIdTaken, PayloadError
 from runtime.core.events import EventSink
 from runtime.core.manifest import MAX_PRIORITY, Manifest
 from runtime.core.messages import encode_message
 from runtime.core.records import DELAYED, WAITING, JobRecord
 from runtime.store.base import JobStore, Limits, NewJob
 
-JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+# A job id: ASCII letters, digits and `_ . : -`, starting alphanumeric, at most 128 (whole string:
+# `fullmatch`, so no trailing newline slips through `$`). The JSON-schema form is CALLER_JOB_ID.
+JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
+CALLER_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+# Ids ending in `.<digits>` are b3-jobs' own: cron ticks (`<job>.cron.<tick>`) and flow children
+# (`<parent>.<n>`). A caller who could take one could keep a tick from running.
+RESERVED_ID = re.compile(r".*\.[0-9]+")
 MAX_DELAY_S = 366 * 86400
+
+
+def check_caller_id(job_id: str | None, loc: str = "job_id") -> list[dict[str, Any]]:
+    """The problems of an id chosen by a caller (API, CLI): its form, and not one b3-jobs reserves."""
+    if job_id is None:
+        return []
+    if not JOB_ID.fullmatch(job_id):
+        return [_bad_id(job_id, loc)]
+    if RESERVED_ID.fullmatch(job_id):
+        msg = "ids ending in .<digits> are reserved for cron ticks and flow children, got %r" % job_id
+        return [{"loc": loc, "msg": msg, "type": "job_id"}]
+    return []
+
+
+def _bad_id(job_id: str, loc: str) -> dict[str, Any]:
+    msg = "must be 1-128 of A-Z a-z 0-9 _ . : - (starting alphanumeric), got %.200r" % job_id
+    return {"loc": loc, "msg": msg, "type": "job_id"}
 
 
 @dataclass(frozen=True)
@@ -72,15 +95,18 @@ class Enqueuer:
     ) -> tuple[JobRecord, bool]:
         """Validate and enqueue a job; returns (record, created).
 
-        An existing `job_id`, or an equal job (the manifest's `dedupe` fields) that is waiting,
-        delayed or active, is returned instead of enqueueing a second one.
+        An existing `job_id` of this job, or an equal job (the manifest's `dedupe` fields) that is
+        waiting, delayed or active, is returned instead of enqueueing a second one; an existing
+        `job_id` of another job is JobIdTaken. Any id is taken here (cron ticks use this); callers
+        go through `Runtime.enqueue`, which refuses the reserved ones (`check_caller_id`).
         """
         new = self.prepare(name, payload, delay=delay, priority=priority, job_id=job_id)
         if job_id is not None:
             existing = self.store.get(job_id)
             if existing is not None:
-                return existing, False
-        return self._create([new])[0]
+                return _same_job(existing, name), False
+        record, created = self._create([new])[0]
+        return (record if created or job_id is None else _same_job(record, name)), created
 
     def enqueue_many(self, name: str, items: list[EnqueueItem]) -> list[tuple[JobRecord, bool]]:
         """Validate every item first, then create them all in one store call; (record, created) per item.
@@ -97,7 +123,15 @@ class Enqueuer:
                 problems.extend({**e, "loc": "%d.%s" % (n, e["loc"]) if e["loc"] else str(n)} for e in exc.errors)
         if problems:
             raise PayloadError(name, problems)
-        return self._create(news) if news else []
+        for item in items:
+            existing = self.store.get(item.job_id) if item.job_id is not None else None
+            if existing is not None:
+                _same_job(existing, name)
+        results = self._create(news) if news else []
+        for item, (record, created) in zip(items, results):
+            if item.job_id is not None and not created:
+                _same_job(record, name)  # taken meanwhile by another name: nothing was created for it
+        return results
 
     def _create(self, news: list[NewJob]) -> list[tuple[JobRecord, bool]]:
         # With a sink that publishes later (the bus), new jobs are created staged: invisible to
@@ -142,8 +176,8 @@ class Enqueuer:
             problems.append({"loc": "delay", "msg": "must be between 0 and %d seconds, got %r" % (MAX_DELAY_S, delay), "type": "delay"})
         if priority is not None and not (1 <= priority <= MAX_PRIORITY):
             problems.append({"loc": "priority", "msg": "must be 1 (most urgent) to %d, got %r" % (MAX_PRIORITY, priority), "type": "priority"})
-        if job_id is not None and not JOB_ID.match(job_id):
-            problems.append({"loc": "job_id", "msg": "must be 1-128 of A-Z a-z 0-9 _ . : - (starting alphanumeric), got %r" % job_id, "type": "job_id"})
+        if job_id is not None and not JOB_ID.fullmatch(job_id):
+            problems.append(_bad_id(job_id, "job_id"))
         try:
             model = job.payload_model.model_validate(payload)
         except ValidationError as exc:
@@ -178,3 +212,10 @@ class Enqueuer:
         limit = job.spec.rate_limit
         rate_key = str(data.get(limit.key)) if limit is not None and limit.key else ""
         return NewJob(record, encode_message(new_id, name, data, priority, expires_at), rate_key, dedupe_key)
+
+
+def _same_job(record: JobRecord, name: str) -> JobRecord:
+    """`record`, when it is a job of `name`; JobIdTaken when its id belongs to another job."""
+    if record.name != name:
+        raise JobIdTaken(record.id, record.name, name)
+    return record

@@ -54,6 +54,14 @@ class InvalidState(B3JobsError):
         )
 
 
+class JobIdTaken(B3JobsError):
+    """An explicit job id that a job of another name already has."""
+
+    def __init__(self, job_id: str, name: str, wanted: str):
+        self.job_id, self.name, self.wanted = job_id, name, wanted
+        super().__init__("job id %r belongs to a %s job, not %s; choose another id" % (job_id, name, wanted))
+
+
 class JobTimeout(B3JobsError):
     """An attempt ran past its job's `timeout`."""
 

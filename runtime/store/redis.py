@@ -22,7 +22,10 @@ from typing import Any
 
 from runtime.core.errors import InvalidState, JobNotFound
 from runtime.core.manifest import Keep
-from runtime.core.records import ACTIVE, COMPLETED, DELAYED, FAILED, STATES, WAITING, JobRecord, decode_json, encode_json
+from runtime.core.records import (
+    ACTIVE, COMPLETED, DELAYED, FAILED, STATES, WAITING, JobRecord, checked_record, corrupt_record, decode_json,
+    encode_json,
+)
 from runtime.store.base import (
     METRICS, STAGED_MAX_S, STALLED_TOO_OFTEN, TICK_KEEP_S, ChildOutcome, Dequeued, JobStore, Lease, Limits, NewJob,
     Reaped,
@@ -59,21 +62,31 @@ _FLOAT_FIELDS = ("created_at", "started_at", "finished_at", "run_at")
 _INT_FIELDS = ("attempts", "max_attempts", "priority", "stalls", "max_stalls")
 
 
-def _record_from_hash(job_id: str, h: dict[bytes, bytes]) -> JobRecord:
-    values: dict[str, Any] = {"id": job_id}
-    for key, raw in h.items():
-        field = key.decode()
-        if field in _INTERNAL or raw == b"":
-            continue
-        if field in _JSON_FIELDS:
-            values[field] = decode_json(raw)
-        elif field in _FLOAT_FIELDS:
-            values[field] = float(raw)
-        elif field in _INT_FIELDS:
-            values[field] = int(raw)
-        else:
-            values[field] = raw.decode()
-    return JobRecord(**values)
+def _record_from_hash(job_id: str, h: dict[bytes, bytes], found_in: tuple[str, str, float] | None = None) -> JobRecord:
+    """The record in a job's hash; one that cannot be read comes back as a `corrupt_record`, under the
+    (name, state, score) of the index it was `found_in`, else what its hash says."""
+    try:
+        values: dict[str, Any] = {"id": job_id}
+        for key, raw in h.items():
+            field = key.decode()
+            if field in _INTERNAL or raw == b"":
+                continue
+            if field in _JSON_FIELDS:
+                values[field] = decode_json(raw)
+            elif field in _FLOAT_FIELDS:
+                values[field] = float(raw)
+            elif field in _INT_FIELDS:
+                values[field] = int(raw)
+            else:
+                values[field] = raw.decode()
+        return checked_record(values)
+    except (ValueError, TypeError) as exc:
+        name, state, ts = found_in or (_text(h.get(b"name")), _text(h.get(b"state")), 0.0)
+        return corrupt_record(job_id, name, state, ts, "%s: %s" % (type(exc).__name__, exc))
+
+
+def _text(raw: bytes | None) -> str:
+    return (raw or b"").decode(errors="replace")
 
 
 def _held(lease: Lease) -> dict[str, Any]:
@@ -330,12 +343,12 @@ class RedisJobStore(JobStore):
         h = self.r.hgetall(self.keys.job(job_id))
         return _record_from_hash(job_id, h) if h else None
 
-    def _get_many(self, ids: list[str]) -> list[JobRecord]:
+    def _get_many(self, ids: list[str], found_in: list[tuple[str, str, float]]) -> list[JobRecord]:
         with self.r.pipeline(transaction=False) as pipe:
             for job_id in ids:
                 pipe.hgetall(self.keys.job(job_id))
             hashes = pipe.execute()
-        return [_record_from_hash(i, h) for i, h in zip(ids, hashes) if h]
+        return [_record_from_hash(i, h, where) for i, h, where in zip(ids, hashes, found_in) if h]
 
     def _names(self) -> list[str]:
         return sorted(n.decode() for n in self.r.smembers(self.keys.names))
@@ -344,12 +357,13 @@ class RedisJobStore(JobStore):
         names = [name] if name else self._names()
         states = [state] if state else list(STATES)
         with self.r.pipeline(transaction=False) as pipe:
-            for n in names:
-                for s in states:
-                    pipe.zrevrange(self.keys.index(n, s), 0, offset + limit - 1, withscores=True)
+            indexes = [(n, s) for n in names for s in states]
+            for n, s in indexes:
+                pipe.zrevrange(self.keys.index(n, s), 0, offset + limit - 1, withscores=True)
             ranges = pipe.execute()
-        merged = sorted(((score, i.decode()) for r in ranges for i, score in r), reverse=True)
-        return self._get_many([i for _, i in merged[offset : offset + limit]])
+        merged = sorted(((score, i.decode(), n, s) for (n, s), r in zip(indexes, ranges) for i, score in r), reverse=True)
+        page = merged[offset : offset + limit]
+        return self._get_many([i for _, i, _, _ in page], [(n, s, score) for score, _, n, s in page])
 
     def ids_in_state(self, name: str, state: str) -> list[str]:
         return [i.decode() for i in self.r.zrange(self.keys.index(name, state), 0, -1)]

@@ -17,7 +17,10 @@ from huey.storage import SqliteStorage
 
 from runtime.core.errors import B3JobsError, InvalidState, JobNotFound
 from runtime.core.manifest import Keep
-from runtime.core.records import ACTIVE, COMPLETED, DELAYED, FAILED, STATES, WAITING, JobRecord, decode_json, encode_json
+from runtime.core.records import (
+    ACTIVE, COMPLETED, DELAYED, FAILED, STATES, WAITING, JobRecord, checked_record, corrupt_record, decode_json,
+    encode_json,
+)
 from runtime.store.base import (
     METRICS, STAGED_MAX_S, STALLED_TOO_OFTEN, TICK_KEEP_S, ChildOutcome, Dequeued, JobStore, Lease, Limits, NewJob, Reaped,
 )
@@ -93,12 +96,13 @@ def _count(curs: sqlite3.Cursor, name: str, metric: str) -> None:
 
 
 def _row_to_record(row: tuple[Any, ...]) -> JobRecord:
-    values = {}
-    for column, value in zip(_COLUMNS, row):
-        if value is None:
-            continue
-        values[column] = decode_json(value) if column in _JSON else value
-    return JobRecord(**values)
+    """The record in a row; one that cannot be read comes back as a `corrupt_record` (listings go on)."""
+    values = dict(zip(_COLUMNS, row))
+    try:
+        return checked_record({c: decode_json(v) if c in _JSON else v for c, v in values.items() if v is not None})
+    except (ValueError, TypeError) as exc:
+        return corrupt_record(str(values.get("id")), values.get("name"), values.get("state"), values.get("created_at"),
+                              "%s: %s" % (type(exc).__name__, exc))
 
 
 class SqliteJobStore(JobStore):

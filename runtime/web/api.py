@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from bus import json_limits
+from bus.urls import redact_text
 from runtime.web import models as m
+from runtime.web.limits import LIMITS, WebLimits
 from runtime.engine import Runtime
 from runtime.core.enqueue import EnqueueItem
 from runtime.core.errors import InvalidArgument, PayloadError
@@ -43,10 +45,18 @@ def respond(model: BaseModel, status: int = 200) -> web.Response:
 
 
 async def read_json(request: web.Request) -> Any:
-    raw = await request.read() if request.can_read_body else b""
+    """The body as JSON ({} when empty), read within the app's body timeout, nested at most json_limits.MAX_DEPTH."""
+    timeout_s = request.app.get(LIMITS, WebLimits()).body_timeout_s
     try:
-        return json.loads(raw) if raw.strip() else {}
-    except (ValueError, UnicodeDecodeError) as exc:
+        async with asyncio.timeout(timeout_s):
+            raw = await request.read() if request.can_read_body else b""
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(text="the request body did not arrive within %gs" % timeout_s) from None
+    if not raw.strip():
+        return {}
+    try:
+        return json_limits.decode(raw)
+    except json_limits.BadJson as exc:
         raise InvalidArgument("body", "not valid JSON: %s" % exc) from None
 
 
@@ -189,7 +199,7 @@ async def healthz(request: web.Request) -> web.Response:
         await blocking(runtime.paused)
         store = "ok"
     except Exception as exc:  # the point of a health check: report, do not raise
-        store = "unreachable: %s" % exc
+        store = "unreachable: %s: %s" % (type(exc).__name__, redact_text(str(exc)))
     bus = runtime.events.label
     status = "ok" if store == "ok" else "degraded"
     return respond(m.Health(status=status, backend=runtime.settings.backend, bus=bus, store=store), 200 if status == "ok" else 503)

@@ -25,6 +25,7 @@ from runtime.core.records import FAILED, JobRecord, State
 from runtime.store.base import METRICS as TOTALS
 
 SCAN_PAGE = 500
+MAX_SCAN_OFFSET = 1_000_000  # search resumes at most this deep (each page reads the ids before it)
 MAX_CHILDREN_SHOWN = 200
 RATE_WINDOW_MINUTES = 5
 
@@ -101,9 +102,10 @@ class Overview(BaseModel):
 
 class SearchQuery(m.Strict):
     q: str = Field(min_length=1, max_length=200, description="an id (or part), field=value (e.g. user=42), or words")
-    name: str | None = None
+    name: str | None = m.JobName
     state: State | None = None
-    offset: int = Field(default=0, ge=0, description="where to resume scanning: a previous answer's next_offset")
+    offset: int = Field(default=0, ge=0, le=MAX_SCAN_OFFSET,
+                        description="where to resume scanning: a previous answer's next_offset")
     limit: int = Field(default=50, ge=1, le=200, description="matches to return")
     scan: int = Field(default=20_000, ge=1, le=100_000, description="records to examine at most in this call")
 
@@ -119,7 +121,7 @@ class SearchResults(BaseModel):
 
 
 class FailuresQuery(m.Strict):
-    name: str | None = None
+    name: str | None = m.JobName
     scan: int = Field(default=20_000, ge=1, le=200_000, description="failed records to examine at most")
 
 
@@ -141,9 +143,9 @@ class FailureGroups(BaseModel):
     truncated: bool
 
 
-class RetryGroupBody(m.Strict):
-    name: str
-    reason: str
+class RetryGroupBody(m.StrictBody):
+    name: str = Field(min_length=1, max_length=m.MAX_NAME_CHARS)
+    reason: str = Field(max_length=300, description="a group's `reason`, as /failures gives it")
 
 
 class RetryGroupResult(BaseModel):

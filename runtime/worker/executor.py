@@ -116,9 +116,14 @@ class Executor:
             reason = "unknown job %r: this consumer's manifest does not declare it (a newer producer?)" % got.name
         else:
             try:
-                return self.huey.deserialize_task(got.message)
+                task = self.huey.deserialize_task(got.message)
             except Exception as exc:  # any decode failure is the same thing to the operator
                 reason = "undecodable message: %s: %s" % (type(exc).__name__, exc)
+            else:
+                # The record says what runs; a message naming another job or id was not written by enqueue.
+                if (task.name, task.id) == (got.name, got.job_id):
+                    return task
+                reason = "message names %.100s[%.100s], its record %s[%s]: not run" % (task.name, task.id, got.name, got.job_id)
         keep = self.manifest.jobs[got.name].spec.keep_failed if got.name in self.manifest.jobs else Keep(count=1000)
         if self.store.fail(got.job_id, got.lease, reason, "", time.time(), keep):
             logger.error("! %s[%s] %s", got.name, got.job_id, reason)
