@@ -25,6 +25,8 @@ from runtime.store.base import JobStore, Limits, NewJob
 
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 MAX_DELAY_S = 366 * 86400
+MAX_CREATE = 10_000  # jobs per store call of a bulk enqueue (one Lua call / transaction each)
+OPTIONS = ("delay", "priority", "job_id")  # what `prepare` checks besides the payload: its problems' `type`
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,13 @@ def limits_of(manifest: Manifest) -> dict[str, Limits]:
                 rate_keyed=bool(rate and rate.key),
             )
     return out
+
+
+def _item_loc(n: int, problem: dict[str, Any]) -> str:
+    """Where a problem of bulk item `n` is: `3.delay` for one of its options, `3.payload.ticker` in its payload."""
+    if problem["type"] in OPTIONS:
+        return "%d.%s" % (n, problem["loc"])
+    return "%d.payload.%s" % (n, problem["loc"]) if problem["loc"] else "%d.payload" % n
 
 
 class Enqueuer:
@@ -86,7 +95,8 @@ class Enqueuer:
         """Validate every item first, then create them all in one store call; (record, created) per item.
 
         Nothing is enqueued when any item is invalid: the PayloadError lists each problem with its
-        index (`3.payload.ticker`). Ids and dedupe keys are honoured per item, as by `enqueue`.
+        index (`3.payload.ticker`, `3.delay`). Ids and dedupe keys are honoured per item, as by
+        `enqueue`. Past MAX_CREATE items, the validated jobs are created MAX_CREATE per store call.
         """
         news: list[NewJob] = []
         problems: list[dict[str, Any]] = []
@@ -94,10 +104,10 @@ class Enqueuer:
             try:
                 news.append(self.prepare(name, item.payload, delay=item.delay, priority=item.priority, job_id=item.job_id))
             except PayloadError as exc:
-                problems.extend({**e, "loc": "%d.%s" % (n, e["loc"]) if e["loc"] else str(n)} for e in exc.errors)
+                problems.extend({**e, "loc": _item_loc(n, e)} for e in exc.errors)
         if problems:
             raise PayloadError(name, problems)
-        return self._create(news) if news else []
+        return [result for start in range(0, len(news), MAX_CREATE) for result in self._create(news[start : start + MAX_CREATE])]
 
     def _create(self, news: list[NewJob]) -> list[tuple[JobRecord, bool]]:
         # With a sink that publishes later (the bus), new jobs are created staged: invisible to
