@@ -344,7 +344,7 @@ def test_a_narrow_binding_receives_exactly_the_events_it_names(broker_url: str) 
 # -- 3. a consumer stopped right after its last job ------------------------------------------------
 
 
-CHATTER = 5_000  # events, each its own bus message, that the job emits just before it completes: a backlog at the signal
+CHATTER = 3_000  # events, each its own bus message, that the job emits just before it completes: a backlog at the signal
 
 
 @pytest.mark.redis
