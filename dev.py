@@ -2,7 +2,9 @@
 """The two quick-start commands, with nothing but Python 3.11+ installed:
 
     python3 dev.py run     create .venv if needed, then run b3-jobs on the embedded defaults
-    python3 dev.py test    create .venv if needed, then run the test suite (extra args go to pytest)
+    python3 dev.py test    create .venv if needed, then lint (ruff), type-check (mypy) and run the test suite;
+                           with extra args, only pytest runs, with those args
+    python3 dev.py lint    ruff check, ruff format --check and mypy only
 """
 
 from __future__ import annotations
@@ -38,14 +40,28 @@ def ensure_venv() -> None:
 
 def main() -> int:
     command, *rest = sys.argv[1:] or ["help"]
-    if command not in ("run", "test"):
+    if command not in ("run", "test", "lint"):
         print(__doc__)
         return 0 if command == "help" else 2
     ensure_venv()
     os.chdir(ROOT)
     if command == "run":
         return subprocess.call([str(PY), "local_runner.py", *rest])
+    if command == "lint" or not rest:
+        status = lint()
+        if status or command == "lint":
+            return status
     return subprocess.call([str(PY), "-m", "pytest", *rest])
+
+
+def lint() -> int:
+    """ruff (lint and format) and mypy (strict on runtime/, bus/, market/, handlers/); 0 when all are clean."""
+    for step in (["ruff", "check", "."], ["ruff", "format", "--check", "."], ["mypy"]):
+        print("$ %s" % " ".join(step), flush=True)
+        status = subprocess.call([str(PY), "-m", *step])
+        if status:
+            return status
+    return 0
 
 
 if __name__ == "__main__":

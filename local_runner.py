@@ -12,6 +12,7 @@ import logging
 import sys
 import uuid
 
+from runtime.cli import run_command
 from runtime.worker.consumer import B3Consumer
 from runtime.core.context import JobContext
 from runtime.engine import Runtime, load_services
@@ -53,7 +54,7 @@ def invoke(settings: Settings, job_name: str, data: str) -> int:
         attempt=1,
         max_attempts=1,
         timeout_s=job.spec.timeout,
-        services=load_services(settings),
+        services=load_services(settings, manifest),
         events=PrintSink(),
     )
     try:
@@ -66,13 +67,15 @@ def invoke(settings: Settings, job_name: str, data: str) -> int:
     return 0
 
 
-def seed_on_first_start(services: object) -> None:
-    """Track the usual B3 tickers, with sample history, when the market store has none: data to play with."""
-    seed_if_empty = getattr(services, "seed_if_empty", None)
-    report = seed_if_empty() if seed_if_empty is not None else None
-    if report is not None:
-        log.info("first start: tracking %d B3 tickers, %d sample quotes of history (python -m runtime seed)",
-                 report.tracked, report.quotes)
+def run_start_commands(runtime: Runtime) -> None:
+    """The app's commands that ask to run as the runner starts (the B3 app's: `seed --if-empty`, data to play with)."""
+    for command in runtime.manifest.app.commands:
+        if command.on_local_start is not None:
+            argv = " ".join((command.name, *command.on_local_start))
+            log.info("on start: python -m runtime %s", argv)
+            code = run_command(command, command.on_local_start, runtime.services)
+            if code != 0:
+                log.warning("python -m runtime %s exited %d; starting anyway", argv, code)
 
 
 def serve(settings: Settings, workers: int) -> int:
@@ -82,7 +85,7 @@ def serve(settings: Settings, workers: int) -> int:
     url = bus_url(settings)
     events = KombuPublisher(url, namespace=settings.namespace)
     runtime = Runtime(settings, events=events)
-    seed_on_first_start(runtime.services)
+    run_start_commands(runtime)
     web_thread = WebThread(build_web(settings, runtime, url=url), settings.host, settings.port).start()
     consumer = B3Consumer(runtime, workers=workers, worker_type="thread")
     log.info(

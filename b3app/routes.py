@@ -1,6 +1,6 @@
-"""The B3 platform's own routes: update prices, request analyses, read assets and results.
+"""The B3 app's own routes (`[app] routes` in schedules.toml): read assets, request analyses and read them.
 
-The update routes answer as the original Node platform did, `{"jobId", "status": "queued", ...}`.
+The price updates are the jobs' own HTTP triggers (`http` in their manifest tables, b3app/triggers.py).
 The market store is the runtime's services' (`runtime.services.store`).
 """
 
@@ -11,46 +11,22 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from b3app.triggers import Ticker
 from market.errors import InvalidTicker
 from market.models import AnalysisResult, Asset, Quote
 from market.tickers import validate_ticker
+from runtime.core.errors import PayloadError
 from runtime.web import models as m
 from runtime.web.api import RUNTIME, Route, blocking, parse_body, parse_query, respond
-from runtime.core.errors import PayloadError
 
-UPDATE_JOB = "update-asset-prices"
-BATCH_JOB = "batch-update"
 ANALYSIS_JOB = "process-pending-analysis"
 
 
 # -- models ---------------------------------------------------------------------------------------
 
 
-class Queued(BaseModel):
-    """The job that will update the ticker."""
-
-    model_config = ConfigDict(populate_by_name=True)
-    job_id: str = Field(alias="jobId")
-    status: Literal["queued"] = "queued"
-    ticker: str
-
-
-class BatchBody(m.Strict):
-    tickers: list[str] = Field(min_length=1, max_length=500, description="B3 tickers, e.g. PETR4; case is ignored")
-
-
-class BatchQueued(BaseModel):
-    """The job that will update the tickers."""
-
-    model_config = ConfigDict(populate_by_name=True)
-    job_id: str = Field(alias="jobId")
-    status: Literal["queued"] = "queued"
-    tickers: list[str]
-    count: int
-
-
 class AnalysisBody(m.Strict):
-    ticker: str = Field(description="a B3 ticker, e.g. PETR4")
+    ticker: Ticker
 
 
 class AnalysisQueued(BaseModel):
@@ -119,7 +95,8 @@ def _ticker(text: str, where: str, loc: str = "ticker") -> str:
 def _store(request: web.Request) -> Any:
     store = getattr(request.app[RUNTIME].services, "store", None)
     if store is None:
-        raise web.HTTPServiceUnavailable(reason="no market store: the services factory (B3JOBS_SERVICES) has none")
+        raise web.HTTPServiceUnavailable(
+            reason="no market store in ctx.services (B3JOBS_SERVICES or the manifest's [app] services)")
     return store
 
 
@@ -130,31 +107,9 @@ def _not_found(message: str) -> web.Response:
 # -- handlers -------------------------------------------------------------------------------------
 
 
-async def update_asset(request: web.Request) -> web.Response:
-    ticker = _ticker(request.match_info["ticker"], UPDATE_JOB)
-    record, _ = await blocking(request.app[RUNTIME].enqueue, UPDATE_JOB, {"ticker": ticker})
-    return respond(Queued(jobId=record.id, ticker=ticker), 202)
-
-
-async def batch_update(request: web.Request) -> web.Response:
-    body = await parse_body(request, BatchBody)
-    tickers: list[str] = []
-    problems: list[dict[str, Any]] = []
-    for i, text in enumerate(body.tickers):
-        try:
-            tickers.append(validate_ticker(text))
-        except InvalidTicker as exc:
-            problems.append({"loc": "tickers.%d" % i, "msg": exc.message, "type": "ticker"})
-    if problems:
-        raise PayloadError(BATCH_JOB, problems)
-    tickers = list(dict.fromkeys(tickers))
-    record, _ = await blocking(request.app[RUNTIME].enqueue, BATCH_JOB, {"tickers": tickers})
-    return respond(BatchQueued(jobId=record.id, tickers=tickers, count=len(tickers)), 202)
-
-
 async def request_analysis(request: web.Request) -> web.Response:
     body = await parse_body(request, AnalysisBody)
-    ticker = _ticker(body.ticker, "request body")
+    ticker = body.ticker
     runtime = request.app[RUNTIME]
     analysis = await blocking(_store(request).request_analysis, ticker)
     # Should this enqueue fail, the per-minute cron run still picks the request up.
@@ -200,11 +155,7 @@ async def get_analysis(request: web.Request) -> web.Response:
 
 
 E = m.Error
-MARKET_ROUTES = [
-    Route("POST", "/api/v1/assets/update/{ticker}", update_asset, "Queue a price update of one ticker",
-          responses={202: Queued, 404: E, 422: E}),
-    Route("POST", "/api/v1/assets/batch-update", batch_update, "Queue a price update of many tickers",
-          body=BatchBody, responses={202: BatchQueued, 400: E, 404: E, 413: E, 422: E}),
+ROUTES = [
     Route("GET", "/api/v1/assets", list_assets, "Tracked assets with their latest quote", query=AssetsQuery,
           responses={200: AssetList, 422: E}),
     Route("GET", "/api/v1/assets/{ticker}", get_asset, "An asset's latest quote and history", query=HistoryQuery,

@@ -26,10 +26,10 @@ Keys: every run uses its own namespace (bench<random>) on the Redis at BENCH_RED
 (default redis://127.0.0.1:6379/0) and deletes its keys afterwards. SQLite files live in a
 temporary directory that is removed at the end.
 
-Pinned code: others edit runtime/, bus/ and tests/ while this runs, so the script first copies
-the project's packages (runtime/, bus/, ...), benchmarks/, tests/schedules.toml and
-tests/testjobs/ to a temporary directory and runs from there (PYTHONPATH, cwd): every run of
-one invocation measures the same code.
+Pinned code (benchmarks/pinned.py): others edit runtime/, bus/ and tests/ while this runs, so
+the script first copies the project's packages (runtime/, bus/, ...), benchmarks/,
+tests/schedules.toml and tests/testjobs/ to a temporary directory and runs from there
+(PYTHONPATH, cwd): every run of one invocation measures the same code.
 The header line names the commit and the uncommitted files it was copied from.
 """
 
@@ -55,42 +55,23 @@ from pathlib import Path
 import redis
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent  # the pinned copy, once pin_code() has re-run us
-ORIGIN = Path(os.environ.get("BENCH_ORIGIN", ROOT))  # the work tree the copy was taken from
 PY = sys.executable
-MANIFEST = ROOT / "tests" / "schedules.toml"
-# The project's packages (any top-level directory with an __init__.py), and what the benchmark uses.
-PINNED_PARTS = tuple(sorted(p.name for p in ROOT.iterdir() if (p / "__init__.py").exists())) + (
-    "benchmarks", "tests/schedules.toml", "tests/testjobs")
-
-
-def pin_code() -> None:
-    """Copy the code under test to a temporary directory and re-run this script from there."""
-    if "BENCH_ORIGIN" in os.environ or "--table-from" in sys.argv:
-        return
-    copy = Path(tempfile.mkdtemp(prefix="b3bench-code-"))
-    skip = shutil.ignore_patterns("__pycache__", "*.pyc", "*.jsonl", "fanout")
-    for part in PINNED_PARTS:
-        (copy / part).parent.mkdir(parents=True, exist_ok=True)
-        if (ROOT / part).is_dir():
-            shutil.copytree(ROOT / part, copy / part, ignore=skip)
-        else:
-            shutil.copy2(ROOT / part, copy / part)
-    env = dict(os.environ, BENCH_ORIGIN=str(ROOT), PYTHONPATH=str(copy))
-    os.chdir(copy)
-    script = copy / "benchmarks" / Path(__file__).name
-    os.execve(sys.executable, [sys.executable, str(script), *sys.argv[1:]], env)
-
 
 if __name__ == "__main__":
-    pin_code()
+    from pinned import pin_code
+
+    pin_code(__file__)
 sys.path.insert(0, str(HERE))
+
+from pinned import ORIGIN, ROOT, code_version, remove_copy  # noqa: E402
+
+MANIFEST = ROOT / "tests" / "schedules.toml"
 
 import bare_huey  # noqa: E402
 from runtime.engine import Runtime  # noqa: E402
 from runtime.core.errors import ManifestError  # noqa: E402
 from runtime.core.manifest import load_manifest  # noqa: E402
-from runtime.core.settings import Settings  # noqa: E402
+from runtime.core.settings import Settings, bus_url  # noqa: E402
 
 REDIS_URL = bare_huey.REDIS_URL
 HZ = os.sysconf("SC_CLK_TCK")
@@ -138,10 +119,14 @@ def _proc_jiffies(pid: int | None) -> int:
 
 
 class CpuMeter:
-    """Cores used between start() and stop() by: the consumer, us, redis-server, and all the rest."""
+    """Cores used between start() and stop() by: the consumer, us, redis-server, `others`, and all the rest.
 
-    def __init__(self, consumer_pid: int, redis_pid: int | None):
-        self.pids = {"consumer": consumer_pid, "bench": os.getpid(), "redis": redis_pid}
+    `others` names more processes of the benchmark (a web process, a listener, the broker) so
+    their CPU is not counted as foreign.
+    """
+
+    def __init__(self, consumer_pid: int | None, redis_pid: int | None, others: dict[str, int | None] | None = None):
+        self.pids = {"consumer": consumer_pid, "bench": os.getpid(), "redis": redis_pid, **(others or {})}
 
     def _sample(self) -> tuple[float, int, dict[str, int]]:
         return time.monotonic(), _busy_jiffies(), {k: _proc_jiffies(p) for k, p in self.pids.items()}
@@ -359,12 +344,16 @@ class EventCounter:
 
 
 def drain(run: Run, cmd: list[str], env: dict, tmp: Path, timeout: float, done, window, left, first=None,
-          phase=None, settle=None) -> None:
-    """Start the consumer, wait for the queue to drain, compute the rate from the job timestamps."""
+          phase=None, settle=None, pids: dict[str, int | None] | None = None) -> None:
+    """Start the consumer, wait for the queue to drain, compute the rate from the job timestamps.
+
+    `settle()`, if given, runs after the drain while the consumer still runs (its events go out);
+    `pids` are more processes of the benchmark whose CPU is not foreign (see CpuMeter).
+    """
     log = tmp / "consumer.log"
     spawned = time.time()
     proc = spawn(cmd, env, log)
-    meter = CpuMeter(proc.pid, REDIS_PID)
+    meter = CpuMeter(proc.pid, REDIS_PID, pids)
     meter.start()
     try:
         if first is not None:  # catch the first jobs' records quickly, then poll slowly
@@ -411,13 +400,18 @@ def cells(backends: list[str], workers: list[int]) -> list[tuple[str, str, int]]
     return [(b, s, w) for b in backends for w in workers for s in SYSTEMS[b]]
 
 
-def median_of(runs: list[Run], max_foreign: float, key: str) -> tuple[float, str]:
+def foreign_cores(run) -> float:
+    """How much other processes' CPU disturbed a run (cores)."""
+    return run.cores.get("foreign", 0)
+
+
+def median_of(runs: list[Run], max_foreign: float, key: str, foreign=foreign_cores) -> tuple[float, str]:
     """Median over clean runs; with fewer than 3, over the 3 least disturbed (marked *)."""
     good = [r for r in runs if r.ok]
-    clean = [r for r in good if r.cores.get("foreign", 0) <= max_foreign]
+    clean = [r for r in good if foreign(r) <= max_foreign]
     if len(clean) >= 3:
         return statistics.median(getattr(r, key) for r in clean), ""
-    least = sorted(good, key=lambda r: r.cores.get("foreign", 0))[:3]
+    least = sorted(good, key=foreign)[:3]
     return (statistics.median(getattr(r, key) for r in least), "*") if least else (float("nan"), "!")
 
 
@@ -540,13 +534,6 @@ def bus_check(n: int, workers: list[int], timeout: float) -> str:
     return "\n".join(out)
 
 
-def code_version() -> str:
-    """The commit measured, and whether runtime/ had uncommitted changes (others edit it meanwhile)."""
-    git = lambda *a: subprocess.run(["git", *a], cwd=ORIGIN, capture_output=True, text=True).stdout.strip()  # noqa: E731
-    dirty = git("status", "--short", "--", *PINNED_PARTS).replace("\n", ", ")
-    return "%s%s" % (git("rev-parse", "--short", "HEAD"), " + uncommitted: %s" % dirty if dirty else " (clean)")
-
-
 # -- main ------------------------------------------------------------------------------------
 
 
@@ -608,8 +595,7 @@ def main() -> None:
     try:
         run_main(args)
     finally:
-        if ROOT != ORIGIN and ROOT.name.startswith("b3bench-code-"):
-            shutil.rmtree(ROOT, ignore_errors=True)
+        remove_copy()
 
 
 def run_main(args: argparse.Namespace) -> None:

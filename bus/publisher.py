@@ -3,8 +3,8 @@
 - `emit` never raises into a job. It appends the envelope to an in-process buffer and returns.
   When the thread is behind and the buffer holds `max_buffer` events, `emit` waits for room
   (back-pressure, at most `block_s`) instead of dropping: while the broker is up nothing is dropped.
-- The thread takes everything buffered at once (no timer: a lone event goes out at once, a burst
-  goes out together), encodes each envelope once, groups them by routing key in an order that
+- The thread takes everything buffered at once, at most every `linger_s` (3 ms) under load, while a
+  lone event after a quiet spell goes out at once; it encodes each envelope once, groups them by routing key in an order that
   keeps each job's events in the order they were emitted (`plan`), and publishes one message per
   group: a JSON array of envelopes that share the message's routing key.
 - Broker down: events stay in the buffer, in order, up to `max_outage` events; past that, new
@@ -40,6 +40,7 @@ MAX_BUFFER = 20_000  # events waiting for the thread while the broker is up; pas
 MAX_OUTAGE = 200_000  # events kept while the broker is down; past it, new events are dropped
 BLOCK_S = 2.0  # the longest one emit waits for room before it drops (the broker is up but very slow)
 MAX_EVENTS_PER_MESSAGE = 1_000
+LINGER_S = 0.003  # under load, rounds of messages at most this often (a lone event is not held)
 CLOSE_S = 5.0
 CONFIRM_S = 5.0  # the longest an AMQP broker may take to confirm a message before it counts as down
 
@@ -150,6 +151,7 @@ class KombuPublisher:
         max_buffer: int = MAX_BUFFER,
         max_outage: int = MAX_OUTAGE,
         block_s: float = BLOCK_S,
+        linger_s: float = LINGER_S,
     ):
         self.url = url
         self.label = redact(url)
@@ -159,6 +161,7 @@ class KombuPublisher:
         self._max_buffer = max_buffer
         self._max_outage = max(max_outage, max_buffer)
         self._block_s = block_s
+        self._linger_s = linger_s
         self._start()
         ref = weakref.ref(self)
         atexit.register(lambda: (p := ref()) is not None and p.close(CLOSE_S))
@@ -173,6 +176,7 @@ class KombuPublisher:
         self._down = False
         self._drop_logged = False
         self._closing = False
+        self._last_send = 0.0
         self._thread = threading.Thread(target=self._run, name="bus-publisher", daemon=True)
         self._thread.start()
 
@@ -288,6 +292,11 @@ class KombuPublisher:
             with self._has_items:
                 while not self._buffer and not self._closing:
                     self._has_items.wait()
+                # Under load, at most one round of messages per `linger_s`: what is emitted meanwhile
+                # goes together. After a quiet spell the first event goes out at once.
+                due = self._last_send + self._linger_s
+                while not self._closing and self._count < MAX_EVENTS_PER_MESSAGE and (left := due - time.monotonic()) > 0:
+                    self._has_items.wait(left)
                 if not self._buffer:
                     return
                 items = list(self._buffer)
@@ -297,6 +306,7 @@ class KombuPublisher:
             events = [item for item in items if isinstance(item, env.Envelope)]
             callbacks = [item for item in items if not isinstance(item, env.Envelope)]
             self._publish(producer, ex, events, callbacks)
+            self._last_send = time.monotonic()
             _run_callbacks(callbacks)
 
     def _publish(self, producer: Any, ex: Exchange, events: list[env.Envelope], rest: list[Any]) -> None:

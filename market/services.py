@@ -1,13 +1,8 @@
 """The domain services handlers reach as `ctx.services`: quotes (paced toward the provider) and the store.
 
-The runtime calls `build_services(settings)` once per process (B3JOBS_SERVICES names it). Nothing
-expensive happens there: the quote client and the store are made on first use, and made again in
-a forked worker process, which must not share its parent's threads, sockets or SQLite handles.
-
-Settings read here:
-  BRAPI_API_KEY, BRAPI_BASE_URL   brapi when either is set, else the offline sample provider
-  BRAPI_RATE_LIMIT                requests toward brapi as LIMIT/SECONDS, default "5/1" (5 per second);
-                                  "off" to not pace (a plan with no limit). Not applied to the sample.
+The B3 app builds one `Services` per process (b3app/services.py, from BRAPI_* and the data dir).
+Nothing expensive happens there: the quote client and the store are made on first use, and made
+again in a forked worker process, which must not share its parent's threads, sockets or SQLite handles.
 """
 
 from __future__ import annotations
@@ -18,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from market.models import Quote
 from market.providers import make_provider
@@ -26,7 +21,6 @@ from market.providers.blocking import BlockingQuotes
 from market.seed import SeedReport, seed_defaults
 from market.store import DAY_S, MarketStore
 
-RATE_LIMIT_ENV = "BRAPI_RATE_LIMIT"
 DEFAULT_RATE_LIMIT = "5/1"
 STORE_FILE = "market.sqlite3"
 
@@ -191,19 +185,3 @@ class Services:
         provider = "brapi" if self.brapi_api_key or self.brapi_base_url else "sample"
         return "Services(%s, store=%s, rate_limit=%s)" % (provider, self.store_path, self.rate_limit or "none")
 
-
-def build_services(settings: Any) -> Services:
-    """The factory the runtime calls once per process with its Settings (B3JOBS_SERVICES default)."""
-    raw = getattr(settings, "brapi_rate_limit", None) or os.environ.get(RATE_LIMIT_ENV) or DEFAULT_RATE_LIMIT
-    try:
-        rate_limit = parse_rate_limit(raw)
-    except ValueError as exc:
-        from runtime.core.settings import SettingsError  # the runtime's error, so its CLI exits 2 with this line
-
-        raise SettingsError("bad settings: %s: %s" % (RATE_LIMIT_ENV, exc)) from exc
-    return Services(
-        settings.data_dir,
-        brapi_api_key=settings.brapi_api_key,
-        brapi_base_url=settings.brapi_base_url,
-        rate_limit=rate_limit,
-    )

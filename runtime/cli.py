@@ -1,4 +1,6 @@
-"""`python -m runtime ...`: check the manifest, run a consumer, enqueue and inspect jobs.
+"""`python -m runtime ...`: check the manifest, run a consumer, enqueue and inspect jobs, and the app's commands.
+
+The app's commands (`[app] commands` in the manifest) are listed with the runtime's own.
 
 Exit codes: 0 ok, 1 the operation failed, 2 bad input or configuration.
 """
@@ -10,7 +12,8 @@ import datetime as dt
 import json
 import logging
 import sys
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 from runtime.core.errors import B3JobsError, InvalidArgument, InvalidState, JobNotFound, ManifestError, PayloadError, UnknownJob
 from runtime.core.manifest import Manifest, load_manifest
@@ -20,10 +23,35 @@ from runtime.core.settings import Settings, SettingsError
 OK, FAILURE, BAD_INPUT = 0, 1, 2
 
 
+@dataclass(frozen=True)
+class Command:
+    """An app's own `python -m runtime NAME` command, listed by the manifest's `[app] commands`.
+
+    `run(args, services)` gets its parsed arguments and the app's services (ctx.services) and
+    returns the exit code; `on_local_start`, when set, are the arguments `local_runner.py` runs it
+    with as it starts.
+    """
+
+    name: str
+    help: str
+    run: Callable[[argparse.Namespace, Any], int]
+    arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None
+    on_local_start: tuple[str, ...] | None = None
+
+
+def run_command(command: Command, argv: Sequence[str], services: Any) -> int:
+    """Run an app command with these arguments, outside the CLI (local_runner.py)."""
+    parser = argparse.ArgumentParser(prog="python -m runtime %s" % command.name, description=command.help)
+    command.arguments(parser)
+    return command.run(parser.parse_args(list(argv)), services)
+
+
 def _trigger(job: Any) -> str:
-    if job.spec.cron:
-        return "cron %s %s" % (job.spec.cron, job.spec.timezone)
-    return "on demand"
+    spec = job.spec
+    triggers = ["cron %s %s" % (spec.cron, spec.timezone)] if spec.cron else []
+    if spec.http:
+        triggers.append("%s %s" % (spec.http.method, spec.http.path))
+    return ", ".join(triggers) or "on demand"
 
 
 def _retries(job: Any) -> str:
@@ -144,7 +172,7 @@ def _enqueue_file(args: argparse.Namespace, settings: Settings) -> int:
         results = runtime.enqueue_many(args.job, payloads, delay=args.delay, priority=args.priority)
     except PayloadError as exc:
         print("invalid input for %s; nothing enqueued:" % exc.job, file=sys.stderr)
-        for err in exc.errors:  # `3.payload.ticker`: item 3's field, shown at its line
+        for err in exc.errors:  # `3.payload.user_id`: item 3's field, shown at its line
             index, _, loc = err["loc"].partition(".")
             where = loc.removeprefix("payload.") if loc != "payload" else "payload"
             print("%s:%d: %s: %s" % (args.file, lines[int(index)], where, err["msg"]), file=sys.stderr)
@@ -231,21 +259,7 @@ def cmd_schedules(args: argparse.Namespace, settings: Settings) -> int:
     return OK
 
 
-def cmd_seed(args: argparse.Namespace, settings: Settings) -> int:
-    from runtime.engine import load_services
-
-    services = load_services(settings)
-    seed = getattr(services, "seed", None)
-    if seed is None:
-        print("seed: the services factory %s has no seed()" % settings.services, file=sys.stderr)
-        return BAD_INPUT
-    report = seed(history_days=args.history_days)
-    print("%d ticker(s) newly tracked, %d given %d days of sample history (%d quotes)"
-          % (report.tracked, report.with_history, args.history_days, report.quotes))
-    return OK
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(app_commands: Sequence[Command] = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m runtime", description="b3-jobs: run and inspect jobs")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR (default INFO)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -283,8 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state", default="completed", choices=["completed", "failed", "waiting", "delayed"])
     p.add_argument("--age", type=float, default=0, help="only records older than this many seconds")
     p.add_argument("--limit", type=int, default=1000)
-    p = sub.add_parser("seed", help="track the usual B3 tickers, with sample price history to analyse")
-    p.add_argument("--history-days", type=int, default=120, help="days of sample closes per new ticker (default 120)")
+    for command in app_commands:
+        command.arguments(sub.add_parser(command.name, help=command.help))
     return parser
 
 
@@ -298,18 +312,39 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "retry": cmd_retry,
     "schedules": cmd_schedules,
     **dict.fromkeys(["pause", "resume", "drain", "obliterate", "promote", "remove", "clean"], cmd_control),
-    "seed": cmd_seed,
 }
 
 
+def _manifest(settings: Settings, argv: Sequence[str]) -> Manifest | None:
+    """The manifest, read before the arguments for its app's commands; None when it has problems and help is asked."""
+    try:
+        return load_manifest(settings.manifest)
+    except ManifestError:
+        if "-h" in argv or "--help" in argv:
+            return None
+        raise
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    argv = sys.argv[1:] if argv is None else argv
     try:
         settings = Settings.from_env()
+    except SettingsError as exc:
+        print(str(exc), file=sys.stderr)
+        return BAD_INPUT
+    try:
+        manifest = _manifest(settings, argv)
+        app_commands = {command.name: command for command in manifest.app.commands} if manifest else {}
+        args = build_parser(list(app_commands.values())).parse_args(argv)
+        logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+        if args.command in app_commands:
+            from runtime.engine import load_services
+
+            assert manifest is not None
+            return app_commands[args.command].run(args, load_services(settings, manifest))
         return COMMANDS[args.command](args, settings)
     except ManifestError as exc:
-        print("manifest %s has %d problem(s):" % (Settings.from_env().manifest, len(exc.problems)), file=sys.stderr)
+        print("manifest %s has %d problem(s):" % (settings.manifest, len(exc.problems)), file=sys.stderr)
         for problem in exc.problems:
             print("  " + problem, file=sys.stderr)
         return BAD_INPUT

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 import types
 from typing import Any
@@ -12,7 +11,7 @@ from runtime.core.errors import B3JobsError, InvalidArgument, JobNotFound
 from runtime.core.events import EventSink, LogSink
 from runtime.core.manifest import Manifest, import_object, load_manifest
 from runtime.core.records import COMPLETED, DELAYED, FAILED, WAITING, JobRecord
-from runtime.core.settings import Settings
+from runtime.core.settings import Settings, SettingsError
 from runtime.store.base import JobStore
 from runtime.store.redis import RedisJobStore
 from runtime.store.sqlite import SqliteJobStore
@@ -22,16 +21,24 @@ from runtime.worker.housekeeping import Housekeeper
 from runtime.worker.huey_app import build_huey
 
 
-def load_services(settings: Settings) -> Any:
-    """The domain services handlers get as `ctx.services`, from the factory named by B3JOBS_SERVICES.
+def load_services(settings: Settings, manifest: Manifest) -> Any:
+    """The domain services every job gets as `ctx.services`: built by the factory B3JOBS_SERVICES names,
+    else by the manifest's `[app] services`; an empty namespace without either.
 
     The factory is called once per process with the settings; it should create expensive things
     (connections, clients) lazily, on first use, so forked worker processes get their own.
     """
-    try:
-        factory = import_object(settings.services)
-    except ImportError:
-        logging.getLogger("b3jobs").warning("services factory %s not importable; ctx.services is empty", settings.services)
+    factory = manifest.app.services
+    if settings.services is not None:
+        try:
+            factory = import_object(settings.services)
+        except Exception as exc:  # an import-time failure of any kind is a bad setting
+            raise SettingsError(
+                "bad settings: B3JOBS_SERVICES: cannot import %r: %s" % (settings.services, exc)
+            ) from exc
+        if not callable(factory):
+            raise SettingsError("bad settings: B3JOBS_SERVICES: %r is not callable" % settings.services)
+    if factory is None:
         return types.SimpleNamespace()
     return factory(settings)
 
@@ -57,7 +64,7 @@ class Runtime:
         )
         self.store.set_limits(limits_of(self.manifest))
         self.huey.register_jobs(self.manifest.jobs)
-        self.services = services if services is not None else load_services(self.settings)
+        self.services = services if services is not None else load_services(self.settings, self.manifest)
         self.enqueuer = Enqueuer(self.manifest, self.store, self.events)
         self.executor = Executor(
             self.huey, self.store, self.manifest, self.events, self.services, self.settings.lease_s, self.enqueuer.prepare

@@ -57,7 +57,7 @@ def settings_for(tmp_path: Path) -> Callable[..., Settings]:
         if backend == "redis":
             values["redis_url"] = REDIS_URL
         values.update(overrides)
-        return Settings(**values)
+        return Settings.from_env({}, **values)  # nothing from the shell's environment: each test says what it runs on
 
     return make
 

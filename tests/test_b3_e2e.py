@@ -58,8 +58,10 @@ def b3_runtime(
 ) -> Iterator[Callable[..., Runtime]]:
     """Runtimes on the real manifest whose services come from the real factory, pointed at the fake brapi."""
     monkeypatch.setenv("BRAPI_RATE_LIMIT", RATE)
+    monkeypatch.setenv("BRAPI_API_KEY", "test-token")
+    monkeypatch.setenv("BRAPI_BASE_URL", fake.url)
     made: list[Runtime] = []
-    settings = settings_for("sqlite", manifest=MANIFEST, brapi_api_key="test-token", brapi_base_url=fake.url)
+    settings = settings_for("sqlite", manifest=MANIFEST)
     manifest = load_manifest(MANIFEST)
 
     def make(bus: str | None = None) -> Runtime:

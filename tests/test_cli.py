@@ -37,8 +37,8 @@ def project(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
     """A fresh project: the real manifest's defaults, plus one job added the documented way."""
     (tmp_path / "handlers").mkdir()
     (tmp_path / "handlers" / "__init__.py").write_text("")
-    # The real manifest's [defaults] only: the B3 jobs' handlers live in the real project, not this one.
-    defaults = (ROOT / "schedules.toml").read_text().split("\n[jobs.", 1)[0]
+    # The real manifest's [defaults] only: the B3 app and its jobs' handlers live in the real project, not this one.
+    defaults = "[defaults]" + (ROOT / "schedules.toml").read_text().split("\n[defaults]", 1)[1].split("\n[jobs.", 1)[0]
     (tmp_path / "schedules.toml").write_text(defaults)
     env = {
         "PATH": os.environ["PATH"],
@@ -175,6 +175,40 @@ def test_local_runner_starts_on_defaults_and_stops_on_ctrl_c(tmp_path: Path) -> 
     assert "b3-jobs local runner" in out and "Consumer exiting" in out
     assert (tmp_path / "var" / "b3jobs.sqlite3").exists()
     assert (tmp_path / "var" / "market.sqlite3").exists()
+
+
+def test_the_apps_commands_and_services_come_from_the_manifest(project: dict[str, str]) -> None:
+    root = Path(project["B3JOBS_MANIFEST"]).parent
+    # Given a project without an [app] table, seed is no command
+    assert "invalid choice: 'seed'" in cli(project, "seed", cwd=root).stderr
+    # When the manifest plugs the B3 app in
+    manifest = root / "schedules.toml"
+    manifest.write_text('[app]\nservices = "b3app.services:build_services"\ncommands = "b3app.cli:COMMANDS"\n\n'
+                        + manifest.read_text())
+    # Then seed is listed, tracks the usual tickers once, and says so the second time with --if-empty
+    assert "seed" in cli(project, "--help", cwd=root).stdout
+    seeded = cli(project, "seed", "--history-days", "3", cwd=root)
+    assert seeded.returncode == 0, seeded.stderr
+    assert "16 ticker(s) newly tracked, 16 given 3 days of sample history (48 quotes)" in seeded.stdout
+    again = cli(project, "seed", "--if-empty", cwd=root)
+    assert again.returncode == 0 and "nothing seeded" in again.stdout
+    # And a bad setting of the app exits 2 with its line
+    bad = cli({**project, "BRAPI_RATE_LIMIT": "lots"}, "seed", cwd=root)
+    assert bad.returncode == 2
+    assert "bad settings: BRAPI_RATE_LIMIT: expected LIMIT/SECONDS" in bad.stderr and "got 'lots'" in bad.stderr
+    # And B3JOBS_SERVICES overrides the manifest's factory: one without a market store cannot seed
+    other = cli({**project, "B3JOBS_SERVICES": "builtins:dict"}, "seed", cwd=root)
+    assert other.returncode == 2 and "has no market store" in other.stderr
+    missing = cli({**project, "B3JOBS_SERVICES": "nowhere:build"}, "seed", cwd=root)
+    assert missing.returncode == 2 and "bad settings: B3JOBS_SERVICES: cannot import 'nowhere:build'" in missing.stderr
+
+
+def test_bad_settings_exit_2_naming_the_variable(project: dict[str, str]) -> None:
+    done = cli({**project, "B3JOBS_PORT": "eighty", "B3JOBS_LEASE_S": "0"}, "check")
+    assert done.returncode == 2
+    assert "B3JOBS_PORT: Input should be a valid integer, unable to parse string as an integer, got 'eighty'" \
+        in done.stderr
+    assert "B3JOBS_LEASE_S: Input should be greater than or equal to 1, got '0'" in done.stderr
 
 
 def with_price_check(project: dict[str, str]) -> Path:

@@ -1,4 +1,5 @@
-"""The B3 routes (runtime/api_market.py): each one's success and errors, on SQLite and on Redis."""
+"""The B3 routes, each one's success and errors, on SQLite and on Redis: the price updates are the jobs'
+HTTP triggers (`http` in schedules.toml, built by runtime/web/triggers.py), the rest b3app/routes.py."""
 
 from __future__ import annotations
 
@@ -47,11 +48,19 @@ async def test_update_refuses_a_ticker_not_in_b3_form(api: Any, b3: Runtime) -> 
     assert sum(b3.counts()["update-asset-prices"].values()) == 0
 
 
-async def test_update_without_the_job_in_the_manifest_is_404(runtime: Runtime, aiohttp_client: Callable[..., Any]) -> None:
-    api = await aiohttp_client(create_app(runtime))  # the test manifest: no B3 jobs
-    resp = await api.post("/api/v1/assets/update/PETR4")
-    assert resp.status == 404 and "unknown job 'update-asset-prices'" in (await resp.json())["error"]["message"]
-    runtime.services.close()
+async def test_without_the_b3_app_in_the_manifest_there_are_no_b3_routes(
+    runtime: Runtime, aiohttp_client: Callable[..., Any]
+) -> None:
+    # Given the test manifest: no [app] table, no job with an http trigger
+    api = await aiohttp_client(create_app(runtime))
+    # Then the B3 routes are not there, and ctx.services is an empty namespace
+    for method, path in [("POST", "/api/v1/assets/update/PETR4"), ("POST", "/api/v1/assets/batch-update"),
+                         ("GET", "/api/v1/assets"), ("POST", "/api/v1/analysis")]:
+        resp = await api.request(method, path, json={})
+        assert resp.status == 404, (method, path)
+    assert vars(runtime.services) == {}
+    doc = await (await api.get("/api/openapi.json")).json()
+    assert not [path for path in doc["paths"] if "/assets" in path or "/analysis" in path]
 
 
 async def test_batch_update_queues_the_tickers_once_each(api: Any, b3: Runtime) -> None:
@@ -151,8 +160,16 @@ async def test_the_b3_routes_are_in_the_openapi_document(api: Any) -> None:
         "/api/v1/analysis": ["post"],
         "/api/v1/analysis/{id}": ["get"],
     }
-    queued = doc["components"]["schemas"]["Queued"]
-    assert set(queued["properties"]) == {"jobId", "status", "ticker"}
+    def answer(path: str) -> dict[str, Any]:
+        ref = doc["paths"][path]["post"]["responses"]["202"]["content"]["application/json"]["schema"]["$ref"]
+        return doc["components"]["schemas"][ref.rsplit("/", 1)[1]]
+
+    assert set(answer("/api/v1/assets/update/{ticker}")["properties"]) == {"jobId", "status", "ticker"}
+    assert set(answer("/api/v1/assets/batch-update")["properties"]) == {"jobId", "status", "tickers", "count"}
+    update = doc["paths"]["/api/v1/assets/update/{ticker}"]["post"]
+    assert [p["name"] for p in update["parameters"]] == ["ticker"] and "requestBody" not in update
+    body = doc["paths"]["/api/v1/assets/batch-update"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert set(doc["components"]["schemas"][body["$ref"].rsplit("/", 1)[1]]["properties"]) == {"tickers"}
 
 
 async def test_with_a_token_the_b3_routes_need_it(b3: Runtime, aiohttp_client: Callable[..., Any]) -> None:

@@ -1,4 +1,6 @@
-"""market.services: the rate-limit setting, the request pacer, lazy services; and the helpers the handler tests share."""
+"""market.services (built by b3app.services): the rate-limit setting, the request pacer, lazy services.
+
+And the helpers the handler tests share."""
 
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ import pytest
 
 from fake_brapi import FakeBrapi
 from market.providers.blocking import BlockingQuotes
-from market.services import PacedQuotes, RateLimit, RequestPacer, Services, build_services, parse_rate_limit
+from b3app.services import build_services
+from market.services import PacedQuotes, RateLimit, RequestPacer, Services, parse_rate_limit
 from market.store import MarketStore
 from market.tickers import DEFAULT_TICKERS
 from runtime.core.context import JobContext
@@ -76,8 +79,12 @@ def test_a_bad_rate_limit_says_what_was_expected(text: str) -> None:
         parse_rate_limit(text)
 
 
-def test_build_services_reads_brapi_settings_and_refuses_a_bad_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = Settings(data_dir=tmp_path, brapi_api_key="k", brapi_base_url="http://127.0.0.1:1")
+def test_build_services_reads_brapi_settings_and_refuses_a_bad_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = Settings(data_dir=tmp_path)
+    monkeypatch.setenv("BRAPI_API_KEY", "k")
+    monkeypatch.setenv("BRAPI_BASE_URL", "http://127.0.0.1:1")
     monkeypatch.setenv("BRAPI_RATE_LIMIT", "7/2")
     services = build_services(settings)
     assert services.rate_limit == RateLimit(7, 2.0)
@@ -88,8 +95,12 @@ def test_build_services_reads_brapi_settings_and_refuses_a_bad_limit(tmp_path: P
         build_services(settings)
 
 
-def test_services_are_made_on_first_use_and_the_sample_is_not_paced(tmp_path: Path) -> None:
+def test_services_are_made_on_first_use_and_the_sample_is_not_paced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Given services without a brapi key or URL
+    monkeypatch.delenv("BRAPI_API_KEY", raising=False)
+    monkeypatch.delenv("BRAPI_BASE_URL", raising=False)
     services = build_services(Settings(data_dir=tmp_path / "var"))
     # Then building them touched nothing
     assert not (tmp_path / "var").exists()

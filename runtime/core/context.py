@@ -84,7 +84,7 @@ class JobContext:
         self._events.emit("job:progress", (self.job_id, self.job), {"progress": value})
 
     def emit(self, event: str, data: dict[str, Any]) -> None:
-        """Publish a domain event (e.g. `asset:updated`); never raises for a bus outage."""
+        """Publish a domain event (e.g. `order:shipped`); never raises for a bus outage."""
         self.check_timeout()
         self._events.emit(event, (self.job_id, self.job), data)
 

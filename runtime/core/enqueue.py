@@ -95,7 +95,7 @@ class Enqueuer:
         """Validate every item first, then create them all in one store call; (record, created) per item.
 
         Nothing is enqueued when any item is invalid: the PayloadError lists each problem with its
-        index (`3.payload.ticker`, `3.delay`). Ids and dedupe keys are honoured per item, as by
+        index (`3.payload.user_id`, `3.delay`). Ids and dedupe keys are honoured per item, as by
         `enqueue`. Past MAX_CREATE items, the validated jobs are created MAX_CREATE per store call.
         """
         news: list[NewJob] = []

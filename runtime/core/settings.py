@@ -1,37 +1,54 @@
-"""Where b3-jobs runs, read once from the environment into one frozen object."""
+"""Where b3-jobs runs, read once from the environment into one frozen object (pydantic-settings)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from runtime.core.errors import B3JobsError
+from runtime.core.manifest import REF
 
 
 class SettingsError(B3JobsError):
     """An environment variable holds a value b3-jobs cannot use."""
 
 
-class Settings(BaseModel):
-    """The environment says where things run; the manifest says what runs."""
+def _settings_error(exc: ValidationError, settings: type[BaseSettings]) -> SettingsError:
+    """Every problem of `exc`, each naming its environment variable, what was found and what was expected."""
+    env = {name: field.validation_alias for name, field in settings.model_fields.items()}
+    env.update({alias: alias for alias in env.values() if isinstance(alias, str)})
+    problems = [
+        "%s: %s, got %r" % (env.get(str(e["loc"][0]), e["loc"][0]) if e["loc"] else "settings", e["msg"], e["input"])
+        for e in exc.errors()
+    ]
+    return SettingsError("bad settings: " + "; ".join(problems))
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
-    redis_url: str | None = None
-    data_dir: Path = Path("./var")
-    bus_url: str | None = None
-    manifest: Path = Path("./schedules.toml")
-    host: str = "127.0.0.1"
-    port: int = Field(default=3101, ge=0, le=65535)
-    token: str | None = None
-    namespace: str = Field(default="b3jobs", pattern=r"^[A-Za-z0-9_]+$")
-    lease_s: float = Field(default=15.0, ge=1, le=3600)
-    services: str = Field(default="market.services:build_services", pattern=r"^[\w.]+:\w+$")
-    brapi_api_key: str | None = None
-    brapi_base_url: str | None = None
+class Settings(BaseSettings):
+    """The environment says where things run; the manifest says what runs.
+
+    `Settings()` reads the variables named below (empty means unset); keyword arguments, by field
+    name, win over them. `Settings.from_env()` is the same with a SettingsError naming the variable.
+    """
+
+    model_config = SettingsConfigDict(
+        frozen=True, extra="forbid", case_sensitive=True, env_ignore_empty=True, populate_by_name=True
+    )
+
+    redis_url: str | None = Field(default=None, validation_alias="REDIS_URL")
+    data_dir: Path = Field(default=Path("./var"), validation_alias="B3JOBS_DATA_DIR")
+    bus_url: str | None = Field(default=None, validation_alias="BUS_URL")
+    manifest: Path = Field(default=Path("./schedules.toml"), validation_alias="B3JOBS_MANIFEST")
+    host: str = Field(default="127.0.0.1", validation_alias="B3JOBS_HOST")
+    port: int = Field(default=3101, ge=0, le=65535, validation_alias="B3JOBS_PORT")
+    token: str | None = Field(default=None, validation_alias="B3JOBS_TOKEN")
+    namespace: str = Field(default="b3jobs", pattern=r"^[A-Za-z0-9_]+$", validation_alias="B3JOBS_NAMESPACE")
+    lease_s: float = Field(default=15.0, ge=1, le=3600, validation_alias="B3JOBS_LEASE_S")
+    # Unset: the manifest's `[app] services` builds ctx.services.
+    services: str | None = Field(default=None, pattern=REF, validation_alias="B3JOBS_SERVICES")
 
     @property
     def backend(self) -> str:
@@ -42,33 +59,18 @@ class Settings(BaseModel):
         return self.data_dir / ("%s.sqlite3" % self.namespace)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> "Settings":
-        env = os.environ if environ is None else environ
-        names = {
-            "REDIS_URL": "redis_url",
-            "B3JOBS_DATA_DIR": "data_dir",
-            "BUS_URL": "bus_url",
-            "B3JOBS_MANIFEST": "manifest",
-            "B3JOBS_HOST": "host",
-            "B3JOBS_PORT": "port",
-            "B3JOBS_TOKEN": "token",
-            "B3JOBS_NAMESPACE": "namespace",
-            "B3JOBS_SERVICES": "services",
-            "B3JOBS_LEASE_S": "lease_s",
-            "BRAPI_API_KEY": "brapi_api_key",
-            "BRAPI_BASE_URL": "brapi_base_url",
-        }
-        values: dict[str, object] = {field: env[var] for var, field in names.items() if env.get(var)}
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        """The process environment's settings (or only `environ`'s), `overrides` on top; SettingsError if bad."""
+        values: dict[str, Any] = {}
+        if environ is not None:
+            # Every variable given, so the process environment fills none of them.
+            for name, field in cls.model_fields.items():
+                values[name] = environ.get(str(field.validation_alias)) or field.default
         values.update(overrides)
         try:
             return cls(**values)
         except ValidationError as exc:
-            by_field = {field: var for var, field in names.items()}
-            problems = [
-                "%s: %s, got %r" % (by_field.get(str(e["loc"][0]), e["loc"][0]), e["msg"], e.get("input"))
-                for e in exc.errors()
-            ]
-            raise SettingsError("bad settings: " + "; ".join(problems)) from exc
+            raise _settings_error(exc, cls) from exc
 
 
 def bus_url(settings: Settings) -> str:

@@ -9,8 +9,8 @@ from aiohttp import web
 from bus.bridge import bridge_context
 from bus.publisher import KombuPublisher
 from bus.relay import Relay
-from b3app.routes import MARKET_ROUTES
 from runtime.core.settings import Settings, bus_url
+from runtime.web.triggers import trigger_routes
 from runtime.engine import Runtime
 from runtime.web.api import ROUTES, RUNTIME
 from runtime.web.dashboard import setup_dashboard
@@ -34,7 +34,8 @@ def create_app(runtime: Runtime, relay: Any = None, *, token: str | None = None)
         client_max_size=MAX_BODY_BYTES,
     )
     app[RUNTIME] = runtime
-    routes = [*ROUTES, *MARKET_ROUTES, *DASHBOARD_ROUTES]
+    # The runtime's routes, the jobs' HTTP triggers and the app's routes (both declared by the manifest).
+    routes = [*ROUTES, *trigger_routes(runtime.manifest), *runtime.manifest.app.routes, *DASHBOARD_ROUTES]
     app[OPENAPI] = document(routes)
     for route in routes:
         app.router.add_route(route.method, route.path, route.handler)

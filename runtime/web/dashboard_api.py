@@ -100,7 +100,7 @@ class Overview(BaseModel):
 
 
 class SearchQuery(m.Strict):
-    q: str = Field(min_length=1, max_length=200, description="an id (or part), field=value (e.g. ticker=PETR4), or words")
+    q: str = Field(min_length=1, max_length=200, description="an id (or part), field=value (e.g. user=42), or words")
     name: str | None = None
     state: State | None = None
     offset: int = Field(default=0, ge=0, description="where to resume scanning: a previous answer's next_offset")
@@ -267,7 +267,7 @@ def _equals(found: Any, wanted: str) -> bool:
 
 
 def compile_query(q: str) -> Callable[[JobRecord], bool]:
-    """`ticker=PETR4` matches a payload field (a list field matches when it holds the value; dots reach
+    """`user=42` matches a payload field (a list field matches when it holds the value; dots reach
     nested fields); any other word matches part of the id or of the error, or equals a payload value.
     Several terms must all match; case is ignored."""
     tests: list[Callable[[JobRecord], bool]] = []
@@ -412,7 +412,7 @@ DASHBOARD_ROUTES = [
     Route("GET", "/api/v1/dashboard/overview", overview,
           "Every job name: counts, paused, totals, throughput, cron; consumers alive", responses={200: Overview}),
     Route("GET", "/api/v1/dashboard/search", search_jobs,
-          "Search jobs by id, payload field (ticker=PETR4) or words, newest first, resumable", query=SearchQuery,
+          "Search jobs by id, payload field (user=42) or words, newest first, resumable", query=SearchQuery,
           responses={200: SearchResults, 404: E, 422: E}),
     Route("GET", "/api/v1/dashboard/failures", failures, "Failed jobs grouped by job name and reason",
           query=FailuresQuery, responses={200: FailureGroups, 404: E, 422: E}),

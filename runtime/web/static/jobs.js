@@ -33,7 +33,7 @@ export class JobsView {
       names.map((n) => h("option", { value: n, selected: n === this.name }, n)));
     const search = h("input", {
       type: "search", id: "search", value: this.q, "aria-label": "search",
-      placeholder: "id, field=value (ticker=PETR4), or a word",
+      placeholder: "id, field=value (user=42), or a word",
     });
     const form = h("form", { class: "toolbar", id: "search-form", onsubmit: (ev) => {
       ev.preventDefault();
