@@ -11,8 +11,8 @@ which holds whoever published.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
-import socket
 import threading
 import time
 import uuid
@@ -25,7 +25,10 @@ from typing import Any
 import msgspec
 import pytest
 import redis
+from conftest import CI, REDIS_URL, TEST_MANIFEST, require_redis, running_consumer, wait_for
+from faults import PrivateRedis, consumer_env, start_consumer, stop
 from kombu import Connection, Queue
+from test_events_e2e import require_amqp, subscribe
 
 from bus.envelope import Envelope, decode_batch
 from bus.publisher import KombuPublisher, exchange, transport_options
@@ -33,10 +36,6 @@ from runtime.core.manifest import load_manifest
 from runtime.core.settings import Settings
 from runtime.engine import Runtime
 from runtime.web.app import build_web
-
-from conftest import CI, REDIS_URL, TEST_MANIFEST, require_redis, running_consumer, wait_for
-from faults import PrivateRedis, consumer_env, start_consumer, stop
-from test_events_e2e import require_amqp, subscribe
 
 LIFECYCLE = ["job:waiting", "job:active", "job:completed"]  # what a noop job goes through
 
@@ -96,7 +95,7 @@ class Listener:
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._run, name="test-listener", daemon=True)
 
-    def __enter__(self) -> "Listener":
+    def __enter__(self) -> Listener:
         self._thread.start()
         assert self._ready.wait(10), "listener on %s never bound its queue" % self.url
         return self
@@ -118,13 +117,13 @@ class Listener:
             try:
                 with self._connect() as conn:
                     conn.ensure_connection(max_retries=1)
-                    with conn.Consumer([self.queue], on_message=self._on_message, accept=["application/json"], no_ack=True):
+                    with conn.Consumer(
+                        [self.queue], on_message=self._on_message, accept=["application/json"], no_ack=True
+                    ):
                         self._ready.set()
                         while not self._closing.is_set():
-                            try:
+                            with contextlib.suppress(TimeoutError):
                                 conn.drain_events(timeout=0.1)
-                            except socket.timeout:
-                                pass
             except Exception:  # the broker is down: try again shortly
                 time.sleep(0.1)
 
@@ -151,7 +150,9 @@ def completed_all(seen: dict[str, list[str]], job_ids: Iterable[str], last: str 
     return all(last in seen.get(job_id, ()) for job_id in job_ids)
 
 
-def out_of_order(seen: dict[str, list[str]], job_ids: Iterable[str], expected: list[str] = LIFECYCLE) -> dict[str, list[str]]:
+def out_of_order(
+    seen: dict[str, list[str]], job_ids: Iterable[str], expected: list[str] = LIFECYCLE
+) -> dict[str, list[str]]:
     """Jobs whose events are not exactly `expected`, in that order, each once."""
     return {job_id: seen.get(job_id, []) for job_id in job_ids if seen.get(job_id, []) != expected}
 
@@ -256,7 +257,9 @@ async def test_under_concurrency_every_subscriber_sees_each_job_waiting_active_c
                 assert len(job_ids) == PRODUCERS * JOBS_PER_PRODUCER
                 # Then both subscribers see every one of them complete
                 await until(lambda: completed_all(seen.by_job, job_ids), 30, "job:completed of every job on /ws")
-                await until(lambda: completed_all(listener.of(job_ids), job_ids), 10, "job:completed of every job on job.#")
+                await until(
+                    lambda: completed_all(listener.of(job_ids), job_ids), 10, "job:completed of every job on job.#"
+                )
                 await asyncio.sleep(0.3)  # room for a late duplicate to show up
             # And each saw, for every job, waiting before active before completed, each exactly once
             assert out_of_order(seen.by_job, job_ids) == {}
@@ -289,9 +292,11 @@ def test_a_narrow_binding_receives_exactly_the_events_it_names(broker_url: str) 
     namespace = "t%s" % uuid.uuid4().hex[:12]
     publisher = KombuPublisher(broker_url, namespace=namespace)
     try:
-        with Listener(broker_url, "asset.updated.#", namespace) as assets, \
-                Listener(broker_url, "job.completed.echo", namespace) as echo_done, \
-                Listener(broker_url, "*.*.PETR4", namespace) as petr4:
+        with (
+            Listener(broker_url, "asset.updated.#", namespace) as assets,
+            Listener(broker_url, "job.completed.echo", namespace) as echo_done,
+            Listener(broker_url, "*.*.PETR4", namespace) as petr4,
+        ):
             # When one publisher emits the events of jobs of two names, mixed with domain events of several tickers
             asset_marks, echo_ids, petr4_marks = set(), set(), set()
 
@@ -344,7 +349,9 @@ def test_a_narrow_binding_receives_exactly_the_events_it_names(broker_url: str) 
 # -- 3. a consumer stopped right after its last job ------------------------------------------------
 
 
-CHATTER = 3_000  # events, each its own bus message, that the job emits just before it completes: a backlog at the signal
+CHATTER = (
+    3_000  # events, each its own bus message, that the job emits just before it completes: a backlog at the signal
+)
 
 
 @pytest.mark.redis
@@ -372,8 +379,11 @@ def test_a_consumer_stopped_right_after_its_last_job_has_published_all_its_event
             consumer.send_signal(sig)
             assert consumer.wait(20) == 0, log.read_text()
             # Then every event of the job reaches the listener, in order, once: it published them before it exited
-            wait_for(lambda: "job:completed" in listener.of({job_id}).get(job_id, ()), 10,
-                     what="job:completed at the listener; consumer log:\n%s" % log.read_text())
+            wait_for(
+                lambda: "job:completed" in listener.of({job_id}).get(job_id, ()),
+                10,
+                what="job:completed at the listener; consumer log:\n%s" % log.read_text(),
+            )
             time.sleep(0.2)
             events = listener.of({job_id})[job_id]
             assert events == ["job:waiting", "job:active", *["test:chatter"] * CHATTER, "job:completed"]
@@ -413,19 +423,31 @@ def test_events_of_jobs_run_while_the_broker_is_down_all_arrive_once_it_is_back(
             job_ids = [api.enqueue("noop", {})[0].id for _ in range(50)]
             job_ids += [r.id for r, _ in api.enqueue_many("noop", [{}] * 200)]
             # Then they all complete
-            wait_for(lambda: api.counts()["noop"]["completed"] == len(job_ids), 30, interval=0.1,
-                     what="the jobs to complete while the broker is down")
+            wait_for(
+                lambda: api.counts()["noop"]["completed"] == len(job_ids),
+                30,
+                interval=0.1,
+                what="the jobs to complete while the broker is down",
+            )
             # And their events are kept, none dropped
             assert sum(p.buffered for p in publishers) == 3 * len(job_ids)
             assert [p.dropped for p in publishers] == [0] * processes
             # And once the broker is back every event of every one of them arrives, once
             broker.start()
-            wait_for(lambda: all(len(events) == 3 for events in listener.of(set(job_ids)).values())
-                     and len(listener.of(set(job_ids))) == len(job_ids), 30, interval=0.1,
-                     what="every event after the broker came back")
+            wait_for(
+                lambda: (
+                    all(len(events) == 3 for events in listener.of(set(job_ids)).values())
+                    and len(listener.of(set(job_ids))) == len(job_ids)
+                ),
+                30,
+                interval=0.1,
+                what="every event after the broker came back",
+            )
             time.sleep(0.3)
             seen = listener.of(set(job_ids))
-            assert {job_id: sorted(seen[job_id]) for job_id in job_ids} == {job_id: sorted(LIFECYCLE) for job_id in job_ids}
+            assert {job_id: sorted(seen[job_id]) for job_id in job_ids} == {
+                job_id: sorted(LIFECYCLE) for job_id in job_ids
+            }
             # And each process's events in the order it emitted them: with one process, the whole lifecycle.
             # Across processes the order is not promised after an outage: each kept its own events and
             # publishes them when it reconnects, so a consumer's job:active may come before the API's job:waiting.
@@ -475,8 +497,11 @@ def test_a_publisher_that_falls_behind_makes_emitters_wait_and_drops_nothing(bro
                         out[e.job.id].append(e.data["progress"])
                 return out
 
-            wait_for(lambda: sum(map(len, progress_by_job().values())) >= threads * per_thread, 15,
-                     what="every event at the listener")
+            wait_for(
+                lambda: sum(map(len, progress_by_job().values())) >= threads * per_thread,
+                15,
+                what="every event at the listener",
+            )
             assert progress_by_job() == {job_id: list(range(per_thread)) for job_id in ours}
     finally:
         publisher.close()
