@@ -56,7 +56,7 @@ def limits_of(manifest: Manifest) -> dict[str, Limits]:
 
 
 def _item_loc(n: int, problem: dict[str, Any]) -> str:
-    """Where a problem of bulk item `n` is: `3.delay` for one of its options, `3.payload.ticker` in its payload."""
+    """Where a problem of bulk item `n` is: `3.delay` for one of its options, `3.payload.user_id` in its payload."""
     if problem["type"] in OPTIONS:
         return "%d.%s" % (n, problem["loc"])
     return "%d.payload.%s" % (n, problem["loc"]) if problem["loc"] else "%d.payload" % n

@@ -121,7 +121,7 @@ async def enqueue_bulk(request: web.Request) -> web.Response:
     items = [EnqueueItem(j.payload, delay=j.delay, priority=j.priority, job_id=j.job_id) for j in body.jobs]
     try:
         results = await blocking(runtime.enqueue_many, job.name, items)
-    except PayloadError as exc:  # `3.payload.ticker` → `jobs.3.payload.ticker`: where it is in the body
+    except PayloadError as exc:  # `3.payload.user_id` → `jobs.3.payload.user_id`: where it is in the body
         raise PayloadError(exc.job, [{**e, "loc": "jobs." + e["loc"]} for e in exc.errors]) from None
     jobs = [m.BulkJob(id=r.id, state=r.state, deduplicated=not created) for r, created in results]
     created = sum(1 for _, c in results if c)
