@@ -1,7 +1,8 @@
 """The B3 app's own routes (`[app] routes` in schedules.toml): read assets, request analyses and read them.
 
 The price updates are the jobs' own HTTP triggers (`http` in their manifest tables, b3app/triggers.py).
-The market store is the runtime's services' (`runtime.services.store`).
+The market store is the runtime's services' (`runtime.services.store`); prices shown are the active
+provider's (`runtime.services.source`): daily bars and the latest intraday quote, each labelled.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from b3app.triggers import Ticker
 from market.errors import InvalidTicker
-from market.models import AnalysisResult, Asset, Quote
+from market.models import AnalysisResult, Asset, Bar, Quote
 from market.tickers import validate_ticker
 from runtime.core.errors import PayloadError
 from runtime.web import models as m
@@ -44,10 +45,11 @@ class AssetsQuery(m.Strict):
 
 
 class AssetSummary(BaseModel):
-    """A tracked asset and its latest stored quote."""
+    """A tracked asset, its latest intraday quote and its newest daily bar, from the active provider."""
 
     asset: Asset
     latest: Quote | None
+    last_bar: Bar | None
 
 
 class AssetList(BaseModel):
@@ -56,16 +58,18 @@ class AssetList(BaseModel):
     assets: list[AssetSummary]
 
 
-class HistoryQuery(m.Strict):
-    limit: int = Field(default=100, ge=1, le=1000, description="how many quotes of history, newest first")
+class BarsQuery(m.Strict):
+    days: int = Field(default=100, ge=1, le=1000, description="how many of the newest daily bars (B3 sessions)")
 
 
 class AssetDetail(BaseModel):
-    """An asset, its latest quote and its quote history (newest first)."""
+    """An asset, its daily bars (oldest first, one per B3 session) and its latest intraday quote, apart,
+    from the active provider (`source`)."""
 
     asset: Asset
+    source: str
     latest: Quote | None
-    history: list[Quote]
+    bars: list[Bar]
 
 
 class Analysis(BaseModel):
@@ -100,6 +104,11 @@ def _store(request: web.Request) -> Any:
     return store
 
 
+def _source(request: web.Request) -> str:
+    """The active provider's name: whose bars and quotes the routes show."""
+    return str(request.app[RUNTIME].services.source)
+
+
 def _not_found(message: str) -> web.Response:
     return respond(m.Error(error=m.ErrorDetail(code="not_found", message=message)), 404)
 
@@ -119,25 +128,30 @@ async def request_analysis(request: web.Request) -> web.Response:
 
 async def list_assets(request: web.Request) -> web.Response:
     query = parse_query(request, AssetsQuery)
-    store = _store(request)
+    store, source = _store(request), _source(request)
+
+    def summary(asset: Asset) -> AssetSummary:
+        bars = store.bars(asset.ticker, source, limit=1)
+        latest = store.latest_quote(asset.ticker, source)
+        return AssetSummary(asset=asset, latest=latest, last_bar=bars[0] if bars else None)
 
     def read() -> list[AssetSummary]:
-        return [AssetSummary(asset=a, latest=store.latest_quote(a.ticker)) for a in store.assets(active_only=not query.all)]
+        return [summary(a) for a in store.assets(active_only=not query.all)]
 
     return respond(AssetList(assets=await blocking(read)))
 
 
 async def get_asset(request: web.Request) -> web.Response:
     ticker = _ticker(request.match_info["ticker"], "path")
-    query = parse_query(request, HistoryQuery)
-    store = _store(request)
+    query = parse_query(request, BarsQuery)
+    store, source = _store(request), _source(request)
 
     def read() -> AssetDetail | None:
         asset = store.asset(ticker)
         if asset is None:
             return None
-        history = store.history(ticker, limit=query.limit)
-        return AssetDetail(asset=asset, latest=history[0] if history else None, history=history)
+        return AssetDetail(asset=asset, source=source, latest=store.latest_quote(ticker, source),
+                           bars=store.bars(ticker, source, limit=query.days))
 
     detail = await blocking(read)
     if detail is None:
@@ -156,10 +170,10 @@ async def get_analysis(request: web.Request) -> web.Response:
 
 E = m.Error
 ROUTES = [
-    Route("GET", "/api/v1/assets", list_assets, "Tracked assets with their latest quote", query=AssetsQuery,
-          responses={200: AssetList, 422: E}),
-    Route("GET", "/api/v1/assets/{ticker}", get_asset, "An asset's latest quote and history", query=HistoryQuery,
-          responses={200: AssetDetail, 404: E, 422: E}),
+    Route("GET", "/api/v1/assets", list_assets, "Tracked assets with their latest quote and daily bar",
+          query=AssetsQuery, responses={200: AssetList, 422: E}),
+    Route("GET", "/api/v1/assets/{ticker}", get_asset, "An asset's daily bars and its latest intraday quote",
+          query=BarsQuery, responses={200: AssetDetail, 404: E, 422: E}),
     Route("POST", "/api/v1/analysis", request_analysis, "Request an analysis of one ticker", body=AnalysisBody,
           responses={202: AnalysisQueued, 400: E, 404: E, 413: E, 422: E}),
     Route("GET", "/api/v1/analysis/{id}", get_analysis, "An analysis request and its result",

@@ -1,10 +1,17 @@
-"""daily-update: every active asset, one update-asset-prices child each, and a summary (cron 02:00 America/Sao_Paulo).
+"""daily-update: the previous B3 session's bar of every active asset (cron 02:00 America/Sao_Paulo).
 
-A flow, like batch-update: the first run spawns one child per active asset (in ticker order) and
-returns; the job then waits (`waiting-children`) without holding a worker while the children run on
-any consumer under update-asset-prices' rate limit toward the provider and its retries; then this
-handler runs again with `ctx.children` and completes with `{"updated": [...], "failed": {ticker:
-reason}}`. One bad ticker never fails the job (`children_fail = "continue"`).
+The session due is the day before today in São Paulo (by `ctx.services.clock`). When that day had
+no session (a weekend, Carnival, a holiday of B3's calendar, market/calendar.py) nothing is due:
+the job completes at once with `"due": false` and the reason, and asks the provider nothing.
+
+Otherwise it is a flow, like batch-update: the first run spawns one update-asset-prices child per
+active asset (in ticker order) and returns; the job then waits (`waiting-children`) without
+holding a worker while the children run on any consumer under update-asset-prices' rate limit
+toward the provider and its retries; then this handler runs again with `ctx.children` and
+completes with `{"session", "due": true, "updated": [...], "failed": {ticker: reason}}`. One bad
+ticker never fails the job (`children_fail = "continue"`). At 02:00 a quote is the due session's
+last trade, so it updates that session's bar; a run that starts after the next session opened (a
+catch-up) finds the due session missing and fetches it with the history (market/backfill.py).
 
 When not one asset could be updated (the provider down all along, a refused key), the job fails at
 once with the reasons, so the night without prices shows in the failed list. It is not retried: the
@@ -13,10 +20,12 @@ children have spent their own retries, and another run of this job would read th
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from market import calendar
 from runtime import JobContext, UnrecoverableError
 
 
@@ -25,19 +34,25 @@ class Payload(BaseModel):
 
 
 def handle(payload: Payload, ctx: JobContext) -> dict[str, Any] | None:
+    session = calendar.local_date(ctx.services.clock()) - dt.timedelta(days=1)
+    closed = calendar.closed_because(session)
+    if closed is not None:
+        reason = "%s was not a B3 trading day (%s): no session to update" % (session, closed)
+        ctx.log.info("nothing was due: %s", reason)
+        return {"session": session.isoformat(), "due": False, "reason": reason, "updated": [], "failed": {}}
     active = [asset.ticker for asset in ctx.services.store.assets(active_only=True)]
     if ctx.children is None:
         if not active:
             ctx.log.info("no active assets; nothing to update (seed with `python -m runtime seed`)")
-            return {"updated": [], "failed": {}}
+            return {"session": session.isoformat(), "due": True, "updated": [], "failed": {}}
         ctx.spawn("update-asset-prices", [{"ticker": t} for t in active])
         return None
     updated, failed = summarize(ctx, active)
     if failed and not updated:
         reasons = "; ".join("%s: %s" % item for item in list(failed.items())[:3])
         raise UnrecoverableError("no active asset could be updated (%d failed): %s" % (len(failed), reasons))
-    ctx.log.info("%d updated, %d failed", len(updated), len(failed))
-    return {"updated": updated, "failed": failed}
+    ctx.log.info("session %s: %d updated, %d failed", session, len(updated), len(failed))
+    return {"session": session.isoformat(), "due": True, "updated": updated, "failed": failed}
 
 
 def summarize(ctx: JobContext, active: list[str]) -> tuple[list[str], dict[str, str]]:

@@ -1,4 +1,7 @@
-"""The B3 domain: tickers, the asset and price store, quote providers and analysis. No queue imports."""
+"""The B3 domain: tickers, the B3 calendar, the store of assets and daily bars, quote providers, analysis.
+
+No queue imports.
+"""
 
 from market.errors import (
     InsufficientHistory,
@@ -10,14 +13,16 @@ from market.errors import (
     ProviderTimeout,
     ProviderUnavailable,
     RateLimited,
+    StoreVersionError,
     UnknownTicker,
 )
-from market.models import AnalysisRequest, AnalysisResult, Asset, Quote
+from market.models import AnalysisRequest, AnalysisResult, Asset, Bar, Quote
 
 __all__ = [
     "AnalysisRequest",
     "AnalysisResult",
     "Asset",
+    "Bar",
     "InsufficientHistory",
     "InvalidTicker",
     "MalformedResponse",
@@ -28,5 +33,6 @@ __all__ = [
     "ProviderUnavailable",
     "Quote",
     "RateLimited",
+    "StoreVersionError",
     "UnknownTicker",
 ]

@@ -1,4 +1,4 @@
-"""Technical indicators on closing prices (oldest first) and the buy/hold/sell signal they add up to.
+"""Technical indicators on daily closing prices (oldest first) and the buy/hold/sell signal they add up to.
 
 Pure functions: series in, series out. A series result is aligned to the end of the input: its
 last item belongs to the last close.
@@ -6,6 +6,7 @@ last item belongs to the last close.
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import math
 import statistics
@@ -145,9 +146,17 @@ def _signal(score: int) -> Signal:
     return "hold"
 
 
-def analyze(ticker: str, closes: Sequence[float], *, now: float | None = None) -> AnalysisResult:
-    """The indicators of `closes` (oldest first) and a signal: buy when at least two of RSI, trend and
-    MACD are bullish net of the bearish ones, sell for the mirror case, hold otherwise."""
+def analyze(
+    ticker: str,
+    closes: Sequence[float],
+    *,
+    source: str,
+    last_session: dt.date | None = None,
+    now: float | None = None,
+) -> AnalysisResult:
+    """The indicators of daily `closes` (oldest first, all from `source`, the newest of `last_session`)
+    and a signal: buy when at least two of RSI, trend and MACD are bullish net of the bearish ones,
+    sell for the mirror case, hold otherwise."""
     ticker = validate_ticker(ticker)
     if len(closes) < MIN_CLOSES:
         raise InsufficientHistory(MIN_CLOSES, len(closes), ticker=ticker)
@@ -161,6 +170,8 @@ def analyze(ticker: str, closes: Sequence[float], *, now: float | None = None) -
     reasons.append("volatility %.1f%% a year over 20 days" % (vol * 100))
     return AnalysisResult(
         ticker=ticker,
+        source=source,
+        last_session=last_session,
         closes_used=len(closes),
         last_close=closes[-1],
         sma20=sma20,

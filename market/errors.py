@@ -78,6 +78,19 @@ class AnalysisNotFound(MarketError):
         self.request_id = request_id
 
 
+class StoreVersionError(MarketError):
+    """A market store written by a newer b3-jobs than this one."""
+
+    def __init__(self, where: str, found: int, known: int) -> None:
+        super().__init__(
+            "market store %s has schema version %d; this b3-jobs reads versions up to %d:"
+            " upgrade b3-jobs, or point B3JOBS_DATA_DIR elsewhere" % (where, found, known)
+        )
+        self.where = where
+        self.found = found
+        self.known = known
+
+
 class ProviderError(MarketError):
     """A quote provider failed for `tickers`; subclasses say how and whether to retry."""
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from market.models import Quote
+from market.models import Bar, Quote
 
 
-def asset_updated(quote: Quote) -> dict[str, Any]:
-    """The data of an `asset:updated` event: the ticker's new price, its change and where it came from."""
+def asset_updated(quote: Quote, bar: Bar) -> dict[str, Any]:
+    """The data of an `asset:updated` event: the ticker's new price, its change, where it came from,
+    and the session whose daily bar it updated."""
     return {
         "ticker": quote.ticker,
         "price": quote.price,
@@ -16,4 +17,5 @@ def asset_updated(quote: Quote) -> dict[str, Any]:
         "change_percent": quote.change_percent,
         "time": quote.time,
         "source": quote.source,
+        "session": bar.session.isoformat(),
     }

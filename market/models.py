@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from market.tickers import TICKER_PATTERN, AssetType
 
@@ -17,7 +18,10 @@ class _Frozen(BaseModel):
 
 
 class Quote(_Frozen):
-    """One price observation of a ticker; `time` is the quote's epoch seconds, `source` who gave it."""
+    """One price observation of a ticker; `time` is its last trade's epoch seconds, `source` who gave it.
+
+    `volume` and the `day_*` prices are the session's so far, as the provider reports them.
+    """
 
     ticker: str = Field(pattern=TICKER_PATTERN)
     name: str | None = None
@@ -28,6 +32,36 @@ class Quote(_Frozen):
     time: float
     currency: str = "BRL"
     source: str
+    day_open: float | None = Field(default=None, gt=0)
+    day_high: float | None = Field(default=None, gt=0)
+    day_low: float | None = Field(default=None, gt=0)
+
+
+class Bar(_Frozen):
+    """One B3 session of a ticker: open, high, low, close and volume, and who said so.
+
+    `session` is the trading day in America/Sao_Paulo; `time` the epoch second of the newest
+    observation merged into the bar (the one its close comes from).
+    """
+
+    ticker: str = Field(pattern=TICKER_PATTERN)
+    session: dt.date
+    open: float = Field(gt=0)
+    high: float = Field(gt=0)
+    low: float = Field(gt=0)
+    close: float = Field(gt=0)
+    volume: int | None = Field(default=None, ge=0)
+    time: float
+    source: str
+
+    @model_validator(mode="after")
+    def _high_and_low_bound_the_others(self) -> Bar:
+        if not self.low <= min(self.open, self.close) <= max(self.open, self.close) <= self.high:
+            raise ValueError(
+                "bar %s %s: expected low <= open, close <= high, got open=%g high=%g low=%g close=%g"
+                % (self.ticker, self.session, self.open, self.high, self.low, self.close)
+            )
+        return self
 
 
 class Asset(_Frozen):
@@ -62,9 +96,11 @@ class Macd(_Frozen):
 
 
 class AnalysisResult(_Frozen):
-    """The indicators computed from a ticker's closes (oldest first) and the signal they add up to."""
+    """The indicators computed from a ticker's daily closes (oldest first) and the signal they add up to."""
 
     ticker: str = Field(pattern=TICKER_PATTERN)
+    source: str = Field(description="whose daily bars were analysed: brapi, sample, ...")
+    last_session: dt.date | None = Field(default=None, description="the session of the newest close")
     closes_used: int
     last_close: float
     sma20: float

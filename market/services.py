@@ -1,4 +1,4 @@
-"""The domain services handlers reach as `ctx.services`: quotes (paced toward the provider) and the store.
+"""The domain services handlers reach as `ctx.services`: quotes (paced toward the provider), the store, the clock.
 
 The B3 app builds one `Services` per process (b3app/services.py, from BRAPI_* and the data dir).
 Nothing expensive happens there: the quote client and the store are made on first use, and made
@@ -8,6 +8,7 @@ again in a forked worker process, which must not share its parent's threads, soc
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 import time
@@ -15,13 +16,20 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
+from market import backfill
 from market.models import Quote
 from market.providers import make_provider
+from market.providers.base import HISTORY_RANGES, History, HistoryRange, RANGE_DAYS
 from market.providers.blocking import BlockingQuotes
+from market.providers.brapi import SOURCE as BRAPI_SOURCE
+from market.providers.sample import SOURCE as SAMPLE_SOURCE
 from market.seed import SeedReport, seed_defaults
-from market.store import DAY_S, MarketStore
+from market.store import MarketStore
+
+log = logging.getLogger(__name__)
 
 DEFAULT_RATE_LIMIT = "5/1"
+DEFAULT_HISTORY_RANGE: HistoryRange = "3mo"  # every brapi plan serves it: ~62 sessions, more than an analysis needs
 STORE_FILE = "market.sqlite3"
 
 
@@ -49,6 +57,17 @@ def parse_rate_limit(text: str) -> RateLimit | None:
     if not slash or limit < 1 or not 0 < per_s < float("inf"):
         raise ValueError(expected)
     return RateLimit(limit, per_s)
+
+
+def parse_history_range(text: str) -> HistoryRange:
+    """`"3mo"` → "3mo": a range of daily history long enough for an analysis. ValueError saying what was expected."""
+    value = text.strip().lower()
+    allowed = [r for r in HISTORY_RANGES if RANGE_DAYS[r] >= RANGE_DAYS[DEFAULT_HISTORY_RANGE]]
+    for candidate in allowed:
+        if value == candidate:
+            return candidate
+    raise ValueError("expected one of %s (brapi's `range`; the plan decides which it serves); got %r"
+                     % (", ".join(allowed), text))
 
 
 class RequestPacer:
@@ -88,7 +107,7 @@ class RequestPacer:
 
 
 class PacedQuotes:
-    """`get(ticker)`, one provider request each, through a RequestPacer."""
+    """`get(ticker)` and `history(ticker, range_)`, one provider request each, through a RequestPacer."""
 
     def __init__(self, quotes: BlockingQuotes, pacer: RequestPacer) -> None:
         self._quotes = quotes
@@ -100,12 +119,18 @@ class PacedQuotes:
         with self.pacer.slot():
             return self._quotes.get(ticker)
 
+    def history(self, ticker: str, range_: HistoryRange) -> History:
+        """The ticker's quote and daily bars over `range_`; raises its MarketError."""
+        with self.pacer.slot():
+            return self._quotes.history(ticker, range_)
+
     def close(self) -> None:
         self._quotes.close()
 
 
 class Services:
-    """What handlers get as `ctx.services`: `.quotes` (blocking, paced) and `.store`, both made on first use."""
+    """What handlers get as `ctx.services`: `.quotes` (blocking, paced) and `.store`, both made on first use;
+    `.source`, the active provider's name; `.clock`, the time of day everything here goes by."""
 
     def __init__(
         self,
@@ -114,16 +139,21 @@ class Services:
         brapi_api_key: str | None = None,
         brapi_base_url: str | None = None,
         rate_limit: RateLimit | None = parse_rate_limit(DEFAULT_RATE_LIMIT),
+        history_range: HistoryRange = DEFAULT_HISTORY_RANGE,
         provider_timeout_s: float = 10.0,
         store_path: Path | str | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.store_path = Path(store_path) if store_path is not None else self.data_dir / STORE_FILE
         self.brapi_api_key = brapi_api_key
         self.brapi_base_url = brapi_base_url
+        self.source = BRAPI_SOURCE if (brapi_api_key or brapi_base_url) else SAMPLE_SOURCE
         # Only a remote provider has a limit to respect; the offline sample answers as fast as asked.
-        self.rate_limit = rate_limit if (brapi_api_key or brapi_base_url) else None
+        self.rate_limit = rate_limit if self.source != SAMPLE_SOURCE else None
+        self.history_range = history_range
         self.provider_timeout_s = provider_timeout_s
+        self.clock = clock  # tests set it to run a night or a session at a time of their choosing
         self._reset()
 
     def _reset(self) -> None:
@@ -155,15 +185,47 @@ class Services:
         self._check_fork()
         with self._lock:
             if self._store is None:
-                self._store = MarketStore(self.store_path)
+                self._store = MarketStore(self.store_path, clock=lambda: self.clock())
+                self._say_what_is_kept_apart(self._store)
             return self._store
 
-    def seed(self, history_days: int = 120) -> SeedReport:
-        """Track the usual B3 tickers, with daily sample closes up to yesterday for those that have no history.
+    def _say_what_is_kept_apart(self, store: MarketStore) -> None:
+        others = {source: n for source, n in store.sources().items() if source != self.source}
+        if others:
+            log.warning(
+                "market store %s holds daily bars from %s; the active provider is %s: analyses and the API read"
+                " %s bars only, the others are kept apart and never analysed with them",
+                self.store_path, ", ".join("%s (%d tickers)" % item for item in others.items()), self.source,
+                self.source,
+            )
 
-        Up to yesterday, so the first real update is the newest quote, not older than the seed.
-        """
-        return seed_defaults(self.store, history_days=history_days, now=time.time() - DAY_S)
+    def open_existing_store(self) -> None:
+        """Open the store now when its file exists, so a start says at once what it holds (and migrates it)."""
+        if self.store_path.exists():
+            self.store  # noqa: B018 (opening is the point)
+
+    def update(self, ticker: str) -> backfill.Update:
+        """Fetch and store the ticker's quote, with daily history when its bars fall short (market/backfill.py)."""
+        return backfill.update(self.quotes, self.store, ticker, now=self.clock(), backfill_range=self.history_range)
+
+    def history_wanted(self, ticker: str) -> HistoryRange | None:
+        """The range of daily history the ticker's next update would fetch, or None (market/backfill.py)."""
+        return backfill.history_wanted(
+            self.store, ticker, self.source, now=self.clock(), backfill_range=self.history_range
+        )
+
+    def ensure_history(self, ticker: str) -> backfill.Update | None:
+        """Backfill the ticker's daily bars when the analysis window is not all stored; None when not needed."""
+        return backfill.ensure_history(
+            self.quotes, self.store, ticker, now=self.clock(), backfill_range=self.history_range
+        )
+
+    def seed(self, history_days: int = 120) -> SeedReport:
+        """Track the usual B3 tickers; with the sample provider active, give those without bars
+        `history_days` sessions of sample bars. A real provider's history comes with each ticker's
+        first update or analysis (market/backfill.py): sample data is never written next to it."""
+        days = history_days if self.source == SAMPLE_SOURCE else 0
+        return seed_defaults(self.store, history_days=days, now=self.clock())
 
     def seed_if_empty(self, history_days: int = 120) -> SeedReport | None:
         """`seed()` when no asset was ever tracked (a first start); None otherwise."""
@@ -182,6 +244,5 @@ class Services:
             store.close()
 
     def __repr__(self) -> str:
-        provider = "brapi" if self.brapi_api_key or self.brapi_base_url else "sample"
-        return "Services(%s, store=%s, rate_limit=%s)" % (provider, self.store_path, self.rate_limit or "none")
+        return "Services(%s, store=%s, rate_limit=%s)" % (self.source, self.store_path, self.rate_limit or "none")
 

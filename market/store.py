@@ -1,4 +1,8 @@
-"""The asset and price store on SQLite: tracked assets, quote history, analysis requests and results.
+"""The market store on SQLite: tracked assets, daily bars, the quotes received, analysis requests and results.
+
+Prices are daily bars, one per ticker, source and B3 session (market/bars.py): a quote updates its
+session's bar, a provider's history writes whole bars. Sources stay apart: every read of bars or
+quotes names the source it wants. The tables and the migration of older stores are in market/schema.py.
 
 One file, WAL journal, one connection per thread; writes take SQLite's write lock up front
 (BEGIN IMMEDIATE), so any number of threads and processes can share the file.
@@ -6,6 +10,7 @@ One file, WAL journal, one connection per thread; writes take SQLite's write loc
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import sqlite3
 import threading
@@ -15,61 +20,35 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
+from typing import NamedTuple
 
+from market import calendar, schema
+from market.bars import bar_of, merge
 from market.errors import AnalysisNotFound
-from market.models import AnalysisRequest, AnalysisResult, Asset, Quote
+from market.models import AnalysisRequest, AnalysisResult, Asset, Bar, Quote
+from market.providers.base import History
 from market.tickers import DEFAULT_TICKERS, AssetType, TickerInfo, guess_type, ticker_info, validate_ticker
 
 log = logging.getLogger(__name__)
 
-DAY_S = 86400.0
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS assets (
-    ticker TEXT PRIMARY KEY,
-    name TEXT,
-    type TEXT,
-    active INTEGER NOT NULL DEFAULT 1,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS quotes (
-    ticker TEXT NOT NULL,
-    time REAL NOT NULL,
-    price REAL NOT NULL,
-    change REAL,
-    change_percent REAL,
-    volume INTEGER,
-    name TEXT,
-    currency TEXT NOT NULL,
-    source TEXT NOT NULL,
-    PRIMARY KEY (ticker, time)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS analysis_requests (
-    id TEXT PRIMARY KEY,
-    ticker TEXT NOT NULL,
-    status TEXT NOT NULL,
-    requested_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    error TEXT
-);
-CREATE INDEX IF NOT EXISTS analysis_requests_by_status ON analysis_requests (status, requested_at);
-CREATE TABLE IF NOT EXISTS analysis_results (
-    request_id TEXT PRIMARY KEY REFERENCES analysis_requests (id) ON DELETE CASCADE,
-    ticker TEXT NOT NULL,
-    signal TEXT NOT NULL,
-    computed_at REAL NOT NULL,
-    body TEXT NOT NULL
-);
-"""
-
-_QUOTE_COLUMNS = "ticker, time, price, change, change_percent, volume, name, currency, source"
+_QUOTE_COLUMNS = (
+    "ticker, source, time, price, change, change_percent, volume, name, currency, day_open, day_high, day_low"
+)
+_BAR_COLUMNS = "ticker, source, session, open, high, low, close, volume, time"
 _REQUEST_COLUMNS = "id, ticker, status, requested_at, started_at, finished_at, error"
 
 
+class Backfill(NamedTuple):
+    """The last daily history fetched for a ticker from a source: in which session, how far back, how many bars."""
+
+    session: dt.date
+    range: str
+    bars: int
+    at: float
+
+
 class MarketStore:
-    """Assets, quotes and analyses in one SQLite file, safe to share between threads and processes."""
+    """Assets, daily bars, quotes and analyses in one SQLite file, safe to share between threads and processes."""
 
     def __init__(self, path: Path | str, *, busy_timeout_s: float = 30.0, clock: Callable[[], float] = time.time):
         self.path = Path(path)
@@ -81,10 +60,7 @@ class MarketStore:
         self._lock = threading.Lock()
         self._closed = False
         with self._write() as db:
-            # Statement by statement: executescript() would commit the transaction it runs in.
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
+            schema.prepare(db, str(self.path))
 
     # -- connections and transactions ------------------------------------------------------
 
@@ -202,96 +178,154 @@ class MarketStore:
                 added += self._upsert_asset(db, ticker, name, type_)
         return added
 
-    # -- quotes ----------------------------------------------------------------------------
+    # -- quotes and bars --------------------------------------------------------------------
 
-    def add_quote(self, quote: Quote, *, track: bool = True) -> None:
-        """Store a quote in the ticker's history (one per ticker and time: a repeat replaces it).
+    def add_quote(self, quote: Quote, *, track: bool = True) -> Bar:
+        """Log the quote and update its session's bar (never a second bar for one session); returns the bar.
 
         With `track` (the default) the ticker becomes a tracked asset, as an update of an untracked
         ticker should; the quote's name fills a missing asset name.
         """
         with self._write() as db:
-            self._insert_quote(db, quote)
+            bar = self._add_quote(db, quote)
             if track:
-                self._upsert_asset(db, quote.ticker, None, None)
-                if quote.name:
-                    db.execute(
-                        "UPDATE assets SET name = ? WHERE ticker = ? AND name IS NULL", (quote.name, quote.ticker)
+                self._track_quoted(db, quote)
+        return bar
+
+    def add_history(self, history: History, *, backfill_range: str | None = None, track: bool = True) -> Bar:
+        """Store a provider's daily bars and its quote; returns the bar the quote updated.
+
+        A bar of a session before the quote's is final: it replaces the stored one. The bar of the
+        quote's session is merged, as a quote would be. With `backfill_range` the fetch is recorded
+        (see `last_backfill`).
+        """
+        current = calendar.session_of(history.quote.time)
+        with self._write() as db:
+            for bar in history.bars:
+                if bar.ticker != history.quote.ticker or bar.source != history.quote.source:
+                    raise ValueError(
+                        "add_history: a bar of %s from %s in the history of %s from %s"
+                        % (bar.ticker, bar.source, history.quote.ticker, history.quote.source)
                     )
+                self._put_bar(db, bar if bar.session < current else self._merged(db, bar))
+            quoted = self._add_quote(db, history.quote)
+            if backfill_range is not None:
+                db.execute(
+                    "INSERT OR REPLACE INTO backfills (ticker, source, session, range, bars, at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (history.quote.ticker, history.quote.source, calendar.session_of(self._clock()).isoformat(),
+                     backfill_range, len(history.bars), self._clock()),
+                )
+            if track:
+                self._track_quoted(db, history.quote)
+        return quoted
+
+    def _add_quote(self, db: sqlite3.Connection, quote: Quote) -> Bar:
+        db.execute(
+            "INSERT OR REPLACE INTO quotes (%s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)" % _QUOTE_COLUMNS,
+            (quote.ticker, quote.source, quote.time, quote.price, quote.change, quote.change_percent, quote.volume,
+             quote.name, quote.currency, quote.day_open, quote.day_high, quote.day_low),
+        )
+        bar = self._merged(db, bar_of(quote))
+        self._put_bar(db, bar)
+        return bar
+
+    def _track_quoted(self, db: sqlite3.Connection, quote: Quote) -> None:
+        self._upsert_asset(db, quote.ticker, None, None)
+        if quote.name:
+            db.execute("UPDATE assets SET name = ? WHERE ticker = ? AND name IS NULL", (quote.name, quote.ticker))
 
     @staticmethod
-    def _insert_quote(db: sqlite3.Connection, quote: Quote) -> None:
+    def _merged(db: sqlite3.Connection, bar: Bar) -> Bar:
+        row = db.execute(
+            "SELECT %s FROM bars WHERE ticker = ? AND source = ? AND session = ?" % _BAR_COLUMNS,
+            (bar.ticker, bar.source, bar.session.isoformat()),
+        ).fetchone()
+        return merge(_bar(row), bar) if row is not None else bar
+
+    @staticmethod
+    def _put_bar(db: sqlite3.Connection, bar: Bar) -> None:
         db.execute(
-            "INSERT OR REPLACE INTO quotes (%s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)" % _QUOTE_COLUMNS,
-            (
-                quote.ticker,
-                quote.time,
-                quote.price,
-                quote.change,
-                quote.change_percent,
-                quote.volume,
-                quote.name,
-                quote.currency,
-                quote.source,
-            ),
+            "INSERT OR REPLACE INTO bars (%s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)" % _BAR_COLUMNS,
+            (bar.ticker, bar.source, bar.session.isoformat(), bar.open, bar.high, bar.low, bar.close, bar.volume,
+             bar.time),
         )
 
-    def latest_quote(self, ticker: str) -> Quote | None:
-        """The newest stored quote of the ticker, or None."""
-        found = self.history(ticker, limit=1)
+    def latest_quote(self, ticker: str, source: str | None = None) -> Quote | None:
+        """The newest quote received for the ticker (from `source`, or any), or None."""
+        found = self.quotes(ticker, source, limit=1)
         return found[0] if found else None
 
-    def history(self, ticker: str, limit: int = 200) -> list[Quote]:
-        """The ticker's stored quotes, newest first, at most `limit`."""
+    def quotes(self, ticker: str, source: str | None = None, limit: int = 200) -> list[Quote]:
+        """The quotes received for the ticker (from `source`, or any), newest first, at most `limit`."""
+        where, args = ("AND source = ?", [source]) if source is not None else ("", [])
         rows = self._db().execute(
-            "SELECT %s FROM quotes WHERE ticker = ? ORDER BY time DESC LIMIT ?" % _QUOTE_COLUMNS,
-            (validate_ticker(ticker), _positive(limit, "limit")),
+            "SELECT %s FROM quotes WHERE ticker = ? %s ORDER BY time DESC LIMIT ?" % (_QUOTE_COLUMNS, where),
+            (validate_ticker(ticker), *args, _positive(limit, "limit")),
         )
         return [_quote(row) for row in rows]
 
-    def closes(self, ticker: str, limit: int = 200) -> list[float]:
-        """The ticker's last `limit` prices, oldest first: the input of the analysis functions."""
-        rows = (
-            self._db()
-            .execute(
-                "SELECT price FROM quotes WHERE ticker = ? ORDER BY time DESC LIMIT ?",
-                (validate_ticker(ticker), _positive(limit, "limit")),
-            )
-            .fetchall()
-        )
-        return [float(row[0]) for row in reversed(rows)]
+    def bars(self, ticker: str, source: str, limit: int = 200) -> list[Bar]:
+        """The ticker's newest `limit` daily bars from `source`, oldest first."""
+        rows = self._db().execute(
+            "SELECT %s FROM bars WHERE ticker = ? AND source = ? ORDER BY session DESC LIMIT ?" % _BAR_COLUMNS,
+            (validate_ticker(ticker), source, _positive(limit, "limit")),
+        ).fetchall()
+        return [_bar(row) for row in reversed(rows)]
 
-    def seed_history(
-        self,
-        ticker: str,
-        closes: Sequence[float],
-        start_time: float,
-        *,
-        step_s: float = DAY_S,
-        source: str = "seed",
-    ) -> int:
-        """Store `closes` (oldest first) as one quote every `step_s` from `start_time`; returns how many.
+    def bar(self, ticker: str, source: str, session: dt.date) -> Bar | None:
+        """The ticker's bar of one session from `source`, or None."""
+        row = self._db().execute(
+            "SELECT %s FROM bars WHERE ticker = ? AND source = ? AND session = ?" % _BAR_COLUMNS,
+            (validate_ticker(ticker), source, session.isoformat()),
+        ).fetchone()
+        return _bar(row) if row is not None else None
 
-        For demos and tests: gives an analysis a history to work on. The ticker is tracked.
-        """
+    def closes(self, ticker: str, source: str, limit: int = 200) -> list[float]:
+        """The closes of the ticker's newest `limit` daily bars from `source`, oldest first."""
+        return [bar.close for bar in self.bars(ticker, source, limit)]
+
+    def count_bars(self, ticker: str, source: str, first: dt.date, last: dt.date) -> int:
+        """How many bars from `source` the ticker has for the sessions `first` to `last`, both included."""
+        row = self._db().execute(
+            "SELECT COUNT(*) FROM bars WHERE ticker = ? AND source = ? AND session BETWEEN ? AND ?",
+            (validate_ticker(ticker), source, first.isoformat(), last.isoformat()),
+        ).fetchone()
+        return int(row[0])
+
+    def last_backfill(self, ticker: str, source: str) -> Backfill | None:
+        """The last daily history fetched for the ticker from `source` (add_history's `backfill_range`), or None."""
+        row = self._db().execute(
+            "SELECT session, range, bars, at FROM backfills WHERE ticker = ? AND source = ?",
+            (validate_ticker(ticker), source),
+        ).fetchone()
+        if row is None:
+            return None
+        return Backfill(dt.date.fromisoformat(row["session"]), row["range"], row["bars"], row["at"])
+
+    def sources(self) -> dict[str, int]:
+        """Each source the stored bars come from, with how many tickers have bars from it."""
+        rows = self._db().execute("SELECT source, COUNT(DISTINCT ticker) FROM bars GROUP BY source ORDER BY source")
+        return {row[0]: int(row[1]) for row in rows}
+
+    def seed_closes(
+        self, ticker: str, closes: Sequence[float], *, source: str, last_session: dt.date | None = None
+    ) -> list[Bar]:
+        """Store `closes` (oldest first) as flat bars of consecutive trading days ending at `last_session`
+        (default: the current session); returns them. For demos and tests. The ticker is tracked."""
         ticker = validate_ticker(ticker)
-        previous: float | None = None
+        last = last_session if last_session is not None else calendar.session_of(self._clock())
+        sessions = calendar.last_trading_days(len(closes), last) if closes else []
+        bars = [
+            Bar(ticker=ticker, session=session, open=price, high=price, low=price, close=price,
+                time=calendar.at(session, calendar.SESSION_CLOSE), source=source)
+            for session, price in zip(sessions, closes, strict=True)
+        ]
         with self._write() as db:
             self._upsert_asset(db, ticker, None, None)
-            for i, price in enumerate(closes):
-                change = None if previous is None else price - previous
-                percent = None if previous is None or change is None else change / previous * 100
-                quote = Quote(
-                    ticker=ticker,
-                    price=price,
-                    change=change,
-                    change_percent=percent,
-                    time=start_time + i * step_s,
-                    source=source,
-                )
-                self._insert_quote(db, quote)
-                previous = price
-        return len(closes)
+            for bar in bars:
+                self._put_bar(db, bar)
+        return bars
 
     # -- analyses --------------------------------------------------------------------------
 
@@ -334,6 +368,15 @@ class MarketStore:
                 ids,
             ).fetchall()
         return [_request(row) for row in rows]
+
+    def release(self, request_id: str) -> None:
+        """Return a running request to pending: it could not be analysed now and will be claimed again."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE analysis_requests SET status = 'pending', started_at = NULL"
+                " WHERE id = ? AND status = 'running'",
+                (request_id,),
+            )
 
     def requeue_stale(self, older_than_s: float) -> int:
         """Return running requests claimed more than `older_than_s` ago (their runner died) to pending."""
@@ -416,6 +459,10 @@ def _asset(row: sqlite3.Row) -> Asset:
 
 def _quote(row: sqlite3.Row) -> Quote:
     return Quote(**{key: row[key] for key in row.keys()})
+
+
+def _bar(row: sqlite3.Row) -> Bar:
+    return Bar(**{key: row[key] for key in row.keys()})
 
 
 def _request(row: sqlite3.Row) -> AnalysisRequest:

@@ -70,6 +70,8 @@ class Runtime:
             self.huey, self.store, self.manifest, self.events, self.services, self.settings.lease_s, self.enqueuer.prepare
         )
         self.huey.executor = self.executor
+        # Each worker, as it stops, gives back the job its last completion took and it never ran.
+        self.huey.on_shutdown("b3-hand-back-taken")(self.executor.hand_back_taken)
 
     # -- enqueue -------------------------------------------------------------------------------
 

@@ -1,14 +1,23 @@
 """A local aiohttp server that answers like brapi.dev's quote endpoint, with faults on demand.
 
 Shapes follow the `brapi` package's own types (`brapi.types.QuoteRetrieveResponse`): a 200 body is
-`{"results": [Result, ...], "requestedAt": ISO 8601, "took": ms}` with camelCase fields; errors are
-`{"error": true, "message": "..."}` with the status brapi uses (404 unknown ticker, 401 bad token,
-429 with Retry-After).
+`{"results": [Result, ...], "requestedAt": ISO 8601, "took": ms}` with camelCase fields, and every
+such body the fake sends is validated against that type first; errors are `{"error": true,
+"message": "..."}` with the status brapi uses (404 unknown ticker, 401 bad token, 429 with
+Retry-After, 400 for a `range` or `interval` brapi does not have).
+
+With `range` and `interval=1d` each result carries `historicalDataPrice`: one entry per B3 session
+in the range (market/calendar.py), dated at the session's opening in São Paulo, the current
+session's so far; the prices are the sample provider's, so they are the same on every run.
+`fake.history_days[ticker] = n` serves only the newest n sessions (a ticker listed recently, fewer
+days than asked); a ticker in `fake.no_history` has an empty `historicalDataPrice`.
+`fake.clock` is the fake's time of day (default `time.time`): tests set it to a session of their choice.
 
     async with FakeBrapi() as fake:           # or the `fake_brapi` fixture below
         provider = BrapiProvider("test-token", fake.url)
         fake.unknown.add("FAKE3")              # a ticker brapi does not know
         fake.rate_limit(retry_after="2", count=1)
+        fake.rate_limit(after=2)               # the third request from now gets the 429
         fake.slow(delay_s=1.0)
         fake.malformed("not-json")
         ...
@@ -29,20 +38,30 @@ import json
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_type_hints
 
 import pytest
 from aiohttp import web
+from brapi.types import QuoteRetrieveResponse
+from brapi.types.quote_retrieve_params import QuoteRetrieveParams
+from pydantic import ValidationError
 
+from market import calendar
+from market.models import Bar
+from market.providers.base import RANGE_DAYS, range_start
 from market.providers.sample import SampleProvider
 from market.tickers import is_placeholder, is_valid_ticker
 
 FREE_TICKERS = frozenset({"PETR4", "MGLU3", "VALE3", "ITUB4"})  # brapi answers these without a token, one at a time
 MalformedKind = Literal[
-    "not-json", "html", "not-object", "no-results", "bad-price", "no-price", "bad-time", "stray-symbol"
+    "not-json", "html", "not-object", "no-results", "bad-price", "no-price", "bad-time", "stray-symbol", "bad-bar"
 ]
+_PARAMS = get_type_hints(QuoteRetrieveParams, include_extras=True)
+RANGES: tuple[str, ...] = get_args(_PARAMS["range"])  # what brapi's own client may send
+INTERVALS: tuple[str, ...] = get_args(_PARAMS["interval"])
 
 
 @dataclass
@@ -54,6 +73,8 @@ class FakeRequest:
     tickers: list[str]
     status: int
     token: str | None
+    params: dict[str, str] = field(default_factory=dict)  # the query: range, interval, ...
+    at: float = 0.0  # the fake's clock when it answered
 
 
 @dataclass
@@ -61,6 +82,7 @@ class _Fault:
     kind: str
     count: int
     params: dict[str, Any] = field(default_factory=dict)
+    after: int = 0  # requests answered normally before this fault applies
 
 
 class FakeBrapi:
@@ -81,6 +103,9 @@ class FakeBrapi:
         self.max_per_request = max_per_request
         self.delay_s = delay_s
         self.prices: dict[str, float] = {}  # fixed prices per ticker; others come from the sample provider
+        self.history_days: dict[str, int] = {}  # tickers with fewer sessions of history than any range asks
+        self.no_history: set[str] = set()  # tickers brapi has a quote but no daily history for
+        self.clock: Callable[[], float] = time.time
         # Old ticker -> current one: brapi answers with the current `symbol` and the sent `requestedSymbol`
         self.renames: dict[str, str] = {}
         self.requests: list[FakeRequest] = []
@@ -91,9 +116,10 @@ class FakeBrapi:
 
     # -- faults -----------------------------------------------------------------------------
 
-    def rate_limit(self, retry_after: str | None = "1", count: int = 1) -> None:
-        """The next `count` requests get 429, with `Retry-After: retry_after` (None: no header)."""
-        self._faults.append(_Fault("429", count, {"retry_after": retry_after}))
+    def rate_limit(self, retry_after: str | None = "1", count: int = 1, after: int = 0) -> None:
+        """`count` requests get 429, with `Retry-After: retry_after` (None: no header), once `after`
+        more requests have been answered."""
+        self._faults.append(_Fault("429", count, {"retry_after": retry_after}, after))
 
     def fail(self, status: int = 503, count: int = 1) -> None:
         """The next `count` requests get `status` with an error body."""
@@ -111,6 +137,9 @@ class FakeBrapi:
         if not self._faults:
             return None
         fault = self._faults[0]
+        if fault.after > 0:
+            fault.after -= 1
+            return None
         fault.count -= 1
         if fault.count <= 0:
             self._faults.popleft()
@@ -184,13 +213,16 @@ class FakeBrapi:
     async def _quote(self, request: web.Request) -> web.StreamResponse:
         tickers = [t.strip().upper() for t in request.match_info["tickers"].split(",") if t.strip()]
         token = _token(request)
-        record = FakeRequest(time.monotonic(), request.path, tickers, 0, token)
+        params = {k: v for k, v in request.query.items() if k != "token"}
+        record = FakeRequest(time.monotonic(), request.path, tickers, 0, token, params, self.clock())
         self.requests.append(record)
-        response = await self._answer(tickers, token)
+        response = await self._answer(tickers, token, params, record.at)
         record.status = response.status
         return response
 
-    async def _answer(self, tickers: list[str], token: str | None) -> web.StreamResponse:
+    async def _answer(
+        self, tickers: list[str], token: str | None, params: dict[str, str], now: float
+    ) -> web.StreamResponse:
         fault = self._next_fault()
         delay = self.delay_s + (fault.params["delay_s"] if fault and fault.kind == "slow" else 0.0)
         if delay:
@@ -202,16 +234,20 @@ class FakeBrapi:
             )
         if fault and fault.kind == "status":
             return _error(fault.params["status"], "Erro interno. Tente novamente mais tarde.")
-        refusal = self._refuse(tickers, token)
+        refusal = self._refuse(tickers, token) or _refuse_params(params)
         if refusal is not None:
             return refusal
         unknown = [t for t in tickers if self._is_unknown(t)]
         if unknown and (self.unknown_mode == "batch" or len(unknown) == len(tickers)):
             return _error(404, "Não encontramos a ação %s" % unknown[0])
-        results = [self._result(t) for t in tickers if t not in unknown]
+        results = [self._result(t, now, params.get("range")) for t in tickers if t not in unknown]
         if fault and fault.kind == "malformed":
             return _malformed(fault.params["kind"], results)
-        body = {"results": results, "requestedAt": _iso(time.time()), "took": 3}
+        body = {"results": results, "requestedAt": _iso(now), "took": 3}
+        try:
+            QuoteRetrieveResponse.model_validate(body)
+        except ValidationError as exc:  # the fake itself drifted from brapi's types: fail loudly
+            raise AssertionError("the fake's body does not match brapi's QuoteRetrieveResponse: %s" % exc) from exc
         return web.json_response(body)
 
     def _refuse(self, tickers: list[str], token: str | None) -> web.StreamResponse | None:
@@ -228,12 +264,29 @@ class FakeBrapi:
     def _is_unknown(self, ticker: str) -> bool:
         return ticker in self.unknown or not is_valid_ticker(ticker) or is_placeholder(ticker)
 
-    def _result(self, ticker: str) -> dict[str, Any]:
-        quote = self._sample.quote_at(ticker, time.time())
+    def history(self, ticker: str, range_: str, now: float) -> list[Bar]:
+        """The daily bars the fake serves for `ticker` over `range_` at `now` (oldest first)."""
+        if ticker in self.no_history:
+            return []
+        last = calendar.session_of(now)
+        sessions = calendar.trading_days(range_start(range_, last), last)  # type: ignore[arg-type]
+        if ticker in self.history_days:
+            sessions = sessions[-self.history_days[ticker]:] if self.history_days[ticker] else []
+        bars = [bar.model_copy(update={"source": "brapi"}) for bar in self._sample.bars(ticker, sessions, now)]
+        price = self.prices.get(ticker)
+        if bars and price is not None and bars[-1].session == calendar.session_of(now):
+            last_bar = bars[-1]  # the session so far closes at the quote's price
+            bars[-1] = last_bar.model_copy(update={
+                "close": price, "high": max(last_bar.high, price), "low": min(last_bar.low, price)})
+        return bars
+
+    def _result(self, ticker: str, now: float, range_: str | None = None) -> dict[str, Any]:
+        quote = self._sample.quote_at(ticker, now)
         price = self.prices.get(ticker, quote.price)
         change = quote.change or 0.0
         previous = round(price - change, 2)
         name = quote.name.replace(" (sample data)", "") if quote.name else ticker
+        fixed = ticker in self.prices
         result = {
             "currency": "BRL",
             "symbol": self.renames.get(ticker, ticker),
@@ -244,10 +297,10 @@ class FakeBrapi:
             "regularMarketChangePercent": round(change / previous * 100, 4) if previous else 0.0,
             "regularMarketTime": _iso(quote.time),
             "regularMarketVolume": quote.volume,
-            "regularMarketDayHigh": round(price * 1.01, 2),
-            "regularMarketDayLow": round(price * 0.99, 2),
+            "regularMarketDayHigh": round(price * 1.01, 2) if fixed else quote.day_high,
+            "regularMarketDayLow": round(price * 0.99, 2) if fixed else quote.day_low,
             "regularMarketDayRange": "%.2f - %.2f" % (price * 0.99, price * 1.01),
-            "regularMarketOpen": previous,
+            "regularMarketOpen": previous if fixed else quote.day_open,
             "regularMarketPreviousClose": previous,
             "fiftyTwoWeekHigh": round(price * 1.3, 2),
             "fiftyTwoWeekLow": round(price * 0.7, 2),
@@ -259,7 +312,41 @@ class FakeBrapi:
         }
         if ticker in self.renames:
             result["requestedSymbol"] = ticker
+        if range_ is not None:
+            result.update({
+                "historicalDataPrice": [_entry(bar) for bar in self.history(ticker, range_, now)],
+                "usedRange": range_,
+                "usedInterval": "1d",
+                "validRanges": list(RANGES),
+                "validIntervals": list(INTERVALS),
+            })
         return result
+
+
+def _entry(bar: Bar) -> dict[str, Any]:
+    """One `historicalDataPrice` entry (brapi's ResultHistoricalDataPrice), dated at the session's opening."""
+    return {
+        "date": int(calendar.at(bar.session, calendar.SESSION_OPEN)),
+        "open": bar.open,
+        "high": bar.high,
+        "low": bar.low,
+        "close": bar.close,
+        "volume": bar.volume or 0,
+        "adjustedClose": bar.close,
+    }
+
+
+def _refuse_params(params: dict[str, str]) -> web.StreamResponse | None:
+    """brapi's 400 for a range or interval it does not have; the fake serves daily history only."""
+    range_, interval = params.get("range"), params.get("interval")
+    if range_ is not None and range_ not in RANGES:
+        return _error(400, "Range inválido: %s. Use um de: %s" % (range_, ", ".join(RANGES)))
+    if interval is not None and interval not in INTERVALS:
+        return _error(400, "Intervalo inválido: %s. Use um de: %s" % (interval, ", ".join(INTERVALS)))
+    if range_ is not None and (range_ not in RANGE_DAYS or interval != "1d"):
+        raise AssertionError("the fake serves daily history over %s only, asked range=%s interval=%s"
+                             % (", ".join(RANGE_DAYS), range_, interval))
+    return None
 
 
 def _token(request: web.Request) -> str | None:
@@ -284,7 +371,9 @@ def _malformed(kind: str, results: list[dict[str, Any]]) -> web.Response:
         return web.json_response({"requestedAt": _iso(time.time()), "took": 3})
     broken = [dict(r) for r in results]
     for r in broken:
-        if kind == "bad-price":
+        if kind == "bad-bar":
+            r["historicalDataPrice"] = [{**e, "close": "R$ %s" % e["close"]} for e in r["historicalDataPrice"]]
+        elif kind == "bad-price":
             r["regularMarketPrice"] = "R$ %s" % r["regularMarketPrice"]
         elif kind == "no-price":
             r.pop("regularMarketPrice")

@@ -14,6 +14,8 @@ import pytest
 
 from bus.publisher import KombuPublisher
 from fake_brapi import FakeBrapi
+from hand_indicators import indicators, of_result
+from market.analysis import MIN_CLOSES
 from runtime.core.cron import cron_job_id
 from runtime.engine import Runtime
 from runtime.core.events import RecordingSink
@@ -76,6 +78,11 @@ def b3_runtime(
         runtime.services.close()
         runtime.store.destroy()
         runtime.close()
+
+
+def pin_clock(runtime: Runtime, fake: FakeBrapi, when: float) -> None:
+    """The services and the fake brapi both go by `when`: a night or a session of the test's choosing."""
+    runtime.services.clock = fake.clock = lambda: when
 
 
 async def test_update_of_petr4_is_stored_and_seen_on_ws(
@@ -193,6 +200,7 @@ def test_daily_update_fires_at_2am_in_sao_paulo_and_updates_every_active_asset(
     store.untrack("MGLU3")
     two_am = dt.datetime(2026, 3, 10, 2, 0, tzinfo=SAO_PAULO).timestamp()
     assert dt.datetime.fromtimestamp(two_am, dt.timezone.utc).hour == 5  # UTC-3
+    pin_clock(runtime, fake, two_am)
     cron = runtime.cron_runner(now=two_am - 180)
 
     def daily_jobs() -> list[str]:
@@ -207,22 +215,47 @@ def test_daily_update_fires_at_2am_in_sao_paulo_and_updates_every_active_asset(
     assert daily_jobs() == [cron_job_id("daily-update", two_am)]
     with running_consumer(runtime):
         done = wait_state(runtime, cron_job_id("daily-update", two_am), timeout=20)
-    # Then every active asset was updated, and only those
+    # Then every active asset's bar of Monday's session was updated, and only those
     assert done.state == "completed", done.error
-    assert done.result == {"updated": active, "failed": {}}
+    assert done.result == {"session": "2026-03-09", "due": True, "updated": active, "failed": {}}
     assert sorted(t for r in fake.requests for t in r.tickers) == active
     assert all((q := store.latest_quote(t)) is not None and q.source == "brapi" for t in active)
+    assert all((b := store.bar(t, "brapi", dt.date(2026, 3, 9))) is not None and b.close == store.latest_quote(t).price
+               for t in active)  # type: ignore[union-attr]
     assert store.latest_quote("MGLU3") is None
     # And it ran as a flow: one update-asset-prices child per active asset
     children = [runtime.get(child_id) for child_id in done.children]
     assert [(c.name, c.payload["ticker"], c.state) for c in children] == [("update-asset-prices", t, "completed") for t in active]
 
 
+def test_the_morning_after_carnival_the_daily_update_fetches_nothing(
+    b3_runtime: Callable[..., Runtime], fake: FakeBrapi
+) -> None:
+    # Given active assets, and 02:00 in São Paulo on Ash Wednesday, after Carnival Tuesday
+    runtime = b3_runtime()
+    for ticker in ("PETR4", "VALE3"):
+        runtime.services.store.track(ticker)
+    two_am = dt.datetime(2026, 2, 18, 2, 0, tzinfo=SAO_PAULO).timestamp()
+    pin_clock(runtime, fake, two_am)
+    cron = runtime.cron_runner(now=two_am - 60)
+    # When the nightly tick comes
+    cron.tick(two_am)
+    with running_consumer(runtime):
+        done = wait_state(runtime, cron_job_id("daily-update", two_am), timeout=20)
+    # Then the job completed saying nothing was due, spawned no update and asked the provider nothing
+    assert done.state == "completed", done.error
+    assert done.result == {"session": "2026-02-17", "due": False, "updated": [], "failed": {},
+                           "reason": "2026-02-17 was not a B3 trading day (Carnival): no session to update"}
+    assert done.children == [] and fake.request_count == 0
+    assert runtime.list(name="update-asset-prices") == []
+
+
 def test_daily_update_completes_with_a_ticker_the_provider_does_not_know_in_failed(
     b3_runtime: Callable[..., Runtime], fake: FakeBrapi
 ) -> None:
-    # Given three active assets, one of which the provider does not know
+    # Given three active assets, one of which the provider does not know, the night after a session
     runtime = b3_runtime()
+    pin_clock(runtime, fake, dt.datetime(2026, 3, 11, 2, 0, tzinfo=SAO_PAULO).timestamp())
     for ticker in ("PETR4", "VALE3", "XXXX3"):
         runtime.services.store.track(ticker)
     record, _ = runtime.enqueue("daily-update", {})
@@ -237,8 +270,9 @@ def test_daily_update_completes_with_a_ticker_the_provider_does_not_know_in_fail
 
 
 def test_a_refused_key_fails_the_daily_update_at_once(b3_runtime: Callable[..., Runtime], fake: FakeBrapi) -> None:
-    # Given two active assets and a provider that refuses the configured key
+    # Given two active assets and a provider that refuses the configured key, the night after a session
     runtime = b3_runtime()
+    pin_clock(runtime, fake, dt.datetime(2026, 3, 11, 2, 0, tzinfo=SAO_PAULO).timestamp())
     for ticker in ("PETR4", "VALE3"):
         runtime.services.store.track(ticker)
     fake.token = "another-token"
@@ -263,13 +297,13 @@ def test_daily_update_does_not_fire_at_2am_utc(b3_runtime: Callable[..., Runtime
 
 
 async def test_analyses_requested_over_http_complete_or_fail_with_a_reason(
-    b3_runtime: Callable[..., Runtime], aiohttp_client: Callable[..., Any]
+    b3_runtime: Callable[..., Runtime], fake: FakeBrapi, aiohttp_client: Callable[..., Any]
 ) -> None:
-    # Given 60 closes of PETR4 and only 10 of VALE3
+    # Given 60 daily closes of PETR4 from brapi up to today's session, and a VALE3 brapi has only 10 sessions of
     runtime = b3_runtime()
     store = runtime.services.store
-    store.seed_history("PETR4", LINEAR, 1_767_225_600.0)
-    store.seed_history("VALE3", LINEAR[:10], 1_767_225_600.0)
+    store.seed_closes("PETR4", LINEAR, source="brapi")
+    fake.history_days["VALE3"] = 10
     client = await aiohttp_client(create_app(runtime))
     with running_consumer(runtime):
         # When both are requested through the API
@@ -279,21 +313,116 @@ async def test_analyses_requested_over_http_complete_or_fail_with_a_reason(
             assert resp.status == 202
             ids[ticker] = (await resp.json())["id"]
         # Then each reaches its end, visible in the API
-        shown = {}
-        for ticker, request_id in ids.items():
-            for _ in range(200):
-                shown[ticker] = await (await client.get("/api/v1/analysis/%s" % request_id)).json()
-                if shown[ticker]["status"] in ("completed", "failed"):
-                    break
-                await asyncio.sleep(0.05)
+        shown = {ticker: await until_finished(client, request_id) for ticker, request_id in ids.items()}
     petr4, vale3 = shown["PETR4"], shown["VALE3"]
     assert petr4["status"] == "completed"
     assert petr4["result"]["sma20"] == pytest.approx(59.5, abs=1e-9)
     assert petr4["result"]["macd"]["line"] == pytest.approx(7.0, abs=1e-9)
     assert (vale3["status"], vale3["result"]) == ("failed", None)
     assert vale3["error"] == "the analysis of VALE3 needs at least 50 closing prices, found 10"
+    assert [r.tickers for r in fake.requests] == [["VALE3"]]  # PETR4's history was all there
     # And each announced itself: started, progress, then completed or failed
     names = {ticker: [name for name, _, data in runtime.events.events  # type: ignore[attr-defined]
                       if name.startswith("analysis:") and data["id"] == ids[ticker]] for ticker in ids}
     assert names == {"PETR4": ["analysis:started", "analysis:progress", "analysis:completed"],
                      "VALE3": ["analysis:started", "analysis:progress", "analysis:failed"]}
+
+
+async def until_finished(client: Any, request_id: str, timeout: float = 15.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        shown: dict[str, Any] = await (await client.get("/api/v1/analysis/%s" % request_id)).json()
+        if shown["status"] in ("completed", "failed"):
+            return shown
+        await asyncio.sleep(0.05)
+    raise AssertionError("analysis %s did not finish within %ss" % (request_id, timeout))
+
+
+async def test_an_analysis_of_a_ticker_never_seen_completes_on_its_first_run(
+    b3_runtime: Callable[..., Runtime], fake: FakeBrapi, aiohttp_client: Callable[..., Any]
+) -> None:
+    # Given b3-jobs on the fake brapi (BRAPI_BASE_URL), and a ticker it has never seen
+    runtime = b3_runtime()
+    assert runtime.services.source == "brapi" and runtime.services.store.asset("WEGE3") is None
+    client = await aiohttp_client(create_app(runtime))
+    with running_consumer(runtime):
+        # When its analysis is requested
+        resp = await client.post("/api/v1/analysis", json={"ticker": "WEGE3"})
+        assert resp.status == 202
+        queued = await resp.json()
+        shown = await until_finished(client, queued["id"])
+    # Then the job the request queued completed it on its first run, having fetched WEGE3's daily history
+    assert shown["status"] == "completed", shown["error"]
+    record = runtime.get(queued["jobId"])
+    assert (record.state, record.attempts, record.result["completed"]) == ("completed", 1, [queued["id"]])
+    [fetch] = fake.requests
+    assert (fetch.tickers, fetch.params) == (["WEGE3"], {"range": "3mo", "interval": "1d"})
+    # And on at least 50 daily closes from brapi, its indicators those worked out by hand from the fake's history
+    served = [bar.close for bar in fake.history("WEGE3", "3mo", fetch.at)]
+    result = shown["result"]
+    assert result["closes_used"] == len(served) >= MIN_CLOSES and result["source"] == "brapi"
+    assert of_result(result) == pytest.approx(indicators(served), abs=1e-9)
+    # And the asset shows those bars and the quote that came with them, apart
+    asset = await (await client.get("/api/v1/assets/WEGE3", params={"days": "200"})).json()
+    assert [b["close"] for b in asset["bars"]] == served and asset["latest"]["source"] == "brapi"
+
+
+def test_a_429_in_the_middle_of_a_backfill_is_retried_for_its_ticker_alone(
+    b3_runtime: Callable[..., Runtime], fake: FakeBrapi
+) -> None:
+    # Given four tickers never seen, and brapi answering the third request with 429, Retry-After 1
+    runtime = b3_runtime()
+    tickers = ["PETR4", "VALE3", "ITUB4", "WEGE3"]
+    fake.rate_limit(retry_after="1", after=2)
+    record, _ = runtime.enqueue("batch-update", {"tickers": tickers})
+    # When the batch runs
+    with running_consumer(runtime):
+        done = wait_state(runtime, record.id, timeout=30)
+    # Then every ticker was updated with its daily history; the one that met the 429 on a second attempt
+    assert done.state == "completed", done.error
+    assert done.result == {"updated": tickers, "failed": {}}
+    children = [runtime.get(child_id) for child_id in done.children]
+    assert sorted(c.attempts for c in children) == [1, 1, 1, 2]
+    assert [r.status for r in fake.requests].count(429) == 1 and fake.request_count == 5
+    assert all(r.params == {"range": "3mo", "interval": "1d"} for r in fake.requests)
+    store = runtime.services.store
+    assert all(len(store.bars(t, "brapi")) >= MIN_CLOSES for t in tickers)
+    assert fake.peak_per_second() <= 5
+
+
+def test_the_quick_start_analyses_sample_history_offline_labelled_as_such(
+    settings_for: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given no brapi key or URL: the sample provider, and the seed local_runner.py runs on a first start
+    monkeypatch.delenv("BRAPI_API_KEY", raising=False)
+    monkeypatch.delenv("BRAPI_BASE_URL", raising=False)
+    runtime = Runtime(settings_for("sqlite", manifest=MANIFEST), load_manifest(MANIFEST), events=RecordingSink())
+    try:
+        from b3app.cli import COMMANDS
+        from runtime.cli import run_command
+
+        [seed] = COMMANDS
+        assert seed.on_local_start == ("--if-empty",)
+        assert run_command(seed, seed.on_local_start, runtime.services) == 0
+        store = runtime.services.store
+        assert runtime.services.source == "sample" and set(store.sources()) == {"sample"}
+        # When PETR4 is updated and analysed through the queue
+        update, _ = runtime.enqueue("update-asset-prices", {"ticker": "PETR4"})
+        analysis = store.request_analysis("PETR4")
+        job, _ = runtime.enqueue("process-pending-analysis", {})
+        with running_consumer(runtime):
+            updated = wait_state(runtime, update.id)
+            analysed = wait_state(runtime, job.id)
+        # Then both completed on sample data, and every price and result says so
+        assert updated.state == "completed", updated.error
+        assert updated.result["source"] == "sample" and updated.result["name"].endswith("(sample data)")
+        assert updated.result["history"] is None  # the seed's sample bars cover what an analysis reads
+        assert analysed.state == "completed" and analysed.result["completed"] == [analysis.id]
+        found = store.analysis(analysis.id)
+        assert found is not None and found[1] is not None
+        assert (found[1].source, found[1].closes_used) == ("sample", 120)
+        assert all(bar.source == "sample" for bar in store.bars("PETR4", "sample"))
+    finally:
+        runtime.services.close()
+        runtime.store.destroy()
+        runtime.close()

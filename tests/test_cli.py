@@ -189,7 +189,8 @@ def test_the_apps_commands_and_services_come_from_the_manifest(project: dict[str
     assert "seed" in cli(project, "--help", cwd=root).stdout
     seeded = cli(project, "seed", "--history-days", "3", cwd=root)
     assert seeded.returncode == 0, seeded.stderr
-    assert "16 ticker(s) newly tracked, 16 given 3 days of sample history (48 quotes)" in seeded.stdout
+    assert "16 ticker(s) newly tracked, 16 given 3 sessions of sample history (48 daily bars, labelled sample)" \
+        in seeded.stdout
     again = cli(project, "seed", "--if-empty", cwd=root)
     assert again.returncode == 0 and "nothing seeded" in again.stdout
     # And a bad setting of the app exits 2 with its line

@@ -205,3 +205,16 @@ def test_pause_holds_across_consumers_until_resume(make_runtime: Callable[..., R
             assert wait_state(second, job_id).state == "completed"
     assert [e[0] for e in first.events.events if e[0].startswith("queue:")] == ["queue:paused"]  # type: ignore[attr-defined]
     assert [e for e in second.events.events if e[0] == "queue:resumed"][0][2] == {"job": "noop", "released": 6}  # type: ignore[attr-defined]
+
+
+def test_a_worker_stopping_gives_back_the_job_its_last_completion_took(runtime: Runtime, consumer: Callable[..., Any]) -> None:
+    # Given a backlog, and workers that take their next job in the call that completes the last one
+    ids = [r.id for r, _ in runtime.enqueue_many("noop", [{}] * 300)]
+    with consumer(runtime, workers=2):
+        wait_for(lambda: sum(runtime.get(i).state == "completed" for i in ids[:20]) >= 5, what="some jobs done")
+    # When the consumer has stopped (gracefully), no job is left active under its lease:
+    # each is completed, or waiting again with its attempt not counted
+    states = {i: runtime.get(i) for i in ids}
+    assert not [i for i, r in states.items() if r.state == "active"]
+    assert all(r.attempts == 0 for r in states.values() if r.state == "waiting")
+    assert any(r.state == "waiting" for r in states.values()), "the backlog should outlast the run"

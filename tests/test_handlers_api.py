@@ -9,6 +9,7 @@ import pytest
 from openapi_spec_validator import validate
 
 from market.analysis import analyze
+from market.models import Quote
 from runtime.engine import Runtime
 from runtime.web.app import create_app
 
@@ -109,36 +110,53 @@ async def test_analysis_request_errors(api: Any) -> None:
 
 async def test_a_completed_analysis_shows_its_result(api: Any, b3: Runtime) -> None:
     store = b3.services.store
-    store.seed_history("PETR4", LINEAR, 1_767_225_600.0)
+    bars = store.seed_closes("PETR4", LINEAR, source="sample")
     request = store.request_analysis("PETR4")
-    store.finish_analysis(request.id, analyze("PETR4", LINEAR))
+    store.finish_analysis(request.id, analyze("PETR4", LINEAR, source="sample", last_session=bars[-1].session))
     body = await (await api.get("/api/v1/analysis/%s" % request.id)).json()
     assert body["status"] == "completed" and body["result"]["sma20"] == pytest.approx(59.5)
+    assert (body["result"]["source"], body["result"]["last_session"]) == ("sample", bars[-1].session.isoformat())
 
 
-async def test_assets_list_with_latest_quotes(api: Any, b3: Runtime) -> None:
+def sample_quote(ticker: str, price: float, at: float, source: str = "sample") -> Quote:
+    return Quote(ticker=ticker, price=price, time=at, source=source)
+
+
+async def test_assets_list_with_latest_quotes_and_bars(api: Any, b3: Runtime) -> None:
     assert await (await api.get("/api/v1/assets")).json() == {"assets": []}
     store = b3.services.store
-    store.seed_history("VALE3", [60.0, 61.5], 1_767_225_600.0)
-    store.track("PETR4")
+    bars = store.seed_closes("VALE3", [60.0, 61.5], source="sample")
+    store.add_quote(sample_quote("VALE3", 61.7, bars[-1].time + 60))
+    store.seed_closes("PETR4", [38.0], source="brapi")  # not the active provider's: kept apart
     store.track("MGLU3")
     store.untrack("MGLU3")
     body = await (await api.get("/api/v1/assets")).json()
-    assert [(a["asset"]["ticker"], a["latest"] and a["latest"]["price"]) for a in body["assets"]] == [
-        ("PETR4", None), ("VALE3", 61.5)]
+    assert [(a["asset"]["ticker"], a["latest"] and a["latest"]["price"], a["last_bar"] and a["last_bar"]["close"])
+            for a in body["assets"]] == [("PETR4", None, None), ("VALE3", 61.7, 61.7)]
     everything = await (await api.get("/api/v1/assets", params={"all": "true"})).json()
     assert [a["asset"]["ticker"] for a in everything["assets"]] == ["MGLU3", "PETR4", "VALE3"]
     assert (await api.get("/api/v1/assets", params={"all": "maybe"})).status == 422
     assert (await api.get("/api/v1/assets", params={"active": "1"})).status == 422
 
 
-async def test_one_asset_with_its_latest_quote_and_history(api: Any, b3: Runtime) -> None:
-    b3.services.store.seed_history("VALE3", [60.0, 61.5, 59.0], 1_767_225_600.0)
-    resp = await api.get("/api/v1/assets/vale3", params={"limit": "2"})
+async def test_one_asset_with_its_daily_bars_and_latest_quote_apart(api: Any, b3: Runtime) -> None:
+    # Given three sample sessions of VALE3, two quotes in the last one, and a brapi bar kept apart
+    store = b3.services.store
+    bars = store.seed_closes("VALE3", [60.0, 61.5, 59.0], source="sample")
+    store.add_quote(sample_quote("VALE3", 59.4, bars[-1].time + 60))
+    store.add_quote(sample_quote("VALE3", 59.2, bars[-1].time + 120))
+    store.seed_closes("VALE3", [99.0], source="brapi")
+    # When the asset is read with days=2
+    resp = await api.get("/api/v1/assets/vale3", params={"days": "2"})
     assert resp.status == 200
     body = await resp.json()
-    assert body["asset"]["ticker"] == "VALE3" and body["latest"]["price"] == 59.0
-    assert [q["price"] for q in body["history"]] == [59.0, 61.5]
+    # Then the two newest sample bars come oldest first, one per session, and the latest quote apart
+    assert body["asset"]["ticker"] == "VALE3" and body["source"] == "sample"
+    assert [(b["session"], b["close"], b["source"]) for b in body["bars"]] == [
+        (bars[1].session.isoformat(), 61.5, "sample"), (bars[2].session.isoformat(), 59.2, "sample")]
+    assert (body["latest"]["price"], body["latest"]["source"]) == (59.2, "sample")
+    assert body["bars"][-1]["high"] == 59.4 and body["bars"][-1]["low"] == 59.0
+    assert len((await (await api.get("/api/v1/assets/VALE3")).json())["bars"]) == 3
 
 
 async def test_one_asset_errors(api: Any) -> None:
@@ -146,7 +164,8 @@ async def test_one_asset_errors(api: Any) -> None:
     assert missing.status == 404
     assert "ticker PETR4 is not tracked" in (await missing.json())["error"]["message"]
     assert (await api.get("/api/v1/assets/PETR")).status == 422
-    assert (await api.get("/api/v1/assets/PETR4", params={"limit": "0"})).status == 422
+    for bad in ({"days": "0"}, {"days": "1001"}, {"limit": "5"}):
+        assert (await api.get("/api/v1/assets/PETR4", params=bad)).status == 422, bad
 
 
 async def test_the_b3_routes_are_in_the_openapi_document(api: Any) -> None:

@@ -7,14 +7,21 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
 from fake_brapi import FakeBrapi
 from market.providers.blocking import BlockingQuotes
 from b3app.services import build_services
-from market.services import PacedQuotes, RateLimit, RequestPacer, Services, parse_rate_limit
+from market.services import (
+    PacedQuotes,
+    RateLimit,
+    RequestPacer,
+    Services,
+    parse_history_range,
+    parse_rate_limit,
+)
 from market.store import MarketStore
 from market.tickers import DEFAULT_TICKERS
 from runtime.core.context import JobContext
@@ -31,14 +38,23 @@ def fake() -> Iterator[FakeBrapi]:
         yield server
 
 
-def brapi_services(tmp_path: Path, fake: FakeBrapi, rate: str = "20/1", timeout_s: float = 2.0) -> Services:
-    """Services on the fake brapi server and a store of this test's own."""
+def brapi_services(
+    tmp_path: Path,
+    fake: FakeBrapi,
+    rate: str = "20/1",
+    timeout_s: float = 2.0,
+    clock: Callable[[], float] | None = None,
+) -> Services:
+    """Services on the fake brapi server and a store of this test's own; with `clock`, both go by it."""
+    if clock is not None:
+        fake.clock = clock
     return Services(
         tmp_path / "var",
         brapi_api_key="test-token",
         brapi_base_url=fake.url,
         rate_limit=parse_rate_limit(rate),
         provider_timeout_s=timeout_s,
+        clock=clock or time.time,
     )
 
 
@@ -90,9 +106,45 @@ def test_build_services_reads_brapi_settings_and_refuses_a_bad_limit(
     assert services.rate_limit == RateLimit(7, 2.0)
     assert (services.brapi_api_key, services.brapi_base_url) == ("k", "http://127.0.0.1:1")
     assert services.store_path == tmp_path / "market.sqlite3"
+    assert services.history_range == "3mo"
+    monkeypatch.setenv("BRAPI_HISTORY_RANGE", "1y")
+    assert build_services(settings).history_range == "1y"
+    monkeypatch.setenv("BRAPI_HISTORY_RANGE", "1mo")
+    with pytest.raises(SettingsError, match=r"BRAPI_HISTORY_RANGE: expected one of 3mo, 6mo, 1y, 2y, 5y, 10y .* '1mo'"):
+        build_services(settings)
+    monkeypatch.setenv("BRAPI_HISTORY_RANGE", "3mo")
     monkeypatch.setenv("BRAPI_RATE_LIMIT", "lots")
     with pytest.raises(SettingsError, match="BRAPI_RATE_LIMIT: expected LIMIT/SECONDS .* got 'lots'"):
         build_services(settings)
+
+
+def test_parse_history_range() -> None:
+    assert parse_history_range(" 6MO ") == "6mo"
+    with pytest.raises(ValueError, match="got 'max'"):
+        parse_history_range("max")
+
+
+def test_a_start_with_brapi_on_a_store_of_sample_bars_says_they_are_kept_apart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a store seeded offline, with sample bars
+    monkeypatch.delenv("BRAPI_API_KEY", raising=False)
+    monkeypatch.delenv("BRAPI_BASE_URL", raising=False)
+    offline = build_services(Settings(data_dir=tmp_path))
+    offline.seed(history_days=5)
+    offline.close()
+    # When the app starts with a brapi key
+    monkeypatch.setenv("BRAPI_API_KEY", "k")
+    with caplog.at_level("WARNING", logger="market.services"):
+        services = build_services(Settings(data_dir=tmp_path))
+    # Then it says so at once: the sample bars stay apart, brapi's alone are analysed and shown
+    try:
+        assert services.source == "brapi"
+        assert "holds daily bars from sample (%d tickers); the active provider is brapi" % len(DEFAULT_TICKERS) \
+            in caplog.text
+        assert "brapi bars only" in caplog.text
+    finally:
+        services.close()
 
 
 def test_services_are_made_on_first_use_and_the_sample_is_not_paced(
@@ -129,9 +181,23 @@ def test_seed_if_empty_seeds_only_a_first_start(tmp_path: Path) -> None:
     services = Services(tmp_path)
     try:
         report = services.seed_if_empty(history_days=60)
-        assert report is not None and report.tracked == len(DEFAULT_TICKERS) and report.quotes == 60 * len(DEFAULT_TICKERS)
+        assert report is not None and report.tracked == len(DEFAULT_TICKERS)
+        assert report.bars == 60 * len(DEFAULT_TICKERS)
         assert services.store.asset("B3SA3") is not None
+        assert services.store.sources() == {"sample": len(DEFAULT_TICKERS)}
         assert services.seed_if_empty() is None
+    finally:
+        services.close()
+
+
+def test_with_brapi_the_seed_tracks_and_writes_no_sample_data(tmp_path: Path, fake: FakeBrapi) -> None:
+    services = brapi_services(tmp_path, fake)
+    try:
+        report = services.seed(history_days=60)
+        assert report == (len(DEFAULT_TICKERS), 0, 0)
+        assert len(services.store.assets()) == len(DEFAULT_TICKERS)
+        assert services.store.sources() == {} and services.store.latest_quote("PETR4") is None
+        assert fake.request_count == 0
     finally:
         services.close()
 
@@ -171,9 +237,11 @@ def test_the_pacer_never_lets_more_than_limit_requests_into_any_window() -> None
 def test_paced_brapi_requests_stay_within_the_limit_at_the_server(tmp_path: Path, fake: FakeBrapi) -> None:
     services = brapi_services(tmp_path, fake, rate="4/0.5")
     try:
-        for _ in range(10):
+        for _ in range(5):
             services.quotes.get("PETR4")
+            services.quotes.history("VALE3", "3mo")  # backfills share the pacer with quotes
     finally:
         services.close()
     assert fake.request_count == 10
+    assert sum(1 for r in fake.requests if r.params.get("range") == "3mo") == 5
     assert fake.peak_per_second(window_s=0.5) <= 4

@@ -1,8 +1,12 @@
-"""update-asset-prices, batch-update and daily-update, each called with `handle()` and a test context."""
+"""update-asset-prices, batch-update and daily-update, each called with `handle()` and a test context.
+
+Times of day that matter (a session, the morning after Carnival) come from an injected clock that
+the services and the fake brapi share."""
 
 from __future__ import annotations
 
-from typing import Any
+import datetime as dt
+from typing import Any, Iterator
 
 from pathlib import Path
 
@@ -11,6 +15,8 @@ from pydantic import ValidationError
 
 from fake_brapi import FakeBrapi
 from handlers import batch_update, daily_update, update_asset_prices
+from market import calendar
+from market.analysis import MIN_CLOSES
 from market.errors import ProviderTimeout, ProviderUnavailable
 from market.services import Services
 from runtime import Retry, UnrecoverableError
@@ -19,6 +25,43 @@ from runtime.core.events import RecordingSink
 
 from conftest import wait_for
 from test_handlers_services import brapi_services, events_named, fake, make_ctx, services  # noqa: F401 (fixtures)
+
+
+class Clock:
+    """São Paulo wall-clock time, settable; the services and the fake brapi read it."""
+
+    def __init__(self, when: dt.datetime) -> None:
+        self.now = when.timestamp()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def at(self, year: int, month: int, day: int, hour: int, minute: int = 0) -> Clock:
+        self.now = dt.datetime(year, month, day, hour, minute, tzinfo=calendar.SAO_PAULO).timestamp()
+        return self
+
+
+def sao_paulo(year: int, month: int, day: int, hour: int, minute: int = 0) -> dt.datetime:
+    return dt.datetime(year, month, day, hour, minute, tzinfo=calendar.SAO_PAULO)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock(sao_paulo(2026, 3, 10, 11))  # a Tuesday, in session
+
+
+@pytest.fixture
+def timed(tmp_path: Path, fake: FakeBrapi, clock: Clock) -> Iterator[Services]:
+    """Services on the fake brapi, both on `clock`."""
+    made = brapi_services(tmp_path, fake, clock=clock)
+    yield made
+    made.close()
+
+
+def update(services: Services, ticker: str) -> dict[str, Any]:
+    ctx, _ = make_ctx(services, "update-asset-prices")
+    return update_asset_prices.handle(update_asset_prices.Payload(ticker=ticker), ctx)
+
 
 # -- update-asset-prices ----------------------------------------------------------------------------
 
@@ -36,11 +79,86 @@ def test_update_stores_the_quote_tracks_the_ticker_and_emits_asset_updated(servi
     assert latest is not None and latest.price == 37.25 and latest.time == result["time"]
     asset = services.store.asset("PETR4")
     assert asset is not None and asset.active and asset.name
-    # And asset:updated carries ticker, price, change and time
+    # And its session's bar closes at that price, and its daily history came with the quote, in one request
+    session = calendar.session_of(result["time"])
+    assert result["session"] == session.isoformat() and result["bar"]["close"] == 37.25
+    assert result["history"]["range"] == "3mo" and result["history"]["bars"] >= MIN_CLOSES
+    assert [r.params for r in fake.requests] == [{"range": "3mo", "interval": "1d"}]
+    assert len(services.store.bars("PETR4", "brapi")) == result["history"]["bars"]
+    # And asset:updated carries ticker, price, change, time and the session
     [(name, data)] = events_named(sink, "asset:")
     assert name == "asset:updated"
-    assert {k: data[k] for k in ("ticker", "price", "change", "time")} == {
-        "ticker": "PETR4", "price": 37.25, "change": result["change"], "time": result["time"]}
+    assert {k: data[k] for k in ("ticker", "price", "change", "time", "session")} == {
+        "ticker": "PETR4", "price": 37.25, "change": result["change"], "time": result["time"],
+        "session": session.isoformat()}
+
+
+def test_ten_updates_in_one_session_leave_one_bar_closing_at_the_last_price(
+    timed: Services, fake: FakeBrapi, clock: Clock
+) -> None:
+    # Given PETR4 at ten different prices through Tuesday's session
+    prices = [37.8, 38.4, 37.2, 39.1, 38.0, 36.9, 37.7, 38.8, 38.2, 38.5]
+    # When update-asset-prices runs ten times, every 30 minutes from 10:30
+    for i, price in enumerate(prices):
+        clock.at(2026, 3, 10, 10, 30).now += 1800 * i
+        fake.prices["PETR4"] = price
+        result = update(timed, "PETR4")
+        assert result["session"] == "2026-03-10"
+    # Then Tuesday has one bar: it closes at the last price, and its high and low cover all ten
+    tuesday = [b for b in timed.store.bars("PETR4", "brapi") if b.session == dt.date(2026, 3, 10)]
+    assert len(tuesday) == 1
+    [bar] = tuesday
+    assert bar.close == 38.5
+    assert bar.high >= max(prices) and bar.low <= min(prices)
+    # And the sessions before are the backfill's, one bar each: only the first update asked for history
+    sessions = [b.session for b in timed.store.bars("PETR4", "brapi")]
+    assert len(sessions) == len(set(sessions)) >= MIN_CLOSES
+    assert [r.params.get("range") for r in fake.requests] == ["3mo"] + [None] * 9
+    assert len(timed.store.quotes("PETR4", "brapi")) == 10
+
+
+def test_a_ticker_with_fewer_sessions_than_asked_is_backfilled_once_a_session(
+    timed: Services, fake: FakeBrapi, clock: Clock
+) -> None:
+    # Given a ticker brapi has 30 sessions of
+    fake.history_days["WEGE3"] = 30
+    # When it is updated twice on Tuesday and once on Wednesday
+    first = update(timed, "WEGE3")
+    again = update(timed, "WEGE3")
+    clock.at(2026, 3, 11, 11)
+    wednesday = update(timed, "WEGE3")
+    # Then Tuesday asked for history once and stored the 30 bars; Wednesday asked again (still short)
+    assert first["history"] == {"range": "3mo", "bars": 30} and again["history"] is None
+    assert wednesday["history"] == {"range": "3mo", "bars": 30}
+    assert len(timed.store.bars("WEGE3", "brapi")) == 31  # 30 sessions to Tuesday, then Wednesday's
+    assert [r.params.get("range") for r in fake.requests] == ["3mo", None, "3mo"]
+
+
+def test_a_ticker_without_history_is_updated_with_its_quote_alone(timed: Services, fake: FakeBrapi) -> None:
+    fake.no_history.add("HGLG11")
+    result = update(timed, "HGLG11")
+    assert result["history"] == {"range": "3mo", "bars": 0}
+    assert [b.session for b in timed.store.bars("HGLG11", "brapi")] == [dt.date(2026, 3, 10)]
+    assert update(timed, "HGLG11")["history"] is None  # not asked again this session
+
+
+def test_a_429_in_the_middle_of_a_backfill_retries_that_ticker_alone(timed: Services, fake: FakeBrapi) -> None:
+    # Given three tickers never seen before, and brapi answering the second request with 429
+    fake.rate_limit(retry_after="2", after=1)
+    # When they are updated in turn
+    first = update(timed, "PETR4")
+    with pytest.raises(Retry, match="rate limited") as caught:
+        update(timed, "VALE3")
+    third = update(timed, "ITUB4")
+    # Then the 429 asks for a retry of VALE3 after Retry-After, and stored nothing of it
+    assert caught.value.delay == 2.0
+    assert timed.store.bars("VALE3", "brapi") == [] and timed.store.last_backfill("VALE3", "brapi") is None
+    # And the others were backfilled; VALE3's retry backfills it too
+    assert first["history"]["bars"] >= MIN_CLOSES and third["history"]["bars"] >= MIN_CLOSES
+    retried = update(timed, "VALE3")
+    assert retried["history"]["bars"] >= MIN_CLOSES
+    assert [(r.tickers, r.status, r.params.get("range")) for r in fake.requests] == [
+        (["PETR4"], 200, "3mo"), (["VALE3"], 429, "3mo"), (["ITUB4"], 200, "3mo"), (["VALE3"], 200, "3mo")]
 
 
 def test_an_unknown_ticker_fails_without_retry_and_stores_nothing(services: Services, fake: FakeBrapi) -> None:
@@ -138,61 +256,130 @@ def test_batch_update_spawns_one_child_per_ticker_then_sums_them_up() -> None:
 # -- daily-update -----------------------------------------------------------------------------------
 
 
-def test_daily_update_spawns_one_update_per_active_asset(services: Services, fake: FakeBrapi) -> None:
-    # Given three active assets and one no longer tracked
-    for ticker in ("VALE3", "PETR4", "WEGE3", "MGLU3"):
-        services.store.track(ticker)
-    services.store.untrack("MGLU3")
-    ctx, spawned = flow_ctx(services, "d1")
-    # When the nightly update first runs
+def test_the_morning_after_carnival_tuesday_nothing_is_due(timed: Services, fake: FakeBrapi, clock: Clock) -> None:
+    # Given active assets, and the clock at 02:00 on Ash Wednesday, after Carnival Tuesday
+    for ticker in ("PETR4", "VALE3"):
+        timed.store.track(ticker)
+    clock.at(2026, 2, 18, 2)
+    ctx, spawned = flow_ctx(timed, "d1")
+    # When the nightly update runs
+    summary = daily_update.handle(daily_update.Payload(), ctx)
+    # Then it records that nothing was due, and why; it spawned nothing and asked the provider nothing
+    assert summary == {"session": "2026-02-17", "due": False, "updated": [], "failed": {},
+                       "reason": "2026-02-17 was not a B3 trading day (Carnival): no session to update"}
+    assert spawned == [] and fake.request_count == 0
+    # And the same holds the morning after a Sunday
+    clock.at(2026, 2, 16, 2)
+    assert daily_update.handle(daily_update.Payload(), flow_ctx(timed, "d2")[0])["due"] is False
+
+
+def test_the_morning_after_a_session_every_active_assets_bar_for_it_is_updated(
+    timed: Services, fake: FakeBrapi, clock: Clock
+) -> None:
+    # Given three active assets with their history up to Monday, and one no longer tracked
+    active = ["PETR4", "VALE3", "WEGE3"]
+    clock.at(2026, 3, 9, 16)
+    for ticker in active + ["MGLU3"]:
+        update(timed, ticker)
+    timed.store.untrack("MGLU3")
+    fake.reset()
+    # When the nightly update runs at 02:00 on Wednesday
+    clock.at(2026, 3, 11, 2)
+    ctx, spawned = flow_ctx(timed, "d1")
     assert daily_update.handle(daily_update.Payload(), ctx) is None
-    # Then it spawned one update-asset-prices child per active asset, in ticker order, and asked the provider nothing itself
-    assert spawned == [("update-asset-prices", [{"ticker": "PETR4"}, {"ticker": "VALE3"}, {"ticker": "WEGE3"}])]
-    assert fake.request_count == 0
+    # Then it spawned one update per active asset
+    assert spawned == [("update-asset-prices", [{"ticker": t} for t in active])]
+    # And when the children run (at 02:00, so each quote is Tuesday's last trade) every bar of Tuesday is there
+    children = []
+    for i, payload in enumerate(spawned[0][1]):
+        result = update(timed, payload["ticker"])
+        assert result["session"] == "2026-03-10" and result["history"] is None
+        children.append(ChildResult("d1.%d" % i, "completed", result=result))
+    for ticker in active:
+        bar = timed.store.bar(ticker, "brapi", dt.date(2026, 3, 10))
+        latest = timed.store.latest_quote(ticker, "brapi")
+        assert bar is not None and latest is not None and bar.close == latest.price
+    assert timed.store.bar("MGLU3", "brapi", dt.date(2026, 3, 10)) is None
+    assert [r.tickers for r in fake.requests] == [[t] for t in active]
+    # And the summary names the session
+    again, _ = flow_ctx(timed, "d1", children)
+    assert daily_update.handle(daily_update.Payload(), again) == {
+        "session": "2026-03-10", "due": True, "updated": active, "failed": {}}
 
 
-def test_daily_update_sums_up_its_children_and_one_bad_ticker_does_not_fail_it(services: Services) -> None:
+def test_an_update_run_after_its_session_ended_fetches_that_sessions_final_bar(
+    timed: Services, fake: FakeBrapi, clock: Clock
+) -> None:
+    # Given PETR4 with its history up to Monday
+    clock.at(2026, 3, 9, 16)
+    update(timed, "PETR4")
+    # When Tuesday's update only runs on Wednesday at 11:00 (consumers were down all night)
+    clock.at(2026, 3, 11, 11)
+    result = update(timed, "PETR4")
+    # Then the quote is Wednesday's, and Tuesday's final bar came with it, in the same request
+    assert result["session"] == "2026-03-11" and result["history"]["range"] == "3mo"
+    tuesday = timed.store.bar("PETR4", "brapi", dt.date(2026, 3, 10))
+    assert tuesday == fake.history("PETR4", "3mo", clock.now)[-2]
+    assert fake.request_count == 2
+
+
+def test_daily_update_sums_up_its_children_and_one_bad_ticker_does_not_fail_it(timed: Services, clock: Clock) -> None:
     # Given four active assets whose updates ran, the one the provider does not know failed
+    clock.at(2026, 3, 11, 2, 5)
     for ticker in ("PETR4", "VALE3", "WEGE3", "ZZZZ11"):
-        services.store.track(ticker)
+        timed.store.track(ticker)
     unknown = "UnrecoverableError: brapi does not know ticker ZZZZ11"
     children = [updated("d1", 0, "PETR4"), updated("d1", 1, "VALE3"), updated("d1", 2, "WEGE3"),
                 ChildResult("d1.3", "failed", error=unknown)]
-    ctx, spawned = flow_ctx(services, "d1", children)
-    # When the nightly update runs again after them
+    ctx, spawned = flow_ctx(timed, "d1", children)
+    # When the nightly update runs again after them, on Wednesday at 02:05
     summary = daily_update.handle(daily_update.Payload(), ctx)
     # Then it completes with who was updated and why the other failed, and spawns nothing more
-    assert summary == {"updated": ["PETR4", "VALE3", "WEGE3"], "failed": {"ZZZZ11": unknown}}
+    assert summary == {"session": "2026-03-10", "due": True, "updated": ["PETR4", "VALE3", "WEGE3"],
+                       "failed": {"ZZZZ11": unknown}}
     assert spawned == []
 
 
-def test_with_the_provider_down_for_every_ticker_daily_update_fails_without_a_retry(services: Services) -> None:
+def test_with_the_provider_down_for_every_ticker_daily_update_fails_without_a_retry(
+    timed: Services, clock: Clock
+) -> None:
     # Given two active assets whose updates all failed, after their retries, with the provider down
-    services.store.track("PETR4")
-    services.store.track("VALE3")
+    clock.at(2026, 3, 11, 2, 5)
+    timed.store.track("PETR4")
+    timed.store.track("VALE3")
     down = "ProviderUnavailable: brapi: service unavailable (HTTP 503) for %s: try later"
     children = [ChildResult("d1.0", "failed", error=down % "PETR4"), ChildResult("d1.1", "failed", error=down % "VALE3")]
-    ctx, _ = flow_ctx(services, "d1", children)
+    ctx, _ = flow_ctx(timed, "d1", children)
     # When the nightly update sums up, it fails at once (another run would read the same outcomes), with the reasons
     with pytest.raises(UnrecoverableError, match=r"no active asset could be updated \(2 failed\): PETR4: ProviderUnavailable") as caught:
         daily_update.handle(daily_update.Payload(), ctx)
     assert "VALE3: ProviderUnavailable" in str(caught.value)
 
 
-def test_an_asset_tracked_while_the_updates_ran_is_not_reported(services: Services) -> None:
+def test_an_asset_tracked_while_the_updates_ran_is_not_reported(timed: Services, clock: Clock) -> None:
     # Given the updates of PETR4 (failed) and WEGE3 (done), and VALE3 tracked while they ran
+    clock.at(2026, 3, 11, 2, 5)
     for ticker in ("PETR4", "WEGE3", "VALE3"):
-        services.store.track(ticker)
+        timed.store.track(ticker)
     children = [ChildResult("d1.0", "failed", error="JobTimeout: update-asset-prices timed out after 60s"),
                 updated("d1", 1, "WEGE3")]
-    ctx, _ = flow_ctx(services, "d1", children)
+    ctx, _ = flow_ctx(timed, "d1", children)
     # When the nightly update sums up
     summary = daily_update.handle(daily_update.Payload(), ctx)
     # Then VALE3, never updated, is not named as failed: the failed child cannot be told apart, so its job id names it
-    assert summary == {"updated": ["WEGE3"], "failed": {"d1.0": "JobTimeout: update-asset-prices timed out after 60s"}}
+    assert summary["failed"] == {"d1.0": "JobTimeout: update-asset-prices timed out after 60s"}
+    assert summary["updated"] == ["WEGE3"]
 
 
-def test_daily_update_with_no_assets_does_nothing(services: Services, fake: FakeBrapi) -> None:
-    ctx, spawned = flow_ctx(services, "d1")
-    assert daily_update.handle(daily_update.Payload(), ctx) == {"updated": [], "failed": {}}
+def test_daily_update_with_no_assets_does_nothing(timed: Services, fake: FakeBrapi, clock: Clock) -> None:
+    clock.at(2026, 3, 11, 2)
+    ctx, spawned = flow_ctx(timed, "d1")
+    assert daily_update.handle(daily_update.Payload(), ctx) == {"session": "2026-03-10", "due": True, "updated": [],
+                                                                 "failed": {}}
     assert spawned == [] and fake.request_count == 0
+
+
+def test_daily_update_payload_is_empty() -> None:
+    assert daily_update.Payload().model_dump(mode="json") == {}
+    with pytest.raises(ValidationError):
+        daily_update.Payload.model_validate({"session": "2026-03-10"})

@@ -82,9 +82,9 @@ def rising(n: int) -> list[float]:
 
 
 def test_an_uptrend_with_momentum_is_a_buy() -> None:
-    result = analyze("petr4", rising(80), now=1000.0)
+    result = analyze("petr4", rising(80), source="test", now=1000.0)
 
-    assert result.ticker == "PETR4"
+    assert (result.ticker, result.source, result.last_session) == ("PETR4", "test", None)
     assert result.signal == "buy" and result.score == 2
     assert result.closes_used == 80 and result.computed_at == 1000.0
     assert result.sma20 == pytest.approx(sma(rising(80), 20)[-1], abs=TOL)
@@ -97,14 +97,14 @@ def test_an_uptrend_with_momentum_is_a_buy() -> None:
 
 
 def test_the_mirror_downtrend_is_a_sell() -> None:
-    result = analyze("VALE3", [240 - c for c in rising(80)])
+    result = analyze("VALE3", [240 - c for c in rising(80)], source="test")
     assert result.signal == "sell" and result.score == -2
     assert any("downtrend" in r for r in result.reasons)
 
 
 def test_a_crash_is_oversold_but_bearish_so_hold() -> None:
     closes = [100 + 0.2 * i for i in range(70)] + [114 - 3 * i for i in range(1, 11)]
-    result = analyze("ITUB4", closes)
+    result = analyze("ITUB4", closes, source="test")
     assert result.signal == "hold"
     assert result.reasons[0].startswith("RSI ") and result.reasons[0].endswith("< 30: oversold")
 
@@ -117,11 +117,11 @@ def test_macd_crossovers_are_named() -> None:
 
 def test_too_little_history_names_what_was_needed_and_found() -> None:
     with pytest.raises(InsufficientHistory) as info:
-        analyze("PETR4", rising(MIN_CLOSES - 1))
+        analyze("PETR4", rising(MIN_CLOSES - 1), source="test")
     assert (info.value.needed, info.value.found, info.value.ticker) == (50, 49, "PETR4")
     assert str(info.value) == "the analysis of PETR4 needs at least 50 closing prices, found 49"
 
 
 def test_analyze_validates_the_ticker() -> None:
     with pytest.raises(InvalidTicker):
-        analyze("PETROBRAS", rising(80))
+        analyze("PETROBRAS", rising(80), source="test")

@@ -12,9 +12,11 @@ import pytest
 from brapi.types import QuoteRetrieveResponse
 from fake_brapi import FakeBrapi
 
+from market import calendar
 from market.errors import (
     MalformedResponse,
     ProviderAuthError,
+    ProviderError,
     ProviderTimeout,
     ProviderUnavailable,
     RateLimited,
@@ -56,7 +58,7 @@ async def test_a_quote_for_petr4(fake: FakeBrapi, provider_for: ProviderFactory)
 
     assert (quote.ticker, quote.price, quote.source, quote.currency) == ("PETR4", 38.42, "brapi", "BRL")
     assert quote.name and quote.change is not None and quote.volume
-    assert abs(quote.time - time.time()) < 120
+    assert quote.time == float(int(calendar.last_trade_time(fake.requests[0].at) // 60) * 60)  # the last trade
     assert fake.request_count == 1
     assert fake.requests[0].path == "/api/quote/PETR4"
     assert fake.requests[0].token == "test-token"
@@ -257,6 +259,75 @@ async def test_the_fake_answers_in_brapis_own_types(fake: FakeBrapi) -> None:
         fake.rate_limit()
         with pytest.raises(brapi.RateLimitError):
             await client.quote.retrieve("PETR4")
+    finally:
+        await client.close()
+
+
+# -- daily history (`range`, `interval=1d` → historicalDataPrice) ----------------------------------
+
+
+async def test_history_is_one_request_with_the_quote_and_a_bar_per_session(
+    fake: FakeBrapi, provider_for: ProviderFactory
+) -> None:
+    history = await provider_for().history("PETR4", "3mo")
+
+    [request] = fake.requests
+    assert request.params == {"range": "3mo", "interval": "1d"}
+    assert history.quote.ticker == "PETR4" and history.quote.source == "brapi"
+    assert history.bars == fake.history("PETR4", "3mo", request.at)
+    assert 60 <= len(history.bars) <= 66
+    assert all(calendar.is_trading_day(b.session) and b.source == "brapi" for b in history.bars)
+    assert history.bars[-1].session == calendar.session_of(request.at)
+
+
+async def test_a_ticker_with_fewer_sessions_than_asked_gives_what_it_has(
+    fake: FakeBrapi, provider_for: ProviderFactory
+) -> None:
+    fake.history_days["WEGE3"] = 30  # listed six weeks ago
+    history = await provider_for().history("WEGE3", "1y")
+    assert len(history.bars) == 30 and fake.requests[0].params["range"] == "1y"
+
+
+async def test_a_ticker_without_history_gives_its_quote_and_no_bars(
+    fake: FakeBrapi, provider_for: ProviderFactory
+) -> None:
+    fake.no_history.add("HGLG11")
+    history = await provider_for().history("HGLG11", "3mo")
+    assert history.bars == [] and history.quote.ticker == "HGLG11"
+
+
+async def test_history_errors_are_the_quotes(fake: FakeBrapi, provider_for: ProviderFactory) -> None:
+    provider = provider_for()
+    with pytest.raises(UnknownTicker, match="brapi does not know ticker XXXX3"):
+        await provider.history("XXXX3", "3mo")
+    fake.rate_limit(retry_after="3")
+    with pytest.raises(RateLimited) as limited:
+        await provider.history("PETR4", "3mo")
+    assert limited.value.retry_after == 3.0
+    fake.malformed("bad-bar")
+    with pytest.raises(MalformedResponse, match="historicalDataPrice.0.close"):
+        await provider.history("PETR4", "3mo")
+
+
+async def test_a_range_brapi_refuses_is_not_an_unknown_ticker(fake: FakeBrapi, provider_for: ProviderFactory) -> None:
+    with pytest.raises(ProviderError) as refused:
+        await provider_for().history("PETR4", "3y")  # type: ignore[arg-type]
+    assert not isinstance(refused.value, UnknownTicker) and not refused.value.retryable
+    assert "range=3y interval=1d refused: HTTP 400: Range inválido" in str(refused.value)
+
+
+async def test_the_fakes_history_is_in_brapis_own_types(fake: FakeBrapi) -> None:
+    fake.history_days["VALE3"] = 5
+    client = brapi.AsyncBrapi(api_key="test-token", base_url=fake.url, max_retries=0, _strict_response_validation=True)
+    try:
+        response = await client.quote.retrieve("PETR4,VALE3", range="1mo", interval="1d")
+        petr4, vale3 = response.results
+        assert petr4.historical_data_price and len(petr4.historical_data_price) >= 18
+        assert vale3.historical_data_price is not None and len(vale3.historical_data_price) == 5
+        assert petr4.used_range == "1mo" and petr4.used_interval == "1d"
+        entry = petr4.historical_data_price[-1]
+        assert calendar.local_date(entry.date) == calendar.session_of(fake.requests[-1].at)
+        assert entry.low <= entry.close <= entry.high
     finally:
         await client.close()
 

@@ -1,9 +1,13 @@
-"""The offline sample provider: deterministic, plausible, labelled, and it knows what it does not know."""
+"""The offline sample provider: deterministic, plausible, labelled, trading in B3's sessions only, and it
+knows what it does not know."""
 
 from __future__ import annotations
 
+import datetime as dt
 
 import pytest
+
+from market import calendar
 
 from market.errors import InvalidTicker, MarketError, RateLimited, UnknownTicker
 from market.models import Quote
@@ -11,7 +15,7 @@ from market.providers import BrapiProvider, SampleProvider, make_provider
 from market.providers.blocking import BlockingQuotes
 from market.tickers import DEFAULT_TICKERS, validate_ticker
 
-NOON = 1_700_000_000.0
+NOON = dt.datetime(2026, 3, 10, 13, 13, 20, tzinfo=calendar.SAO_PAULO).timestamp()  # a Tuesday, in session
 
 
 def at(now: float) -> SampleProvider:
@@ -53,10 +57,26 @@ async def test_placeholders_and_listed_unknowns_are_unknown_tickers() -> None:
         await provider.quote("ZZZZ11")
 
 
-def test_daily_closes_give_a_history_for_analyses() -> None:
-    closes = at(NOON).daily_closes("ITUB4", 60)
-    assert len(closes) == 60 and all(20 < c < 50 for c in closes)
-    assert closes == at(NOON).daily_closes("ITUB4", 60)
+async def test_out_of_hours_a_quote_is_the_last_trade_of_the_session_before() -> None:
+    # Saturday morning: Friday's close; the morning after Carnival: the Friday before it
+    saturday = dt.datetime(2026, 3, 14, 9, 0, tzinfo=calendar.SAO_PAULO).timestamp()
+    friday_close = dt.datetime(2026, 3, 13, 18, 0, tzinfo=calendar.SAO_PAULO).timestamp()
+    assert (await at(saturday).quote("PETR4")) == (await at(friday_close).quote("PETR4"))
+    assert (await at(saturday).quote("PETR4")).time == friday_close
+
+
+async def test_the_history_has_one_bar_per_session_and_ends_with_the_quote() -> None:
+    history = await at(NOON).history("ITUB4", "3mo")
+    bars = history.bars
+    assert 60 <= len(bars) <= 66 and all(calendar.is_trading_day(b.session) for b in bars)
+    assert len({b.session for b in bars}) == len(bars) and bars == sorted(bars, key=lambda b: b.session)
+    assert all(20 < b.low <= b.close <= b.high < 50 and b.source == "sample" for b in bars)
+    last = bars[-1]
+    assert (last.session, last.close, last.time) == (dt.date(2026, 3, 10), history.quote.price, history.quote.time)
+    assert (history.quote.day_open, history.quote.day_high, history.quote.day_low) == (last.open, last.high, last.low)
+    assert history == await at(NOON).history("ITUB4", "3mo")
+    with pytest.raises(UnknownTicker):
+        await at(NOON).history("XXXX3", "3mo")
 
 
 def test_make_provider_picks_brapi_only_when_configured() -> None:

@@ -444,3 +444,47 @@ def test_a_staged_job_removed_before_its_release_stays_removed(runtime: Runtime)
     assert store.remove("gone")
     assert store.release_staged(["gone"]) == 0
     assert take(store) is None and store.get("gone") is None
+
+
+# -- complete and take in one call ------------------------------------------------------------------
+
+
+def test_complete_and_take_completes_then_leases_the_next_job_to_the_same_owner(runtime: Runtime) -> None:
+    store = runtime.store
+    store.create(new_record("first"), b"m-first")
+    store.create(new_record("second"), b"m-second")
+    got = take(store)
+    assert got is not None and got.job_id == "first"
+    # When the worker completes `first` and takes its next job in the same call
+    done, nxt = store.complete_and_take("first", got.lease, b'{"ok": 1}', time.time(), Keep(count=10), OWNER, 30.0)
+    # Then `first` is completed and `second` is active, leased to the same owner under a new token
+    assert done and store.get("first").state == "completed" and store.get("first").result == {"ok": 1}
+    assert nxt is not None and nxt.job_id == "second" and nxt.message == b"m-second"
+    assert (nxt.lease.owner, nxt.lease.attempt) == (OWNER, 1) and nxt.lease.token != got.lease.token
+    assert store.get("second").state == "active"
+    # And with nothing left, it completes and takes nothing
+    done, nxt2 = store.complete_and_take("second", nxt.lease, b"null", time.time(), Keep(count=10), OWNER, 30.0)
+    assert done and nxt2 is None
+
+
+def test_complete_and_take_with_a_lease_that_moved_on_changes_nothing_of_that_job(runtime: Runtime) -> None:
+    store = runtime.store
+    store.create(new_record("j"), b"m")
+    got = take(store)
+    assert got is not None
+    stale = Lease(got.lease.owner, got.lease.attempt, "not-the-token")
+    done, nxt = store.complete_and_take("j", stale, b"1", time.time(), Keep(count=10), OWNER, 30.0)
+    assert not done and nxt is None and store.get("j").state == "active"
+
+
+def test_complete_and_take_frees_a_concurrency_slot_before_taking(runtime: Runtime) -> None:
+    from runtime.store.base import Limits
+
+    store = runtime.store
+    store.set_limits({"noop": Limits(concurrency=1)})
+    store.create(new_record("c1"), b"m1")
+    store.create(new_record("c2"), b"m2")
+    got = take(store)
+    assert got is not None and take(store, owner="other") is None  # at its concurrency
+    done, nxt = store.complete_and_take(got.job_id, got.lease, b"1", time.time(), Keep(count=10), OWNER, 30.0)
+    assert done and nxt is not None and nxt.job_id == "c2"

@@ -15,13 +15,14 @@ from typing import Any, TypeVar
 
 from market.errors import MarketError
 from market.models import Quote
-from market.providers.base import QuoteProvider
+from market.providers.base import History, HistoryRange, QuoteProvider
 
 T = TypeVar("T")
 
 
 class BlockingQuotes:
-    """`get(ticker)` and `get_many(tickers)` over a QuoteProvider made by `factory` on a private loop."""
+    """`get(ticker)`, `get_many(tickers)` and `history(ticker, range_)` over a QuoteProvider made by
+    `factory` on a private loop."""
 
     def __init__(self, factory: Callable[[], QuoteProvider], *, timeout_s: float | None = 60.0) -> None:
         self._timeout_s = timeout_s
@@ -55,6 +56,10 @@ class BlockingQuotes:
     def get_many(self, tickers: Sequence[str]) -> dict[str, Quote | MarketError]:
         """One entry per ticker: its quote or its error (see QuoteProvider.quotes)."""
         return self._call(self.provider.quotes(tickers))
+
+    def history(self, ticker: str, range_: HistoryRange) -> History:
+        """The ticker's quote and daily bars over `range_`; raises its MarketError."""
+        return self._call(self.provider.history(ticker, range_))
 
     def close(self) -> None:
         """Close the provider and stop the loop thread."""

@@ -8,21 +8,29 @@ How many tickers a request may carry depends on the brapi plan; a keyless reques
 one (brapi answers PETR4, MGLU3, VALE3 and ITUB4 without a token, but not combined with others).
 When a multi-ticker request fails as a whole because of a ticker (404, 400, 422 or an error body),
 the tickers are asked again one by one, so the bad ones are isolated and the good ones still answer.
+
+Daily history is the same endpoint with `range` and `interval=1d`: the answer carries the quote
+and `historicalDataPrice`, one entry per session, each dated (`date`, epoch seconds) at the
+session's opening in São Paulo; a session is the São Paulo date of that moment. Which ranges a key
+may ask for depends on its plan (every plan serves 3mo).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import email.utils
 import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
+from typing import Any
 
 import brapi
 import httpx
-from brapi.types.quote_retrieve_response import Result
+from brapi.types.quote_retrieve_response import Result, ResultHistoricalDataPrice
 from pydantic import ValidationError
+
+from market import calendar
 
 from market.errors import (
     MalformedResponse,
@@ -34,8 +42,9 @@ from market.errors import (
     RateLimited,
     UnknownTicker,
 )
-from market.models import Quote
-from market.providers.base import single_quote, split_requested
+from market.models import Bar, Quote
+from market.providers.base import History, HistoryRange, single_quote, split_requested
+from market.tickers import validate_ticker
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +103,21 @@ class BrapiProvider:
     async def quote(self, ticker: str) -> Quote:
         return await single_quote(self, ticker)
 
+    async def history(self, ticker: str, range_: HistoryRange) -> History:
+        ticker = validate_ticker(ticker)
+        try:
+            answer = (await self._request([ticker], {"range": range_, "interval": "1d"}, self._to_history))[ticker]
+        except _Rejected as exc:
+            if exc.status in (None, 200, 404):
+                raise UnknownTicker(ticker, SOURCE, _status_detail(exc)) from None
+            # 400 or 422 for one known-good ticker: the range or interval, e.g. beyond the key's plan
+            detail = "range=%s interval=1d refused: %s" % (range_, _status_detail(exc))
+            raise ProviderError(SOURCE, [ticker], detail, status=exc.status, retryable=False) from None
+        if isinstance(answer, MarketError):
+            raise answer
+        assert isinstance(answer, History)
+        return answer
+
     async def aclose(self) -> None:
         await self._client.close()
 
@@ -112,16 +136,21 @@ class BrapiProvider:
                 results[ticker] = UnknownTicker(ticker, SOURCE, _status_detail(exc))
         return results
 
-    async def _request(self, tickers: list[str]) -> dict[str, Quote | MarketError]:
-        """One GET /api/quote/{tickers}; raises _Rejected or a ProviderError for the whole request."""
+    async def _request(
+        self, tickers: list[str], params: Mapping[str, str] | None = None, convert: _Convert | None = None
+    ) -> dict[str, Any]:
+        """One GET /api/quote/{tickers}: each ticker's `convert`ed Result (a Quote by default) or its
+        MarketError; raises _Rejected or a ProviderError for the whole request."""
         try:
-            raw = await self._client.quote.with_raw_response.retrieve(",".join(tickers), extra_headers=self._headers)
+            raw = await self._client.quote.with_raw_response.retrieve(
+                ",".join(tickers), extra_headers=self._headers, **(params or {})  # type: ignore[arg-type]
+            )
             body = await raw.json()
         except brapi.APIError as exc:
             raise self._translate(exc, tickers) from exc
         except ValueError as exc:  # the body is not JSON
             raise MalformedResponse(SOURCE, tickers, "body is not JSON (%s)" % exc, status=200) from exc
-        return self._parse(body, tickers)
+        return self._parse(body, tickers, convert or self._to_quote)
 
     def _translate(self, exc: brapi.APIError, tickers: list[str]) -> Exception:
         if isinstance(exc, brapi.APITimeoutError):
@@ -146,7 +175,7 @@ class BrapiProvider:
             return ProviderUnavailable(SOURCE, tickers, detail, status=status)
         return ProviderError(SOURCE, tickers, "unexpected status: %s" % detail, status=status, retryable=False)
 
-    def _parse(self, body: object, tickers: list[str]) -> dict[str, Quote | MarketError]:
+    def _parse(self, body: object, tickers: list[str], convert: _Convert) -> dict[str, Any]:
         if not isinstance(body, dict):
             raise MalformedResponse(SOURCE, tickers, "expected a JSON object, got %s" % type(body).__name__, status=200)
         if body.get("error"):
@@ -156,15 +185,15 @@ class BrapiProvider:
             raise MalformedResponse(
                 SOURCE, tickers, "expected `results` to be a list, got %s" % _short(items), status=200
             )
-        found: dict[str, Quote | MarketError] = {}
+        found: dict[str, Any] = {}
         stray: list[str] = []  # entries that answer none of the requested tickers
         for item in items:
-            key, answer = self._parse_result(item)
+            key, answer = self._parse_result(item, convert)
             if key is not None and key in tickers:
                 found[key] = answer
             else:
                 stray.append("an entry for %s" % key if key else "an entry without a symbol")
-        results: dict[str, Quote | MarketError] = {}
+        results: dict[str, Any] = {}
         for ticker in tickers:
             if ticker in found:
                 results[ticker] = found[ticker]
@@ -174,8 +203,8 @@ class BrapiProvider:
                 results[ticker] = UnknownTicker(ticker, SOURCE, "not in the response")
         return results
 
-    def _parse_result(self, item: object) -> tuple[str | None, Quote | MarketError]:
-        """(the requested ticker the entry answers, its Quote or error) for one entry of `results`."""
+    def _parse_result(self, item: object, convert: _Convert) -> tuple[str | None, Any]:
+        """(the requested ticker the entry answers, its converted Result or error) for one entry of `results`."""
         key = _entry_ticker(item)
         try:
             result = Result.model_validate(item)
@@ -183,7 +212,7 @@ class BrapiProvider:
             problems = "; ".join("%s: %s" % (".".join(map(str, e["loc"])) or "entry", e["msg"]) for e in exc.errors())
             return key, MalformedResponse(SOURCE, [key or "?"], "result does not match brapi's Result: " + problems)
         try:
-            return key, self._to_quote(key or result.symbol, result)
+            return key, convert(key or result.symbol, result)
         except (ValidationError, ValueError) as exc:
             return key, MalformedResponse(SOURCE, [key or result.symbol], str(exc).replace("\n", " "))
 
@@ -200,7 +229,50 @@ class BrapiProvider:
             time=_epoch(result.regular_market_time) if result.regular_market_time else self._clock(),
             currency=result.currency,
             source=SOURCE,
+            day_open=_positive(result.regular_market_open),
+            day_high=_positive(result.regular_market_day_high),
+            day_low=_positive(result.regular_market_day_low),
         )
+
+    def _to_history(self, ticker: str, result: Result) -> History:
+        quote = self._to_quote(ticker, result)
+        current = calendar.session_of(quote.time)
+        bars: dict[dt.date, Bar] = {}
+        for entry in result.historical_data_price or []:
+            bar = _to_bar(ticker, entry, quote.time if calendar.local_date(entry.date) == current else None)
+            if bar is not None:
+                bars[bar.session] = bar  # a repeated session: the later entry wins
+        return History(quote, [bars[session] for session in sorted(bars)])
+
+
+_Convert = Callable[[str, Result], Any]
+
+
+def _to_bar(ticker: str, entry: ResultHistoricalDataPrice, as_of: float | None) -> Bar | None:
+    """The bar of one `historicalDataPrice` entry; None for an entry without prices (a day without trades).
+
+    `as_of`: when the quote was taken, for the session in progress; a past session's bar is final
+    at its close. High and low are widened to the open and close should the provider's disagree.
+    """
+    if min(entry.open, entry.high, entry.low, entry.close) <= 0:
+        log.info("brapi: %s: skipping the entry of %s without prices", ticker, entry.date)
+        return None
+    session = calendar.local_date(entry.date)
+    return Bar(
+        ticker=ticker,
+        session=session,
+        open=entry.open,
+        high=max(entry.high, entry.open, entry.close),
+        low=min(entry.low, entry.open, entry.close),
+        close=entry.close,
+        volume=max(entry.volume, 0),
+        time=as_of if as_of is not None else calendar.at(session, calendar.SESSION_CLOSE),
+        source=SOURCE,
+    )
+
+
+def _positive(value: float | None) -> float | None:
+    return value if value is not None and value > 0 else None
 
 
 def _entry_ticker(item: object) -> str | None:
@@ -216,7 +288,7 @@ def _entry_ticker(item: object) -> str | None:
 
 def _epoch(iso: str) -> float:
     try:
-        return datetime.fromisoformat(iso).timestamp()
+        return dt.datetime.fromisoformat(iso).timestamp()
     except ValueError:
         raise ValueError("regularMarketTime %r is not ISO 8601" % iso) from None
 

@@ -2,7 +2,9 @@
 
 The default provider when no brapi key is set, so the quick start runs without internet.
 The same ticker in the same minute always gets the same quote; prices drift smoothly from day to
-day around a reference price, with a little noise per minute.
+day around a reference price, with a little noise per minute. Like a real provider it trades only
+in B3's sessions: out of hours a quote is the last session's last trade, and its daily history has
+one bar per trading day.
 
 Unknown tickers: a well-formed ticker with four identical letters (XXXX3, ZZZZ11) and any ticker in
 the `unknown` set given to the constructor raise UnknownTicker, like a real provider would.
@@ -10,15 +12,17 @@ the `unknown` set given to the constructor raise UnknownTicker, like a real prov
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import math
 import random
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 
+from market import calendar
 from market.errors import MarketError, UnknownTicker
-from market.models import Quote
-from market.providers.base import single_quote, split_requested
+from market.models import Bar, Quote
+from market.providers.base import History, HistoryRange, range_start, single_quote, split_requested
 from market.tickers import is_placeholder, ticker_info, validate_ticker
 
 SOURCE = "sample"
@@ -74,27 +78,48 @@ class SampleProvider:
         return round(base * (1 + trend + intraday + noise), 2)
 
     def quote_at(self, ticker: str, now: float) -> Quote:
-        """The sample quote of a known ticker at epoch second `now`; change is against 24 hours earlier."""
-        minute = int(now // 60)
-        price = self.price_at(ticker, minute)
-        previous = self.price_at(ticker, minute - MINUTES_PER_DAY)
+        """The sample quote of a known ticker at epoch second `now`: the session's last trade so far,
+        with the session's open, high, low and volume; change is against the session before."""
+        bar = self.bar(ticker, calendar.session_of(now), until=now)
+        previous = self.bar(ticker, calendar.previous_trading_day(bar.session)).close
         info = ticker_info(ticker)
         return Quote(
             ticker=ticker,
             name="%s (sample data)" % (info.name if info else ticker),
-            price=price,
-            change=round(price - previous, 2),
-            change_percent=round((price - previous) / previous * 100, 4),
-            volume=int(1_000_000 + 49_000_000 * random.Random("%s:%d:volume" % (ticker, minute)).random()),
-            time=float(minute * 60),
+            price=bar.close,
+            change=round(bar.close - previous, 2),
+            change_percent=round((bar.close - previous) / previous * 100, 4),
+            volume=bar.volume,
+            time=bar.time,
             currency="BRL",
             source=SOURCE,
+            day_open=bar.open,
+            day_high=bar.high,
+            day_low=bar.low,
         )
 
-    def daily_closes(self, ticker: str, days: int, end: float | None = None) -> list[float]:
-        """`days` daily closing prices (oldest first) ending the day of `end`: history for demos."""
-        end_minute = int((self._clock() if end is None else end) // 60)
-        return [self.price_at(ticker, end_minute - d * MINUTES_PER_DAY) for d in range(days - 1, -1, -1)]
+    def bar(self, ticker: str, session: dt.date, until: float | None = None) -> Bar:
+        """The sample bar of `session`, up to epoch second `until` (default: the whole session).
+
+        Prices are taken at the open, on every full hour and at the last minute; the volume grows
+        with the minutes traded.
+        """
+        open_minute = int(calendar.at(session, calendar.SESSION_OPEN) // 60)
+        close_minute = int(calendar.at(session, calendar.SESSION_CLOSE) // 60)
+        last = close_minute if until is None else max(open_minute, min(close_minute, int(until // 60)))
+        minutes = sorted({*range(open_minute, last, 60), last})
+        prices = [self.price_at(ticker, m) for m in minutes]
+        full_day = random.Random("%s:%s:volume" % (ticker, session)).random()
+        volume = int((1_000_000 + 49_000_000 * full_day) * (last - open_minute + 1) / (close_minute - open_minute + 1))
+        return Bar(
+            ticker=ticker, session=session, open=prices[0], high=max(prices), low=min(prices), close=prices[-1],
+            volume=volume, time=float(last * 60), source=SOURCE,
+        )
+
+    def bars(self, ticker: str, sessions: Iterable[dt.date], now: float) -> list[Bar]:
+        """The sample bars of `sessions` as known at `now`: the current session's so far."""
+        current = calendar.session_of(now)
+        return [self.bar(ticker, s, until=now if s == current else None) for s in sessions if s <= current]
 
     async def quotes(self, tickers: Sequence[str]) -> dict[str, Quote | MarketError]:
         valid, out = split_requested(tickers)
@@ -109,6 +134,13 @@ class SampleProvider:
 
     async def quote(self, ticker: str) -> Quote:
         return await single_quote(self, ticker)
+
+    async def history(self, ticker: str, range_: HistoryRange) -> History:
+        quote = await self.quote(ticker)
+        now = self._clock()
+        last = calendar.session_of(now)
+        sessions = calendar.trading_days(range_start(range_, last), last)
+        return History(quote, self.bars(quote.ticker, sessions, now))
 
     async def aclose(self) -> None:
         return None

@@ -104,6 +104,13 @@ class JobStore(ABC):
         change nothing and return (that job, False).
         """
 
+    def complete_and_take(
+        self, job_id: str, lease: Lease, result_json: bytes, now: float, keep: Keep, owner: str, lease_s: float
+    ) -> tuple[bool, Dequeued | None]:
+        """`complete`, then `dequeue` for `owner` without waiting, in one atomic step (one round trip on
+        Redis, one commit on SQLite): what a busy worker does between two jobs. (completed, next job)."""
+        return self.complete(job_id, lease, result_json, now, keep), self.dequeue(owner, now, lease_s, wait_s=0)
+
     @abstractmethod
     def create_many(self, jobs: list[NewJob], *, staged: bool = False) -> list[tuple[JobRecord, bool]]:
         """`create` for many jobs in one atomic step; (record, created) per job, in order.

@@ -86,6 +86,11 @@ class Keys:
         return "%s:staged" % self.ns
 
     @property
+    def idle(self) -> str:
+        """zset: consumers blocked waiting on `wake`, scored by when they started waiting (reap prunes stale ones)."""
+        return "%s:idle" % self.ns
+
+    @property
     def consumers(self) -> str:
         """zset: consumer processes (lease owners), scored by their last lease heartbeat."""
         return "%s:consumers" % self.ns

@@ -24,7 +24,8 @@ from runtime.core.errors import InvalidState, JobNotFound
 from runtime.core.manifest import Keep
 from runtime.core.records import ACTIVE, COMPLETED, DELAYED, FAILED, STATES, WAITING, JobRecord, decode_json, encode_json
 from runtime.store.base import (
-    METRICS, STAGED_MAX_S, STALLED_TOO_OFTEN, TICK_KEEP_S, ChildOutcome, Dequeued, JobStore, Lease, NewJob, Reaped,
+    METRICS, STAGED_MAX_S, STALLED_TOO_OFTEN, TICK_KEEP_S, ChildOutcome, Dequeued, JobStore, Lease, Limits, NewJob,
+    Reaped,
 )
 from runtime.store.keys import Keys
 from runtime.store.scripts import Scripts
@@ -33,8 +34,17 @@ from runtime.store.scripts import Scripts
 # (its queue score), `lease_until` and `lease_token`, `dedupe_key` and `rate_key` (as created),
 # `capped` (its name has a concurrency limit: a finish wakes a consumer), and a flow parent's
 # `pending` (children not ended) and `children_done` (back from waiting-children).
+IDLE_STALE_S = 30.0  # an idle listing older than this is a dead consumer's: `reap` drops it
 _INTERNAL = {"msg", "qscore", "lease_until", "lease_token", "dedupe_key", "rate_key", "children_done", "pending", "capped"}
 _JSON_FIELDS = ("payload", "progress", "result", "children")
+
+
+def _dequeued(owner: str, token: str, got: list[Any]) -> Dequeued | None:
+    """A dequeue script's answer: the job taken, or None (the answer is then the seconds to wait)."""
+    if len(got) == 1:
+        return None
+    job_id, name, message, attempt, children_done = got
+    return Dequeued(job_id.decode(), name.decode(), bytes(message), Lease(owner, int(attempt), token), children_done == b"1")
 
 
 def _as_text(value: Any) -> str:
@@ -77,6 +87,7 @@ class RedisJobStore(JobStore):
         self.ns = namespace
         self.keys = Keys(namespace)
         self.lua = Scripts(client, namespace)
+        self._limits_cache = "{}"  # the limits as dequeue takes them, made once per set_limits
 
     def _fields(self, record: JobRecord) -> list[Any]:
         limits = self.limits.get(record.name)
@@ -136,7 +147,14 @@ class RedisJobStore(JobStore):
         stale = [i.decode() for i in self.r.zrangebyscore(self.keys.staged, "-inf", time.time() - STAGED_MAX_S, 0, 1000)]
         return self.release_staged(stale)
 
+    def set_limits(self, limits: dict[str, Limits]) -> None:
+        super().set_limits(limits)
+        self._limits_cache = self._limits_config()
+
     def _limits_json(self) -> str:
+        return self._limits_cache
+
+    def _limits_config(self) -> str:
         config = {}
         for name, limits in self.limits.items():
             entry: dict[str, Any] = {}
@@ -152,20 +170,31 @@ class RedisJobStore(JobStore):
         # `now` is not used: the script starts jobs and gives leases on Redis's clock.
         limits_json = self._limits_json()
         token = uuid.uuid4().hex
-        got = self.lua.dequeue(owner=owner, lease_s=lease_s, limits_json=limits_json, token=token)
-        if len(got) == 1 and wait_s > 0:
+        will_wait = wait_s > 0
+        got = self.lua.dequeue(owner=owner, lease_s=lease_s, limits_json=limits_json, token=token, was_idle=0,
+                               may_wait=int(will_wait))
+        if len(got) == 1 and will_wait:
             # Nothing to take: block until an enqueue or a freed slot pushes a wake-up token, or
             # until a rate-limit window opens, whichever is first; then try once more.
             free_in_s = float(got[0])
             block_s = min(wait_s, free_in_s) if free_in_s > 0 else wait_s
             if block_s >= 0.01:
                 self.r.blpop([self.keys.wake], timeout=block_s)
-            got = self.lua.dequeue(owner=owner, lease_s=lease_s, limits_json=limits_json, token=token)
-        if len(got) == 1:
-            return None
-        job_id, name, message, attempt, children_done = got
-        lease = Lease(owner, int(attempt), token)
-        return Dequeued(job_id.decode(), name.decode(), bytes(message), lease, children_done == b"1")
+            got = self.lua.dequeue(owner=owner, lease_s=lease_s, limits_json=limits_json, token=token, was_idle=1,
+                                   may_wait=0)
+        return _dequeued(owner, token, got)
+
+    def complete_and_take(
+        self, job_id: str, lease: Lease, result_json: bytes, now: float, keep: Keep, owner: str, lease_s: float
+    ) -> tuple[bool, Dequeued | None]:
+        token = uuid.uuid4().hex
+        got = self.lua.finish_take(
+            job_id=job_id, **_held(lease), state=COMPLETED, now=now,
+            keep_count=-1 if keep.count is None else keep.count, keep_age_s=-1 if keep.age is None else keep.age,
+            detail=result_json, owner=owner, lease_s=lease_s, limits_json=self._limits_json(), next_token=token,
+            fields=["result", result_json],
+        )
+        return bool(got[0]), _dequeued(owner, token, got[1:])
 
     def renew(self, owner: str, job_ids: list[str], now: float | None, lease_s: float) -> int:
         clock: Any = "" if now is None else now
@@ -174,6 +203,8 @@ class RedisJobStore(JobStore):
 
     def reap(self, now: float | None, limit: int = 100) -> list[Reaped]:
         self._release_stale_staged()
+        # A consumer listed idle is back within its wait (at most a few seconds) unless it died.
+        self.r.zremrangebyscore(self.keys.idle, "-inf", float(self.r.time()[0]) - IDLE_STALE_S)
         rows = self.lua.reap(now="" if now is None else now, limit=limit, stalled_reason=STALLED_TOO_OFTEN)
         return [Reaped(i.decode(), n.decode(), int(stalls), bool(failed)) for i, n, stalls, failed in rows]
 

@@ -90,6 +90,7 @@ class Scripts:
         self.promote_due = script("promote_due")
         self.set_progress = script("set_progress")
         self.finish = script("finish")
+        self.finish_take = script("finish_take")
         self.retry_later = script("retry_later")
         self.spawn = script("spawn")
         self.wait_children = script("wait_children")

@@ -112,6 +112,7 @@ class SqliteJobStore(JobStore):
             )
         # Same-process enqueues wake idle workers at once; other processes are seen by polling.
         self._wake = threading.Condition()
+        self._finishes: dict[tuple[str, str], int] = {}  # finishes per (name, state), to space out `_trim`
 
     def _tx(self) -> Any:
         return self.storage.db(commit=True)
@@ -261,39 +262,42 @@ class SqliteJobStore(JobStore):
 
     def _take(self, owner: str, lease_s: float) -> tuple[Dequeued | None, float]:
         with self._tx() as curs:
-            # The clock is read holding the write lock, so start times are in the order jobs
-            # really started: the rate-limit window depends on it.
-            now = time.time()
-            blocked, free_in_s = self._blocked(curs, now)
-            exclude = " and name not in (%s)" % ", ".join("?" * len(blocked)) if blocked else ""
-            for _ in range(200):
-                # INDEXED BY: left to itself the planner picks the state index and sorts every
-                # waiting row, which makes a drain O(backlog^2).
-                row = curs.execute(
-                    "select id, name, msg, rate_key, children_done from b3_jobs indexed by b3_jobs_ready"
-                    " where state = 'waiting' and staged = 0%s order by prio_rank, enq_seq limit 1" % exclude,
-                    tuple(blocked),
-                ).fetchone()
-                if row is None:
-                    return None, free_in_s
-                job_id, name, msg, rate_key, children_done = row
-                limits = self.limits.get(name)
-                key = rate_key if limits is not None and limits.rate_keyed else ""
-                if limits is not None and limits.rate_limit and limits.rate_window_s and limits.rate_keyed:
-                    if self._window(curs, name, key, limits.rate_window_s, now)[0] >= limits.rate_limit:
-                        self._rate_delay(curs, job_id, name, key, limits, now)
-                        continue
-                token = uuid.uuid4().hex
-                attempt = curs.execute(
-                    "update b3_jobs set state = 'active', started_at = ?, state_ts = ?, attempts = attempts + 1,"
-                    " worker = ?, lease_until = ?, lease_token = ?, delay_reason = null where id = ? returning attempts",
-                    (now, now, owner, now + lease_s, token, job_id),
-                ).fetchone()[0]
-                if limits is not None and limits.rate_limit:
-                    curs.execute("insert into b3_rate (name, key, ts, id) values (?, ?, ?, ?)", (name, key, now, job_id))
-                    curs.execute("delete from b3_ratecal where id = ?", (job_id,))
-                _count(curs, name, "started")
-                return Dequeued(job_id, name, bytes(msg), Lease(owner, int(attempt), token), bool(children_done)), free_in_s
+            return self._take_in(curs, owner, lease_s)
+
+    def _take_in(self, curs: sqlite3.Cursor, owner: str, lease_s: float) -> tuple[Dequeued | None, float]:
+        # The clock is read holding the write lock, so start times are in the order jobs
+        # really started: the rate-limit window depends on it.
+        now = time.time()
+        blocked, free_in_s = self._blocked(curs, now)
+        exclude = " and name not in (%s)" % ", ".join("?" * len(blocked)) if blocked else ""
+        for _ in range(200):
+            # INDEXED BY: left to itself the planner picks the state index and sorts every
+            # waiting row, which makes a drain O(backlog^2).
+            row = curs.execute(
+                "select id, name, msg, rate_key, children_done from b3_jobs indexed by b3_jobs_ready"
+                " where state = 'waiting' and staged = 0%s order by prio_rank, enq_seq limit 1" % exclude,
+                tuple(blocked),
+            ).fetchone()
+            if row is None:
+                return None, free_in_s
+            job_id, name, msg, rate_key, children_done = row
+            limits = self.limits.get(name)
+            key = rate_key if limits is not None and limits.rate_keyed else ""
+            if limits is not None and limits.rate_limit and limits.rate_window_s and limits.rate_keyed:
+                if self._window(curs, name, key, limits.rate_window_s, now)[0] >= limits.rate_limit:
+                    self._rate_delay(curs, job_id, name, key, limits, now)
+                    continue
+            token = uuid.uuid4().hex
+            attempt = curs.execute(
+                "update b3_jobs set state = 'active', started_at = ?, state_ts = ?, attempts = attempts + 1,"
+                " worker = ?, lease_until = ?, lease_token = ?, delay_reason = null where id = ? returning attempts",
+                (now, now, owner, now + lease_s, token, job_id),
+            ).fetchone()[0]
+            if limits is not None and limits.rate_limit:
+                curs.execute("insert into b3_rate (name, key, ts, id) values (?, ?, ?, ?)", (name, key, now, job_id))
+                curs.execute("delete from b3_ratecal where id = ?", (job_id,))
+            _count(curs, name, "started")
+            return Dequeued(job_id, name, bytes(msg), Lease(owner, int(attempt), token), bool(children_done)), free_in_s
         return None, free_in_s
 
     def dequeue(self, owner: str, now: float, lease_s: float, wait_s: float) -> Dequeued | None:
@@ -392,6 +396,12 @@ class SqliteJobStore(JobStore):
             return curs.rowcount == 1
 
     def _trim(self, curs: sqlite3.Cursor, name: str, state: str, now: float, keep: Keep) -> None:
+        # Trimming reads past the `keep.count` newest records, so it runs once per tenth of
+        # `keep.count` finishes (O(1) per finish, amortised): at most 10 % more records are kept meanwhile.
+        every = max(1, (keep.count or 0) // 10)
+        done = self._finishes[(name, state)] = self._finishes.get((name, state), 0) + 1
+        if done % every:
+            return
         if keep.count is not None:
             curs.execute(
                 "delete from b3_jobs where id in (select id from b3_jobs where name = ? and state = ?"
@@ -429,24 +439,37 @@ class SqliteJobStore(JobStore):
         curs.execute("delete from b3_outcomes where parent = ?", (job_id,))
 
     def _finish(self, job_id: str, lease: Lease, state: str, now: float, keep: Keep, detail: str, **fields: Any) -> bool:
-        sets = ", ".join("%s = ?" % f for f in fields)
         with self._tx() as curs:
-            name = self._holds(curs, job_id, lease)
-            if name is None:
-                return False
-            curs.execute(
-                "update b3_jobs set state = ?, finished_at = ?, state_ts = ?, worker = null, lease_until = null, lease_token = null,"
-                " children_done = 0, pending = 0, %s"
-                " where id = ?" % sets,
-                (state, now, now, *fields.values(), job_id),
-            )
-            self._finished(curs, job_id, state, detail, now)
-            self._trim(curs, name, state, now, keep)
-            _count(curs, name, state)
-            return True
+            return self._finish_in(curs, job_id, lease, state, now, keep, detail, **fields)
+
+    def _finish_in(
+        self, curs: sqlite3.Cursor, job_id: str, lease: Lease, state: str, now: float, keep: Keep, detail: str, **fields: Any
+    ) -> bool:
+        sets = ", ".join("%s = ?" % f for f in fields)
+        name = self._holds(curs, job_id, lease)
+        if name is None:
+            return False
+        curs.execute(
+            "update b3_jobs set state = ?, finished_at = ?, state_ts = ?, worker = null, lease_until = null, lease_token = null,"
+            " children_done = 0, pending = 0, %s"
+            " where id = ?" % sets,
+            (state, now, now, *fields.values(), job_id),
+        )
+        self._finished(curs, job_id, state, detail, now)
+        self._trim(curs, name, state, now, keep)
+        _count(curs, name, state)
+        return True
 
     def complete(self, job_id: str, lease: Lease, result_json: bytes, now: float, keep: Keep) -> bool:
         return self._finish(job_id, lease, COMPLETED, now, keep, result_json.decode(), result=result_json)
+
+    def complete_and_take(
+        self, job_id: str, lease: Lease, result_json: bytes, now: float, keep: Keep, owner: str, lease_s: float
+    ) -> tuple[bool, Dequeued | None]:
+        with self._tx() as curs:
+            done = self._finish_in(curs, job_id, lease, COMPLETED, now, keep, result_json.decode(), result=result_json)
+            got, _ = self._take_in(curs, owner, lease_s)
+        return done, got
 
     def fail(self, job_id: str, lease: Lease, error: str, traceback: str, now: float, keep: Keep) -> bool:
         return self._finish(job_id, lease, FAILED, now, keep, error, error=error, traceback=traceback)

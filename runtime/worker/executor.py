@@ -53,6 +53,9 @@ class Executor:
         self.lease_s = lease_s
         self._leases = ProcessLeases(store, lease_s)
         self._outage = Outage("job store")
+        # A worker that completes a job takes its next one in the same store call; it waits here,
+        # leased and held, until that worker thread asks for it (next_task).
+        self._taken = threading.local()
 
     @property
     def owner(self) -> str:
@@ -63,6 +66,18 @@ class Executor:
         """Release every job this process is running (it is about to exit); returns how many."""
         return self._leases.hand_back_all()
 
+    def hand_back_taken(self) -> None:
+        """A worker stops: the job it took with its last completion never ran; give it back now."""
+        got: Dequeued | None = getattr(self._taken, "next", None)
+        self._taken.next = None
+        if got is None:
+            return
+        try:
+            self.store.release(got.job_id, got.lease)
+        except STORE_ERRORS as exc:
+            logger.warning("could not hand back %s (%s); its lease will expire", got.job_id, exc)
+        self._leases.here().drop(got.job_id, got.lease)
+
     # -- the worker's side ---------------------------------------------------------------------
 
     def next_task(self) -> Any:
@@ -72,21 +87,27 @@ class Executor:
             return self._next_task(held) if open_ else None
 
     def _next_task(self, held: HeldLeases) -> Any:
-        try:
-            got = self.store.dequeue(held.owner, time.time(), self.lease_s, wait_s=1.0)
-        except STORE_ERRORS as exc:
-            self._outage.down(exc)
-            return None
-        self._outage.up()
+        got: Dequeued | None = getattr(self._taken, "next", None)
+        self._taken.next = None
         if got is None:
-            return None
+            try:
+                got = self.store.dequeue(held.owner, time.time(), self.lease_s, wait_s=1.0)
+            except STORE_ERRORS as exc:
+                self._outage.down(exc)
+                return None
+            self._outage.up()
+            if got is None:
+                return None
+            held.hold(got.job_id, got.lease)
         if held.closing:  # taken while this process hands its jobs back: give it back too
             self.store.release(got.job_id, got.lease)
+            held.drop(got.job_id, got.lease)
             return None
         task = self._decode(got)
-        if task is not None:
-            task.b3 = got
-            held.hold(got.job_id, got.lease)
+        if task is None:
+            held.drop(got.job_id, got.lease)
+            return None
+        task.b3 = got
         return task
 
     def _decode(self, got: Dequeued) -> Any:
@@ -166,12 +187,25 @@ class Executor:
             if state is not None:
                 self.events.emit("job:" + state, ref, {"children": ctx.spawned})
             return
-        if not self.store.complete(task.id, lease, result_json, time.time(), job.spec.keep_completed):
+        if not self._complete(task.id, lease, result_json, job.spec.keep_completed):
             logger.warning("%s[%s] attempt %d finished after its lease moved on; result dropped", job.name, task.id, attempt)
             return
         duration = time.monotonic() - started
-        logger.info("%6.3fs ● %s[%s] attempt %d", duration, job.name, task.id, attempt)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%6.3fs ● %s[%s] attempt %d", duration, job.name, task.id, attempt)
         self.events.emit("job:completed", ref, {"result": msgspec.Raw(result_json), "attempts": attempt, "duration_s": duration})
+
+    def _complete(self, job_id: str, lease: Lease, result_json: bytes, keep: Keep) -> bool:
+        """Complete the job and, in the same store call, take this worker's next one (see `_taken`)."""
+        held = self._leases.here()
+        if held.closing:
+            return self.store.complete(job_id, lease, result_json, time.time(), keep)
+        with held.dequeuing():
+            done, got = self.store.complete_and_take(job_id, lease, result_json, time.time(), keep, held.owner, self.lease_s)
+            if got is not None:
+                held.hold(got.job_id, got.lease)
+                self._taken.next = got
+        return done
 
     def _children(self, got: Dequeued) -> list[ChildResult]:
         out = []

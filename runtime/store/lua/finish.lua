@@ -21,13 +21,4 @@ local keep_age_s = tonumber(ARGV[7])
 local detail = ARGV[8]
 local fields = argv_from(9)
 
-local job_key = key.job(job_id)
-local name = holds(job_key, token, attempt)
-if not name then return 0 end
-move(job_id, name, 'active', state, now)
-unlease(job_key, job_id)
-redis.call('HSET', job_key, 'state', state, 'finished_at', now, unpack(fields))
-count(name, state)
-finished(job_id, name, state, detail, now)
-trim(name, state, tonumber(now), keep_count, keep_age_s)
-return 1
+return finish_job(job_id, token, attempt, state, now, keep_count, keep_age_s, detail, fields)
