@@ -42,10 +42,17 @@ BLOCK_S = 2.0  # the longest one emit waits for room before it drops (the broker
 MAX_EVENTS_PER_MESSAGE = 1_000
 LINGER_S = 0.010  # under load, rounds of messages at most this often (a lone event is not held)
 CLOSE_S = 5.0
+CONFIRM_S = 5.0  # the longest an AMQP broker may take to confirm a message before it counts as down
 
 
 def transport_options(url: str, namespace: str = "b3jobs") -> dict[str, Any]:
-    """Short timeouts so an unreachable broker is noticed in seconds; Redis keys under the namespace."""
+    """Short timeouts so an unreachable broker is noticed in seconds; Redis keys under the namespace.
+
+    On AMQP every publish waits for the broker's confirm: a message is in its queues when `publish`
+    returns, as with Redis. Without it a message still in flight when the broker dies would be
+    counted published and lost, and one process's `job:active` could reach a queue before the
+    `job:waiting` another process published first.
+    """
     if url.startswith("memory://"):
         return {"polling_interval": 0.005}
     if url.startswith(("redis://", "rediss://")):
@@ -55,6 +62,8 @@ def transport_options(url: str, namespace: str = "b3jobs") -> dict[str, Any]:
             "visibility_timeout": 3600,
             "global_keyprefix": "%s:bus:" % namespace,
         }
+    if url.startswith(("amqp://", "amqps://", "pyamqp://")):
+        return {"confirm_publish": True}
     return {}
 
 
@@ -325,6 +334,7 @@ class KombuPublisher:
                     content_type="application/json",
                     content_encoding="utf-8",
                     retry=False,
+                    confirm_timeout=CONFIRM_S,
                 )
                 done += 1
                 self._count_out(len(bodies), published=True)

@@ -21,7 +21,6 @@ from runtime.core.records import STATES
 from runtime.core.settings import Settings, SettingsError
 
 OK, FAILURE, BAD_INPUT = 0, 1, 2
-BULK_CHUNK = 5_000  # payloads per store call of `enqueue --file`
 
 
 @dataclass(frozen=True)
@@ -152,6 +151,7 @@ def _enqueue_file(args: argparse.Namespace, settings: Settings) -> int:
         print("--job-id cannot be used with --file", file=sys.stderr)
         return BAD_INPUT
     payloads: list[Any] = []
+    lines: list[int] = []  # the line number of each payload
     try:
         text = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
     except OSError as exc:
@@ -165,13 +165,22 @@ def _enqueue_file(args: argparse.Namespace, settings: Settings) -> int:
         except json.JSONDecodeError as exc:
             print("%s:%d: not valid JSON: %s" % (args.file, n, exc), file=sys.stderr)
             return BAD_INPUT
+        lines.append(n)
     runtime = _runtime(settings, bus=True)
+    try:
+        # Every line is validated before any job is created (the store calls come after, in chunks).
+        results = runtime.enqueue_many(args.job, payloads, delay=args.delay, priority=args.priority)
+    except PayloadError as exc:
+        print("invalid input for %s; nothing enqueued:" % exc.job, file=sys.stderr)
+        for err in exc.errors:  # `3.payload.user_id`: item 3's field, shown at its line
+            index, _, loc = err["loc"].partition(".")
+            where = loc.removeprefix("payload.") if loc != "payload" else "payload"
+            print("%s:%d: %s: %s" % (args.file, lines[int(index)], where, err["msg"]), file=sys.stderr)
+        return BAD_INPUT
     created = 0
-    for start in range(0, len(payloads), BULK_CHUNK):
-        for record, was_created in runtime.enqueue_many(args.job, payloads[start : start + BULK_CHUNK],
-                                                        delay=args.delay, priority=args.priority):
-            created += was_created
-            print(record.id)
+    for record, was_created in results:
+        created += was_created
+        print(record.id)
     print("%d job(s) enqueued, %d existed already" % (created, len(payloads) - created), file=sys.stderr)
     runtime.events.close()
     return OK

@@ -9,7 +9,8 @@ import pytest
 from openapi_spec_validator import validate
 
 from runtime.engine import Runtime
-from runtime.core.errors import InvalidArgument
+from runtime.core import enqueue
+from runtime.core.errors import InvalidArgument, PayloadError
 from runtime.core.settings import Settings
 from conftest import take
 from runtime.web.app import create_app
@@ -213,3 +214,126 @@ async def test_drain_and_obliterate(api: Any, runtime: Runtime) -> None:
     gone = await api.delete("/api/v1/queues/echo", params={"confirm": "true", "force": "true"})
     assert gone.status == 200 and (await gone.json()) == {"name": "echo", "removed": 2}
     assert runtime.counts()["echo"] == dict.fromkeys(["waiting", "delayed", "active", "waiting-children", "completed", "failed"], 0)
+
+
+# -- bulk enqueue ----------------------------------------------------------------------------------
+
+
+async def test_bulk_enqueue_creates_every_job_in_order(api: Any, runtime: Runtime) -> None:
+    # When four jobs are enqueued in one request, one of them delayed and with an id of its own
+    jobs = [{"payload": {"text": t}} for t in ("a", "b", "c")]
+    jobs.append({"payload": {"text": "d", "times": 2}, "delay": 60, "priority": 3, "job_id": "mine-1"})
+    resp = await api.post("/api/v1/jobs/echo/bulk", json={"jobs": jobs})
+    # Then they are all created, reported in the order given
+    assert resp.status == 202
+    body = await resp.json()
+    assert body["created"] == 4
+    assert [(j["state"], j["deduplicated"]) for j in body["jobs"]] == [("waiting", False)] * 3 + [("delayed", False)]
+    ids = [j["id"] for j in body["jobs"]]
+    assert ids[3] == "mine-1" and len(set(ids)) == 4
+    records = [runtime.get(i) for i in ids]
+    assert [r.payload for r in records] == [{"text": "a", "times": 1}, {"text": "b", "times": 1},
+                                            {"text": "c", "times": 1}, {"text": "d", "times": 2}]
+    assert (records[3].priority, records[3].run_at is not None and records[3].run_at > time.time() + 50) == (3, True)
+    # And each announced once, in order
+    events = [(event, job[0]) for event, job, _ in runtime.events.events if job]  # type: ignore[attr-defined]
+    assert events == [("job:waiting", ids[0]), ("job:waiting", ids[1]), ("job:waiting", ids[2]), ("job:delayed", ids[3])]
+
+
+async def test_bulk_enqueue_422_lists_every_problem_by_index_and_enqueues_nothing(api: Any, runtime: Runtime) -> None:
+    # When some items are invalid, in their payload, in their options or both
+    resp = await api.post("/api/v1/jobs/echo/bulk", json={"jobs": [
+        {"payload": {"text": "fine"}},
+        {"payload": {"text": ""}},
+        {"payload": {"text": "ok"}, "delay_s": 5},
+        {"payload": {"times": 50}, "priority": 0},
+    ]})
+    # Then one 422 names every problem of every item by its place in the body
+    assert resp.status == 422
+    error = (await resp.json())["error"]
+    assert error["code"] == "invalid_payload"
+    assert sorted(d["loc"] for d in error["details"]) == [
+        "jobs.1.payload.text",
+        "jobs.2.delay_s",
+        "jobs.3.payload.text",
+        "jobs.3.payload.times",
+        "jobs.3.priority",
+    ]
+    # And nothing is enqueued, not even the valid items
+    assert sum(runtime.counts()["echo"].values()) == 0
+    assert runtime.events.events == []  # type: ignore[attr-defined]
+
+
+async def test_bulk_enqueue_422_for_problems_found_past_the_body_shape(api: Any, runtime: Runtime) -> None:
+    # Items well formed, but a payload and options the job refuses
+    resp = await api.post("/api/v1/jobs/echo/bulk", json={"jobs": [
+        {"payload": {"text": "a"}},
+        {"payload": {"text": ""}},
+        {"payload": {"text": "late"}, "delay": 10 ** 9, "job_id": "not an id"},
+    ]})
+    assert resp.status == 422
+    assert sorted(d["loc"] for d in (await resp.json())["error"]["details"]) == [
+        "jobs.1.payload.text", "jobs.2.delay", "jobs.2.job_id"]
+    assert sum(runtime.counts()["echo"].values()) == 0
+
+
+async def test_bulk_enqueue_of_no_jobs_or_an_unknown_job(api: Any) -> None:
+    empty = await api.post("/api/v1/jobs/echo/bulk", json={"jobs": []})
+    assert empty.status == 422 and (await empty.json())["error"]["details"][0]["loc"] == "jobs"
+    assert (await api.post("/api/v1/jobs/no-such-job/bulk", json={"jobs": [{}]})).status == 404
+
+
+async def test_bulk_enqueue_reports_existing_ids_and_dedupe_duplicates_as_deduplicated(api: Any, runtime: Runtime) -> None:
+    # Given a job with an id of its own, and a live job of a name that dedupes by `text`
+    runtime.enqueue("echo", {"text": "first"}, job_id="nightly")
+    live = runtime.enqueue("deduped", {"text": "PETR4"})[0]
+    # When a bulk repeats the id, along with a new job
+    resp = await api.post("/api/v1/jobs/echo/bulk", json={"jobs": [
+        {"payload": {"text": "second"}, "job_id": "nightly"}, {"payload": {"text": "new"}}]})
+    # Then the existing job is returned deduplicated and unchanged, the new one created
+    assert resp.status == 202
+    body = await resp.json()
+    assert body["created"] == 1
+    assert (body["jobs"][0]["id"], body["jobs"][0]["deduplicated"], body["jobs"][1]["deduplicated"]) == ("nightly", True, False)
+    assert runtime.get("nightly").payload["text"] == "first"
+    # When a bulk holds a duplicate of a live job, and two equal new jobs
+    resp = await api.post("/api/v1/jobs/deduped/bulk", json={"jobs": [
+        {"payload": {"text": "PETR4"}}, {"payload": {"text": "VALE3"}}, {"payload": {"text": "VALE3"}}]})
+    # Then the live job stands for the first, and the first VALE3 for the second
+    body = await resp.json()
+    assert resp.status == 202 and body["created"] == 1
+    first, vale, again = body["jobs"]
+    assert (first["id"], first["deduplicated"]) == (live.id, True)
+    assert (vale["deduplicated"], again["deduplicated"], again["id"]) == (False, True, vale["id"])
+    assert runtime.counts()["deduped"]["waiting"] == 2
+    # And a bulk where every job exists already creates nothing: 200
+    resp = await api.post("/api/v1/jobs/deduped/bulk", json={"jobs": [{"payload": {"text": "PETR4"}}]})
+    assert resp.status == 200 and (await resp.json()) == {
+        "created": 0, "jobs": [{"id": live.id, "state": "waiting", "deduplicated": True}]}
+
+
+async def test_the_bulk_route_is_in_the_openapi_document(api: Any) -> None:
+    doc = await (await api.get("/api/openapi.json")).json()
+    bulk = doc["paths"]["/api/v1/jobs/{name}/bulk"]["post"]
+    assert set(bulk["responses"]) >= {"202", "200", "404", "413", "422"}
+    schema = bulk["requestBody"]["content"]["application/json"]["schema"]
+    assert schema == {"$ref": "#/components/schemas/BulkBody"}
+    assert "jobs" in doc["components"]["schemas"]["BulkBody"]["properties"]
+    assert set(doc["components"]["schemas"]["BulkResult"]["properties"]) == {"created", "jobs"}
+
+
+def test_a_bulk_past_one_store_call_is_validated_whole_before_any_job_is_created(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given bulks created two jobs per store call
+    monkeypatch.setattr(enqueue, "MAX_CREATE", 2)
+    # When the last item, in the third store call's share, is invalid, nothing is created
+    with pytest.raises(PayloadError) as caught:
+        runtime.enqueue_many("deduped", [{"text": t} for t in "abcd"] + [{"text": ""}])
+    assert [e["loc"] for e in caught.value.errors] == ["4.payload.text"]
+    assert sum(runtime.counts()["deduped"].values()) == 0
+    # When all are valid, all are created in order, a duplicate in a later call deduplicated
+    results = runtime.enqueue_many("deduped", [{"text": t} for t in "abcda"])
+    assert [(r.payload["text"], created) for r, created in results] == [
+        ("a", True), ("b", True), ("c", True), ("d", True), ("a", False)]
+    assert results[4][0].id == results[0][0].id

@@ -210,3 +210,64 @@ def test_bad_settings_exit_2_naming_the_variable(project: dict[str, str]) -> Non
     assert "B3JOBS_PORT: Input should be a valid integer, unable to parse string as an integer, got 'eighty'" \
         in done.stderr
     assert "B3JOBS_LEASE_S: Input should be greater than or equal to 1, got '0'" in done.stderr
+
+
+def with_price_check(project: dict[str, str]) -> Path:
+    """The project's root, with the price-check job added the documented way."""
+    root = Path(project["B3JOBS_MANIFEST"]).parent
+    (root / "handlers" / "price_check.py").write_text(NEW_JOB)
+    with open(root / "schedules.toml", "a") as manifest:
+        manifest.write('\n[jobs.price-check]\nhandler = "handlers.price_check:handle"\n'
+                       'payload = "handlers.price_check:Payload"\n')
+    return root
+
+
+def price_check_count(project: dict[str, str], root: Path) -> int:
+    status = cli(project, "status", cwd=root)
+    assert status.returncode == 0, status.stderr
+    row = next(line for line in status.stdout.splitlines() if line.startswith("price-check"))
+    return sum(int(n) for n in row.split()[1:])
+
+
+def test_enqueue_file_enqueues_one_job_per_line_and_prints_their_ids_in_order(project: dict[str, str]) -> None:
+    root = with_price_check(project)
+    # Given a JSON Lines file, blank lines included
+    (root / "payloads.jsonl").write_text('{"ticker": "PETR4"}\n\n{"ticker": "VALE3"}\n{"ticker": "ITUB4"}\n')
+    # When it is enqueued in bulk
+    done = cli(project, "enqueue", "price-check", "--file", "payloads.jsonl", "--priority", "2", cwd=root)
+    # Then one id per payload is printed, in the file's order
+    assert done.returncode == 0, done.stderr
+    ids = done.stdout.splitlines()
+    assert len(ids) == 3 and len(set(ids)) == 3
+    records = [json.loads(cli(project, "job", job_id, cwd=root).stdout) for job_id in ids]
+    assert [r["payload"]["ticker"] for r in records] == ["PETR4", "VALE3", "ITUB4"]
+    assert {(r["state"], r["priority"]) for r in records} == {("waiting", 2)}
+    assert "3 job(s) enqueued, 0 existed already" in done.stderr
+    # And `-` reads the payloads from stdin
+    piped = subprocess.run([PYTHON, "-m", "runtime", "enqueue", "price-check", "--file", "-"], env=project, cwd=root,
+                           input='{"ticker": "BBDC4"}\n', capture_output=True, text=True, timeout=60)
+    assert piped.returncode == 0, piped.stderr
+    assert len(piped.stdout.split()) == 1
+    assert price_check_count(project, root) == 4
+
+
+def test_enqueue_file_with_a_bad_line_exits_2_naming_the_line_and_enqueues_nothing(project: dict[str, str]) -> None:
+    root = with_price_check(project)
+    # A line that is not JSON
+    (root / "broken.jsonl").write_text('{"ticker": "PETR4"}\n\n{"ticker": "VALE3"\n{"ticker": "ITUB4"}\n')
+    broken = cli(project, "enqueue", "price-check", "--file", "broken.jsonl", cwd=root)
+    assert broken.returncode == 2
+    assert "broken.jsonl:3: not valid JSON" in broken.stderr
+    assert broken.stdout == ""
+    # Lines that are JSON but not a valid payload: every one named by its line, after a blank line
+    (root / "invalid.jsonl").write_text('{"ticker": "PETR4"}\n\n{"ticker": "petrobras"}\n{"ticker": "VALE3"}\n{}\n')
+    invalid = cli(project, "enqueue", "price-check", "--file", "invalid.jsonl", cwd=root)
+    assert invalid.returncode == 2
+    assert "nothing enqueued" in invalid.stderr
+    assert "invalid.jsonl:3: ticker: String should match pattern" in invalid.stderr
+    assert "invalid.jsonl:5: ticker: Field required" in invalid.stderr
+    assert invalid.stdout == ""
+    # And neither file enqueued anything
+    assert price_check_count(project, root) == 0
+    # And --job-id makes no sense with --file
+    assert cli(project, "enqueue", "price-check", "--file", "invalid.jsonl", "--job-id", "x", cwd=root).returncode == 2

@@ -31,6 +31,8 @@ CALLER_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 # (`<parent>.<n>`). A caller who could take one could keep a tick from running.
 RESERVED_ID = re.compile(r".*\.[0-9]+")
 MAX_DELAY_S = 366 * 86400
+MAX_CREATE = 10_000  # jobs per store call of a bulk enqueue (one Lua call / transaction each)
+OPTIONS = ("delay", "priority", "job_id")  # what `prepare` checks besides the payload: its problems' `type`
 
 
 def check_caller_id(job_id: str | None, loc: str = "job_id") -> list[dict[str, Any]]:
@@ -76,6 +78,13 @@ def limits_of(manifest: Manifest) -> dict[str, Limits]:
     return out
 
 
+def _item_loc(n: int, problem: dict[str, Any]) -> str:
+    """Where a problem of bulk item `n` is: `3.delay` for one of its options, `3.payload.user_id` in its payload."""
+    if problem["type"] in OPTIONS:
+        return "%d.%s" % (n, problem["loc"])
+    return "%d.payload.%s" % (n, problem["loc"]) if problem["loc"] else "%d.payload" % n
+
+
 class Enqueuer:
     """Validates jobs against the manifest, creates them in the store and publishes their first event."""
 
@@ -112,7 +121,8 @@ class Enqueuer:
         """Validate every item first, then create them all in one store call; (record, created) per item.
 
         Nothing is enqueued when any item is invalid: the PayloadError lists each problem with its
-        index (`3.payload.user_id`). Ids and dedupe keys are honoured per item, as by `enqueue`.
+        index (`3.payload.user_id`, `3.delay`). Ids and dedupe keys are honoured per item, as by
+        `enqueue`. Past MAX_CREATE items, the validated jobs are created MAX_CREATE per store call.
         """
         news: list[NewJob] = []
         problems: list[dict[str, Any]] = []
@@ -120,14 +130,14 @@ class Enqueuer:
             try:
                 news.append(self.prepare(name, item.payload, delay=item.delay, priority=item.priority, job_id=item.job_id))
             except PayloadError as exc:
-                problems.extend({**e, "loc": "%d.%s" % (n, e["loc"]) if e["loc"] else str(n)} for e in exc.errors)
+                problems.extend({**e, "loc": _item_loc(n, e)} for e in exc.errors)
         if problems:
             raise PayloadError(name, problems)
         for item in items:
             existing = self.store.get(item.job_id) if item.job_id is not None else None
             if existing is not None:
                 _same_job(existing, name)
-        results = self._create(news) if news else []
+        results = [r for start in range(0, len(news), MAX_CREATE) for r in self._create(news[start : start + MAX_CREATE])]
         for item, (record, created) in zip(items, results):
             if item.job_id is not None and not created:
                 _same_job(record, name)  # taken meanwhile by another name: nothing was created for it

@@ -75,8 +75,9 @@ def parse_query(request: web.Request, model: type[BaseModel]) -> Any:
         raise PayloadError("query", [_field_error(e) for e in exc.errors()]) from None
 
 
-def _field_error(err: Any) -> dict[str, Any]:
-    return {"loc": ".".join(str(p) for p in err["loc"]), "msg": err["msg"], "type": err["type"]}
+def _field_error(err: Any, under: str = "") -> dict[str, Any]:
+    loc = ".".join(str(p) for p in (under, *err["loc"]) if p != "")
+    return {"loc": loc, "msg": err["msg"], "type": err["type"]}
 
 
 def job_out(record: Any, deduplicated: bool | None = None) -> m.Job:
@@ -111,10 +112,27 @@ async def enqueue(request: web.Request) -> web.Response:
 
 async def enqueue_bulk(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
-    name = runtime.manifest.job(request.match_info["name"]).name
-    body = await parse_body(request, m.BulkBody)
+    job = runtime.manifest.job(request.match_info["name"])
+    data = await read_json(request)
+    try:
+        body = m.BulkBody.model_validate(data)
+    except ValidationError as exc:
+        # As for one job: every item's payload problems come with the envelopes', not a round trip later.
+        problems = [_field_error(e) for e in exc.errors()]
+        items = data.get("jobs") if isinstance(data, dict) else None
+        for n, item in enumerate(items if isinstance(items, list) else []):
+            payload = item.get("payload") if isinstance(item, dict) else None
+            if isinstance(payload, dict):
+                try:
+                    job.payload_model.model_validate(payload)
+                except ValidationError as payload_exc:
+                    problems.extend(_field_error(e, "jobs.%d.payload" % n) for e in payload_exc.errors())
+        raise PayloadError(job.name, problems) from None
     items = [EnqueueItem(j.payload, delay=j.delay, priority=j.priority, job_id=j.job_id) for j in body.jobs]
-    results = await blocking(runtime.enqueue_many, name, items)
+    try:
+        results = await blocking(runtime.enqueue_many, job.name, items)
+    except PayloadError as exc:  # `3.payload.user_id` → `jobs.3.payload.user_id`: where it is in the body
+        raise PayloadError(exc.job, [{**e, "loc": "jobs." + e["loc"]} for e in exc.errors]) from None
     jobs = [m.BulkJob(id=r.id, state=r.state, deduplicated=not created) for r, created in results]
     created = sum(1 for _, c in results if c)
     return respond(m.BulkResult(created=created, jobs=jobs), 202 if created else 200)

@@ -155,3 +155,19 @@ def flow_child(payload: FlowChild, ctx: JobContext) -> int:
     if payload.fail:
         raise UnrecoverableError("child %d fails on purpose" % payload.i)
     return payload.i * payload.i
+
+
+class Chatter(BaseModel):
+    events: int = Field(ge=0, le=100_000)
+    keys: int = Field(default=1, ge=1)
+
+
+def chatty(payload: Chatter, ctx: JobContext) -> int:
+    """Emits `events` events as fast as it can, over `keys` routing keys, then returns.
+
+    Events of distinct keys go out as distinct bus messages: with many keys its publisher is left
+    with a backlog that takes a while to send.
+    """
+    for i in range(payload.events):
+        ctx.emit("test:chatter", {"i": i, "ticker": "K%d" % (i % payload.keys)})
+    return payload.events
