@@ -165,6 +165,8 @@ class KombuPublisher:
         self._start()
         ref = weakref.ref(self)
         atexit.register(lambda: (p := ref()) is not None and p.close(CLOSE_S))
+        # A forked worker process: the parent's thread did not come along; start afresh there.
+        os.register_at_fork(after_in_child=lambda: (p := ref()) is not None and p._start())
 
     def _start(self) -> None:
         self._pid = os.getpid()
@@ -188,8 +190,6 @@ class KombuPublisher:
     # -- the callers' side
 
     def emit(self, event: str, job: tuple[str, str] | None, data: dict[str, Any]) -> None:
-        if self._pid != os.getpid():
-            self._start()  # a forked worker process: the parent's thread did not come along
         # A shallow copy: the handler may go on changing its dict while the thread encodes it.
         envelope = env.make(event, job, dict(data))
         with self._has_items:
@@ -214,8 +214,6 @@ class KombuPublisher:
         Calls of the same callback that become due together are merged into one, with their items
         concatenated (the runtime releases many new jobs in one store call that way).
         """
-        if self._pid != os.getpid():
-            self._start()
         then = _Then(callback, items)
         with self._has_items:
             if not self._down:
