@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """The two quick-start commands, with nothing but Python 3.11+ installed:
 
-    python3 dev.py run     create .venv if needed, then run b3-jobs on the embedded defaults
-    python3 dev.py test    create .venv if needed, then lint (ruff), type-check (mypy) and run the test suite;
-                           with extra args, only pytest runs, with those args
-    python3 dev.py lint    ruff check, ruff format --check and mypy only
+python3 dev.py run     create .venv if needed, then run b3-jobs on the embedded defaults
+python3 dev.py test    create .venv if needed, then lint (ruff), type-check (mypy) and run the test suite;
+                       with extra args, only pytest runs, with those args
+python3 dev.py lint    ruff check, ruff format --check and mypy only
 """
 
 from __future__ import annotations

@@ -45,9 +45,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 FANOUT = HERE / "fanout"
@@ -376,11 +377,22 @@ HEADER = (
 def row(p: Phase) -> str:
     share = p.received / p.expected if p.expected else 0.0
     cells = [
-        p.source, str(p.rate), str(p.subscribers), "{:,}".format(p.rate * p.subscribers),
-        "{:,.0f}".format(p.delivered_per_s), "%.2f%%" % (share * 100),
-        "%.1f" % p.p50_ms, "%.1f" % p.p99_ms, "%.1f" % p.max_ms, "%.1f / %.1f" % (p.probe_p50_ms, p.probe_p99_ms),
-        "%.2f" % p.web_cpu, "%.2f" % p.loadgen_cpu, "%.2f" % p.broker_cpu, "%.2f" % p.other_cpu,
-        "{:,.0f}".format(p.frames_per_s), str(p.slow_disconnects),
+        p.source,
+        str(p.rate),
+        str(p.subscribers),
+        f"{p.rate * p.subscribers:,}",
+        f"{p.delivered_per_s:,.0f}",
+        "%.2f%%" % (share * 100),
+        "%.1f" % p.p50_ms,
+        "%.1f" % p.p99_ms,
+        "%.1f" % p.max_ms,
+        "%.1f / %.1f" % (p.probe_p50_ms, p.probe_p99_ms),
+        "%.2f" % p.web_cpu,
+        "%.2f" % p.loadgen_cpu,
+        "%.2f" % p.broker_cpu,
+        "%.2f" % p.other_cpu,
+        f"{p.frames_per_s:,.0f}",
+        str(p.slow_disconnects),
     ]
     return "| " + " | ".join(cells) + " |"
 

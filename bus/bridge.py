@@ -14,7 +14,8 @@ import os
 import socket
 import threading
 import uuid
-from typing import Any, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import msgspec
 from aiohttp import web

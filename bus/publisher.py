@@ -74,7 +74,9 @@ def exchange() -> Exchange:
 # -- batching ------------------------------------------------------------------------------------
 
 
-def plan(items: Sequence[tuple[str, str | None, bytes]], max_events: int = MAX_EVENTS_PER_MESSAGE) -> list[tuple[str, list[bytes]]]:
+def plan(
+    items: Sequence[tuple[str, str | None, bytes]], max_events: int = MAX_EVENTS_PER_MESSAGE
+) -> list[tuple[str, list[bytes]]]:
     """The messages that carry `items` (routing key, job id, encoded envelope), in publish order.
 
     One message per routing key (split past `max_events`). Each job's consecutive events give an
@@ -114,7 +116,9 @@ def _reaches(after: dict[str, set[str]], start: str, goal: str) -> bool:
     return False
 
 
-def _ordered(groups: dict[str, list[bytes]], after: dict[str, set[str]], max_events: int) -> list[tuple[str, list[bytes]]]:
+def _ordered(
+    groups: dict[str, list[bytes]], after: dict[str, set[str]], max_events: int
+) -> list[tuple[str, list[bytes]]]:
     # Kahn's topological order, ties broken by first appearance.
     index = {key: i for i, key in enumerate(groups)}
     waiting_on = dict.fromkeys(groups, 0)
@@ -241,7 +245,9 @@ class KombuPublisher:
             self._has_room.notify_all()
         self._thread.join(timeout_s)
         if self._thread.is_alive():
-            logger.error("bus %s: %d event(s) not published within %.0fs of closing", redact(self.url), self._count, timeout_s)
+            logger.error(
+                "bus %s: %d event(s) not published within %.0fs of closing", redact(self.url), self._count, timeout_s
+            )
 
     def _drop_one(self) -> None:
         self.dropped += 1
@@ -261,7 +267,9 @@ class KombuPublisher:
                     conn.ensure_connection(max_retries=1)
                     producer = conn.Producer(serializer=None)
                     if self._down:
-                        logger.warning("bus %s reachable again; publishing %d kept event(s)", redact(self.url), self._count)
+                        logger.warning(
+                            "bus %s reachable again; publishing %d kept event(s)", redact(self.url), self._count
+                        )
                     with self._has_items:
                         self._down = False
                         self._drop_logged = False
@@ -271,8 +279,12 @@ class KombuPublisher:
             except Exception as exc:  # any broker failure: keep the events, back off, reconnect
                 with self._has_items:
                     if not self._down:
-                        logger.error("bus %s unreachable (%s); keeping up to %d events until it is back",
-                                     redact(self.url), exc, self._max_outage)
+                        logger.error(
+                            "bus %s unreachable (%s); keeping up to %d events until it is back",
+                            redact(self.url),
+                            exc,
+                            self._max_outage,
+                        )
                     self._down = True
                     self._has_room.notify_all()
                     callbacks = [item for item in self._buffer if not isinstance(item, env.Envelope)]
@@ -295,7 +307,9 @@ class KombuPublisher:
                 # Under load, at most one round of messages per `linger_s`: what is emitted meanwhile
                 # goes together. After a quiet spell the first event goes out at once.
                 due = self._last_send + self._linger_s
-                while not self._closing and self._count < MAX_EVENTS_PER_MESSAGE and (left := due - time.monotonic()) > 0:
+                while (
+                    not self._closing and self._count < MAX_EVENTS_PER_MESSAGE and (left := due - time.monotonic()) > 0
+                ):
                     self._has_items.wait(left)
                 if not self._buffer:
                     return
@@ -317,7 +331,9 @@ class KombuPublisher:
         kept: list[env.Envelope] = []
         for envelope in events:
             try:
-                encoded.append((env.routing_key(envelope), envelope.job.id if envelope.job else None, env.encode(envelope)))
+                encoded.append(
+                    (env.routing_key(envelope), envelope.job.id if envelope.job else None, env.encode(envelope))
+                )
                 kept.append(envelope)
             except (TypeError, ValueError) as exc:  # one bad event, not a broker failure
                 logger.warning("event %s dropped: cannot encode its data: %s", envelope.event, exc)

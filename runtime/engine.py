@@ -67,7 +67,13 @@ class Runtime:
         self.services = services if services is not None else load_services(self.settings, self.manifest)
         self.enqueuer = Enqueuer(self.manifest, self.store, self.events)
         self.executor = Executor(
-            self.huey, self.store, self.manifest, self.events, self.services, self.settings.lease_s, self.enqueuer.prepare
+            self.huey,
+            self.store,
+            self.manifest,
+            self.events,
+            self.services,
+            self.settings.lease_s,
+            self.enqueuer.prepare,
         )
         self.huey.executor = self.executor
         # Each worker, as it stops, gives back the job its last completion took and it never ran.
@@ -132,7 +138,9 @@ class Runtime:
             raise JobNotFound(job_id)
         return record
 
-    def list(self, state: str | None = None, name: str | None = None, offset: int = 0, limit: int = 50) -> list[JobRecord]:
+    def list(
+        self, state: str | None = None, name: str | None = None, offset: int = 0, limit: int = 50
+    ) -> list[JobRecord]:
         return self.store.list(state, name, offset, limit)
 
     def counts(self) -> dict[str, dict[str, int]]:

@@ -97,7 +97,9 @@ class JobStore(ABC):
         self.limits = limits
 
     @abstractmethod
-    def create(self, record: JobRecord, message: bytes, *, dedupe_key: str = "", rate_key: str = "") -> tuple[JobRecord, bool]:
+    def create(
+        self, record: JobRecord, message: bytes, *, dedupe_key: str = "", rate_key: str = ""
+    ) -> tuple[JobRecord, bool]:
         """Store a new job: queued when waiting, due at `run_at` when delayed.
 
         If the id exists, or `dedupe_key` names an equal job that is waiting, delayed or active,

@@ -10,7 +10,13 @@ from aiohttp import web
 from bus.tokens import bearer, token_matches
 from bus.urls import redact_text
 from runtime.core.errors import (
-    B3JobsError, InvalidArgument, InvalidState, JobIdTaken, JobNotFound, PayloadError, UnknownJob,
+    B3JobsError,
+    InvalidArgument,
+    InvalidState,
+    JobIdTaken,
+    JobNotFound,
+    PayloadError,
+    UnknownJob,
 )
 from runtime.store.outage import STORE_ERRORS
 from runtime.web import models as m
@@ -61,8 +67,9 @@ async def errors_middleware(request: web.Request, handler: Any) -> web.StreamRes
         return _error_for(exc)
     except (*STORE_ERRORS, ConnectionError) as exc:
         logger.warning("store unreachable on %s %s: %s", request.method, request.path, redact_text(str(exc)))
-        return error(503, "store_unavailable", "the job store is unreachable (%s); see the web process log"
-                     % type(exc).__name__)
+        return error(
+            503, "store_unavailable", "the job store is unreachable (%s); see the web process log" % type(exc).__name__
+        )
     except Exception:
         # Anything else, a Redis reply error included, is a bug: its text (a command, a key) stays in the log.
         logger.exception("unhandled error on %s %s", request.method, request.path)
@@ -73,7 +80,11 @@ async def errors_middleware(request: web.Request, handler: Any) -> web.StreamRes
 async def body_limit_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     # Refuse by the declared length before reading a byte; aiohttp's client_max_size covers chunked bodies.
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        return error(413, "body_too_large", "request body is %d bytes; the limit is %d" % (request.content_length, MAX_BODY_BYTES))
+        return error(
+            413,
+            "body_too_large",
+            "request body is %d bytes; the limit is %d" % (request.content_length, MAX_BODY_BYTES),
+        )
     return await handler(request)
 
 
@@ -93,7 +104,12 @@ def auth_middleware(token: str | None) -> Any:
 
     @web.middleware
     async def check(request: web.Request, handler: Any) -> web.StreamResponse:
-        if expected is None or request.path in OPEN_PATHS or request.path == "/ws" or not request.path.startswith("/api/"):
+        if (
+            expected is None
+            or request.path in OPEN_PATHS
+            or request.path == "/ws"
+            or not request.path.startswith("/api/")
+        ):
             return await handler(request)
         given = bearer(request.headers.get("Authorization"))
         if given is None or not token_matches(given, expected):

@@ -31,7 +31,14 @@ class B3Scheduler(Scheduler):
 
 class B3Consumer(Consumer):
     def __init__(
-        self, runtime: "Runtime", *, workers: int, worker_type: str, cron: bool = True, signals: bool = True, **kwargs: Any
+        self,
+        runtime: Runtime,
+        *,
+        workers: int,
+        worker_type: str,
+        cron: bool = True,
+        signals: bool = True,
+        **kwargs: Any,
     ):
         self.runtime = runtime
         self.signals = signals

@@ -15,9 +15,9 @@ from huey.registry import Registry
 from huey.storage import RedisStorage
 from redis import ConnectionPool
 
-from runtime.worker.serializer import MsgspecSerializer
 from runtime.core.settings import Settings
 from runtime.store.sqlite import B3SqliteStorage
+from runtime.worker.serializer import MsgspecSerializer
 
 if TYPE_CHECKING:
     from runtime.worker.executor import Executor
@@ -44,7 +44,7 @@ def _dispatched_by_executor(*args: Any) -> None:
 
 
 class B3Huey(Huey):
-    executor: "Executor"
+    executor: Executor
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
