@@ -24,7 +24,7 @@ INPUTS = ("pyproject.toml", "constraints.txt")
 
 def ensure_venv() -> None:
     """Install the pinned dependencies into .venv, again only when pyproject or constraints change."""
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 (dev.py runs on whatever python3 the machine has)
         sys.exit("b3-jobs needs Python 3.11 or newer; this is %s" % sys.version.split()[0])
     digest = hashlib.sha256(b"".join((ROOT / f).read_bytes() for f in INPUTS)).hexdigest()
     stamp = VENV / ".b3jobs-installed"

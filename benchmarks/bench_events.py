@@ -661,7 +661,7 @@ def report(runs: list[EventRun], plan: list[Cell], max_foreign: float) -> str:
                 len(m.by_cell[c]),
             )
         )
-    lines += ["", "Targets (medians; `*` = fewer than 3 clean runs):", ""] + targets(runs, m, plan)
+    lines += ["", "Targets (medians; `*` = fewer than 3 clean runs):", "", *targets(runs, m, plan)]
     return "\n".join(lines)
 
 
@@ -783,7 +783,7 @@ def main() -> None:
     if args.quick:
         args.reps, args.n, args.n_single, args.retries = 1, 2000, 2000, 0
     if args.table_from:
-        runs = [EventRun(**json.loads(line)) for line in open(args.table_from)]
+        runs = [EventRun(**json.loads(line)) for line in Path(args.table_from).read_text().splitlines()]
         runs = [r for r in runs if r.n == (args.n if r.kind == "drain" else args.n_single)]
         plan = [c for c in cells(args.buses, args.workers) if any((r.kind, r.bus, r.workers) == c for r in runs)]
         print(report(runs, plan, args.max_foreign))

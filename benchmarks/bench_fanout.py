@@ -37,6 +37,7 @@ is flushed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -88,10 +89,8 @@ def broker_pids() -> list[int]:
 def total_cpu_s(pids: list[int]) -> float:
     total = 0.0
     for pid in pids:
-        try:
+        with contextlib.suppress(OSError):
             total += cpu_s(pid)
-        except OSError:
-            pass
     return total
 
 
@@ -308,10 +307,8 @@ def run_publisher(source: str, rate: int, args: argparse.Namespace, namespace: s
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     cpu = 0.0
     while proc.poll() is None:
-        try:
+        with contextlib.suppress(OSError, IndexError):
             cpu = cpu_s(proc.pid)  # read while alive: /proc is gone after the exit
-        except (OSError, IndexError):
-            pass
         time.sleep(0.2)
     out = proc.stdout.read() if proc.stdout else ""
     return (json.loads(out.strip().splitlines()[-1]) if out.strip() else {}), cpu

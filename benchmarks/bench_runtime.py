@@ -665,7 +665,7 @@ def main() -> None:
     if args.quick:
         args.reps, args.n_redis, args.n_sqlite = 1, 2000, 2000
     if args.table_from:
-        runs = [Run(**json.loads(line)) for line in open(args.table_from)]
+        runs = [Run(**json.loads(line)) for line in Path(args.table_from).read_text().splitlines()]
         plan = [
             c for c in cells(args.backends, args.workers) if any((r.backend, r.system, r.workers) == c for r in runs)
         ]

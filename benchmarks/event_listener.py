@@ -19,6 +19,7 @@ job id, the envelope's ts) and the number of the bus message it came in. It talk
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import time
@@ -105,10 +106,8 @@ def main() -> None:
         (args.dir / "ready").write_text(queue.name)
         next_status = 0.0
         while not stopping:
-            try:
+            with contextlib.suppress(TimeoutError):
                 conn.drain_events(timeout=STATUS_EVERY_S)
-            except TimeoutError:
-                pass
             if time.monotonic() >= next_status:
                 listener.write_status()
                 next_status = time.monotonic() + STATUS_EVERY_S

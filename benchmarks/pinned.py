@@ -20,7 +20,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent  # the pinned copy, once pin_code() has re-run the script
 ORIGIN = Path(os.environ.get("BENCH_ORIGIN", ROOT))  # the work tree the copy was taken from
 COPY_PREFIX = "b3bench-code-"
-PINNED_PARTS = tuple(sorted(p.name for p in ROOT.iterdir() if (p / "__init__.py").exists())) + (
+PINNED_PARTS = (
+    *sorted(p.name for p in ROOT.iterdir() if (p / "__init__.py").exists()),
     "benchmarks",
     "tests/schedules.toml",
     "tests/testjobs",

@@ -20,11 +20,11 @@ import fnmatch
 import functools
 import itertools
 from collections.abc import Iterable, Iterator
-from typing import Any, Union
+from typing import Any
 
 from bus.envelope import Envelope
 
-Scalar = Union[str, int, float, bool, None]
+Scalar = str | int | float | bool | None
 WhereKey = tuple[tuple[str, frozenset[Scalar]], ...]
 FilterKey = tuple[str, WhereKey]
 

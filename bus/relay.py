@@ -112,7 +112,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Annotated, Any, Union
+from typing import Annotated, Any
 
 import msgspec
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -143,7 +143,7 @@ MAX_VALUE_CHARS = 256  # a `where` string value
 MESSAGE_BURST = 20  # client messages answered at once ...
 MESSAGES_PER_S = 2.0  # ... and then this many per second
 
-Scalar = Union[str, int, float, bool, None]
+Scalar = str | int | float | bool | None
 
 
 # ---------------------------------------------------------------- client messages

@@ -23,7 +23,7 @@ from playwright.sync_api import sync_playwright  # noqa: E402
 from bus.publisher import KombuPublisher  # noqa: E402
 from runtime.core.settings import Settings  # noqa: E402
 from runtime.engine import Runtime  # noqa: E402
-from runtime.web.app import build_web
+from runtime.web.app import build_web  # noqa: E402
 from runtime.web.serve import WebThread  # noqa: E402
 from runtime.worker.consumer import B3Consumer  # noqa: E402
 

@@ -182,7 +182,7 @@ def _migrate_0_to_1(db: sqlite3.Connection, where: str) -> None:
 
 
 def _quote_v0(row: sqlite3.Row) -> Quote:
-    return Quote(**{key: row[key] for key in row.keys()})
+    return Quote(**{key: row[key] for key in row.keys()})  # noqa: SIM118 (a Row iterates its values)
 
 
 def _bars_of(quotes: Iterable[Quote]) -> list[Bar]:

@@ -59,6 +59,9 @@ def parse_rate_limit(text: str) -> RateLimit | None:
     return RateLimit(limit, per_s)
 
 
+_DEFAULT_RATE = parse_rate_limit(DEFAULT_RATE_LIMIT)
+
+
 def parse_history_range(text: str) -> HistoryRange:
     """`"3mo"` → "3mo": a range of daily history long enough for an analysis. ValueError saying what was expected."""
     value = text.strip().lower()
@@ -139,7 +142,7 @@ class Services:
         *,
         brapi_api_key: str | None = None,
         brapi_base_url: str | None = None,
-        rate_limit: RateLimit | None = parse_rate_limit(DEFAULT_RATE_LIMIT),
+        rate_limit: RateLimit | None = _DEFAULT_RATE,
         history_range: HistoryRange = DEFAULT_HISTORY_RANGE,
         provider_timeout_s: float = 10.0,
         store_path: Path | str | None = None,

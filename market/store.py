@@ -509,12 +509,12 @@ def _asset(row: sqlite3.Row) -> Asset:
 
 
 def _quote(row: sqlite3.Row) -> Quote:
-    return Quote(**{key: row[key] for key in row.keys()})
+    return Quote(**{key: row[key] for key in row.keys()})  # noqa: SIM118 (a Row iterates its values)
 
 
 def _bar(row: sqlite3.Row) -> Bar:
-    return Bar(**{key: row[key] for key in row.keys()})
+    return Bar(**{key: row[key] for key in row.keys()})  # noqa: SIM118 (a Row iterates its values)
 
 
 def _request(row: sqlite3.Row) -> AnalysisRequest:
-    return AnalysisRequest(**{key: row[key] for key in row.keys()})
+    return AnalysisRequest(**{key: row[key] for key in row.keys()})  # noqa: SIM118 (a Row iterates its values)

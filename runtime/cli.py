@@ -14,6 +14,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from runtime.core.errors import (
@@ -163,7 +164,7 @@ def _enqueue_file(args: argparse.Namespace, settings: Settings) -> int:
     payloads: list[Any] = []
     lines: list[int] = []  # the line number of each payload
     try:
-        text = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
     except OSError as exc:
         print("--file: %s" % exc, file=sys.stderr)
         return BAD_INPUT

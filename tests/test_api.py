@@ -222,7 +222,7 @@ async def test_with_a_token_every_api_call_needs_it(runtime: Runtime, aiohttp_cl
 def test_without_a_token_only_loopback_may_be_served() -> None:
     require_safe_bind(Settings(host="127.0.0.1"))
     require_safe_bind(Settings(host="0.0.0.0", token="t"))
-    with pytest.raises(InvalidArgument, match="refusing to serve 0.0.0.0 without B3JOBS_TOKEN"):
+    with pytest.raises(InvalidArgument, match=r"refusing to serve 0\.0\.0\.0 without B3JOBS_TOKEN"):
         require_safe_bind(Settings(host="0.0.0.0"))
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 schemathesis = pytest.importorskip("schemathesis")
-hypothesis = pytest.importorskip("hypothesis")
+pytest.importorskip("hypothesis")
 import hypothesis.errors  # noqa: E402
 from conftest import ROOT  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402

@@ -188,7 +188,7 @@ def test_a_batch_of_20_with_2_unknown_completes_within_the_rate_limit(
         "LREN3",
     ]
     fake.unknown.update({"FAKE3", "NOPE11"})
-    tickers = known[:9] + ["FAKE3"] + known[9:] + ["NOPE11"]
+    tickers = [*known[:9], "FAKE3", *known[9:], "NOPE11"]
     record, _ = runtime.enqueue("batch-update", {"tickers": tickers})
     # When the batch runs
     with running_consumer(runtime):
@@ -220,7 +220,7 @@ def test_daily_update_fires_at_2am_in_sao_paulo_and_updates_every_active_asset(
     runtime = b3_runtime()
     store = runtime.services.store
     active = ["BOVA11", "PETR4", "VALE3", "WEGE3"]
-    for ticker in active + ["MGLU3"]:
+    for ticker in [*active, "MGLU3"]:
         store.track(ticker)
     store.untrack("MGLU3")
     two_am = dt.datetime(2026, 3, 10, 2, 0, tzinfo=SAO_PAULO).timestamp()

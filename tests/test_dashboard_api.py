@@ -180,7 +180,7 @@ async def test_job_detail_has_stalls_worker_parent_and_children(api: Any, runtim
         id="parent-1", name="echo", state="waiting-children", payload={"text": "p"}, created_at=now, children=kids
     )
     runtime.store.create(parent, b"{}")
-    for i, kid in enumerate(kids):
+    for kid in kids:
         runtime.store.create(
             JobRecord(
                 id=kid,

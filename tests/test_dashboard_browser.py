@@ -210,7 +210,7 @@ def test_a_failed_job_shows_its_traceback_and_retry_from_the_page_completes_it(t
         assert stack.runtime.get(job_id).state == "completed"
 
         # And the failures page groups failures by reason, then shows none left
-        for i in range(3):
+        for _i in range(3):
             switch.write_text("again")
             wait_state(stack.runtime, stack.enqueue("fails-while-file", {"path": str(switch)}), ("failed",))
         page.goto(stack.base + "/#/failures")
@@ -363,7 +363,7 @@ def test_ten_thousand_jobs_overview_under_a_second_and_lists_page(tmp_path: Path
         made = time.perf_counter()
         n = 0
         for name, state, count in plan:
-            for i in range(count):
+            for _i in range(count):
                 n += 1
                 stack.runtime.store.create(
                     JobRecord(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Callable
@@ -53,7 +54,7 @@ def test_exponential_backoff_fails_twice_then_succeeds(runtime: Runtime, consume
     # Then three attempts, completed, and the waits grow: about 1 s, then about 2 s
     assert (done.state, done.attempts, done.result) == ("completed", 3, {"attempt": 3})
     assert len(starts) == 3, starts
-    waits = [b - a for a, b in zip(starts, starts[1:])]
+    waits = [b - a for a, b in itertools.pairwise(starts)]
     assert 0.9 <= waits[0] <= 1.6, waits
     assert 1.9 <= waits[1] <= 2.6, waits
     assert events_of(runtime, record.id).count("job:retrying") == 2
@@ -168,7 +169,7 @@ def test_bad_payload_lists_every_field_and_enqueues_nothing(runtime: Runtime) ->
 
 
 def test_job_id_deduplicates_and_retry_and_remove(runtime: Runtime, consumer: Callable[..., Any]) -> None:
-    first, created = runtime.enqueue("always-fails", {"message": "x"}, job_id="fixed-1")
+    _, created = runtime.enqueue("always-fails", {"message": "x"}, job_id="fixed-1")
     again, created_again = runtime.enqueue("always-fails", {"message": "y"}, job_id="fixed-1")
     assert created and not created_again and again.payload == {"message": "x"}
     with consumer(runtime):
@@ -220,7 +221,7 @@ def test_pause_holds_across_consumers_until_resume(
         for job_id in ids:
             assert wait_state(second, job_id).state == "completed"
     assert [e[0] for e in first.events.events if e[0].startswith("queue:")] == ["queue:paused"]  # type: ignore[attr-defined]
-    assert [e for e in second.events.events if e[0] == "queue:resumed"][0][2] == {"job": "noop", "released": 6}  # type: ignore[attr-defined]
+    assert next(e for e in second.events.events if e[0] == "queue:resumed")[2] == {"job": "noop", "released": 6}  # type: ignore[attr-defined]
 
 
 def test_a_worker_stopping_gives_back_the_job_its_last_completion_took(

@@ -128,7 +128,7 @@ def test_build_services_reads_brapi_settings_and_refuses_a_bad_limit(
         build_services(settings)
     monkeypatch.setenv("BRAPI_HISTORY_RANGE", "3mo")
     monkeypatch.setenv("BRAPI_RATE_LIMIT", "lots")
-    with pytest.raises(SettingsError, match="BRAPI_RATE_LIMIT: expected LIMIT/SECONDS .* got 'lots'"):
+    with pytest.raises(SettingsError, match=r"BRAPI_RATE_LIMIT: expected LIMIT/SECONDS .* got 'lots'"):
         build_services(settings)
 
 

@@ -303,7 +303,7 @@ def test_the_morning_after_a_session_every_active_assets_bar_for_it_is_updated(
     # Given three active assets with their history up to Monday, and one no longer tracked
     active = ["PETR4", "VALE3", "WEGE3"]
     clock.at(2026, 3, 9, 16)
-    for ticker in active + ["MGLU3"]:
+    for ticker in [*active, "MGLU3"]:
         update(timed, ticker)
     timed.store.untrack("MGLU3")
     fake.reset()

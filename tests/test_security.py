@@ -23,6 +23,7 @@ from bus.publisher import KombuPublisher
 from bus.relay import Relay
 from runtime.core.cron import cron_job_id
 from runtime.core.enqueue import MAX_DELAY_S
+from runtime.core.errors import B3JobsError
 from runtime.core.manifest import load_manifest
 from runtime.core.messages import encode_message
 from runtime.core.records import JobRecord
@@ -361,7 +362,7 @@ async def test_reserved_and_non_ascii_ids_cannot_be_claimed(api: Any, runtime: R
     resp = await api.post("/api/v1/jobs/echo", json={"job_id": job_id, "payload": {"text": "x"}})
     assert resp.status == 422, job_id
     assert runtime.store.get(job_id) is None and jobs_of(runtime, "echo") == 0
-    with pytest.raises(Exception):
+    with pytest.raises(B3JobsError):
         runtime.enqueue("echo", {"text": "x"}, job_id=job_id)
 
 
@@ -372,9 +373,9 @@ def test_a_caller_cannot_keep_a_cron_tick_from_running(runtime: Runtime) -> None
     runner = runtime.cron_runner(now=minute - 1)
     tick_id = cron_job_id("every-minute", minute)
     # When a caller tries to occupy it with a delayed job of another name, through every caller door
-    with pytest.raises(Exception):
+    with pytest.raises(B3JobsError):
         runtime.enqueue("noop", {}, delay=3600, job_id=tick_id)
-    with pytest.raises(Exception):
+    with pytest.raises(B3JobsError):
         runtime.enqueue_many("noop", [{}], delay=3600) and runtime.enqueue("noop", {}, job_id=tick_id)
     # Then the tick runs as itself
     assert runner.tick(minute + 1) >= 1

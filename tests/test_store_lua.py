@@ -70,7 +70,7 @@ def test_a_header_that_disagrees_with_the_reads_is_refused() -> None:
         ]
     )
     # When it is loaded, then it is refused, saying what it should read
-    with pytest.raises(ScriptError, match="x.lua: its header declares job_id, token, fields..."):
+    with pytest.raises(ScriptError, match=r"x\.lua: its header declares job_id, token, fields\.\.\."):
         declared_args("x", text)
 
 

@@ -14,7 +14,9 @@ changes nothing.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from runtime.core.manifest import Keep
 from runtime.core.records import JobRecord
@@ -90,9 +92,9 @@ STALLED_TOO_OFTEN = "stalled too often: its worker died or stopped heartbeating 
 class JobStore(ABC):
     """Job records and their queue, on one backend."""
 
-    limits: dict[str, Limits] = {}
+    limits: Mapping[str, Limits] = MappingProxyType({})  # none until set_limits; read-only, shared
 
-    def set_limits(self, limits: dict[str, Limits]) -> None:
+    def set_limits(self, limits: Mapping[str, Limits]) -> None:
         """The manifest's concurrency and rate limits, enforced by `dequeue` across all consumers."""
         self.limits = limits
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from runtime.core.errors import InvalidState, JobNotFound
@@ -199,7 +200,7 @@ class RedisJobStore(JobStore):
         ]
         return self.release_staged(stale)
 
-    def set_limits(self, limits: dict[str, Limits]) -> None:
+    def set_limits(self, limits: Mapping[str, Limits]) -> None:
         super().set_limits(limits)
         self._limits_cache = self._limits_config()
 

@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 from huey.storage import SqliteStorage
 
@@ -90,7 +90,8 @@ class B3SqliteStorage(SqliteStorage):
         conn.execute("pragma synchronous=NORMAL")
         return conn
 
-    ddl = SqliteStorage.ddl + [
+    ddl: ClassVar[list[str]] = [
+        *SqliteStorage.ddl,
         "create table if not exists b3_jobs ("
         " id text primary key, name text not null, state text not null, payload text not null,"
         " attempts integer not null default 0, max_attempts integer not null default 1,"
@@ -351,10 +352,15 @@ class SqliteJobStore(JobStore):
             job_id, name, msg, rate_key, children_done = row
             limits = self.limits.get(name)
             key = rate_key if limits is not None and limits.rate_keyed else ""
-            if limits is not None and limits.rate_limit and limits.rate_window_s and limits.rate_keyed:
-                if self._window(curs, name, key, limits.rate_window_s, now)[0] >= limits.rate_limit:
-                    self._rate_delay(curs, job_id, name, key, limits, now)
-                    continue
+            if (
+                limits is not None
+                and limits.rate_limit
+                and limits.rate_window_s
+                and limits.rate_keyed
+                and self._window(curs, name, key, limits.rate_window_s, now)[0] >= limits.rate_limit
+            ):
+                self._rate_delay(curs, job_id, name, key, limits, now)
+                continue
             token = uuid.uuid4().hex
             attempt = curs.execute(
                 "update b3_jobs set state = 'active', started_at = ?, state_ts = ?, attempts = attempts + 1,"

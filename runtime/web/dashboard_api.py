@@ -171,7 +171,7 @@ class JobDetail(m.Job):
     max_stalls: int
     worker: str | None = None
     parent: JobBrief | None = None
-    children_shown: list[JobBrief] = []
+    children_shown: list[JobBrief] = Field(default_factory=list)
     children_total: int = 0
 
 
@@ -292,7 +292,8 @@ def compile_query(q: str) -> Callable[[JobRecord], bool]:
     for term in q.split():
         key, eq, value = term.partition("=")
         if eq and key:
-            tests.append(lambda r, k=key, v=_norm(value): _equals(_field(r.payload, k), v))
+            wanted = _norm(value)
+            tests.append(lambda r, k=key, v=wanted: _equals(_field(r.payload, k), v))
         else:
             word = _norm(term)
             tests.append(
