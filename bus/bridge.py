@@ -19,7 +19,8 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
-from kombu import Connection, Queue
+from kombu.connection import Connection
+from kombu.entity import Queue
 from kombu.mixins import ConsumerMixin
 
 from bus.envelope import Envelope, decode_batch

@@ -29,7 +29,8 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-from kombu import Connection, Exchange
+from kombu.connection import Connection
+from kombu.entity import Exchange
 
 from bus import envelope as env
 from bus.urls import redact
@@ -127,7 +128,7 @@ def _ordered(
             waiting_on[key] += 1
     ready = [(index[key], key) for key, n in waiting_on.items() if n == 0]
     heapq.heapify(ready)
-    out = []
+    out: list[tuple[str, list[bytes]]] = []
     while ready:
         _, key = heapq.heappop(ready)
         bodies = groups[key]
@@ -168,7 +169,13 @@ class KombuPublisher:
         self._linger_s = linger_s
         self._start()
         ref = weakref.ref(self)
-        atexit.register(lambda: (p := ref()) is not None and p.close(CLOSE_S))
+
+        def close_at_exit() -> None:
+            publisher = ref()
+            if publisher is not None:
+                publisher.close(CLOSE_S)
+
+        atexit.register(close_at_exit)
 
     def _start(self) -> None:
         self._pid = os.getpid()

@@ -596,8 +596,8 @@ class Relay:
                 else:
                     items.append(held)
         for group, held_items in picked.items():
-            items = tuple(held_items)
-            self._deliver(group, build_frame(items), items)
+            batch = tuple(held_items)
+            self._deliver(group, build_frame(batch), batch)
 
     def _deliver(self, group: Group, frame: bytes, items: tuple[Held, ...]) -> None:
         for client in list(group.clients):
@@ -670,11 +670,11 @@ class Relay:
 
     def _on_text(self, client: Client, data: str) -> None:
         if not client.may_send_message():
-            message = "more than %d messages at once or %g per second; this one was not acted on" % (
+            reason = "more than %d messages at once or %g per second; this one was not acted on" % (
                 MESSAGE_BURST,
                 MESSAGES_PER_S,
             )
-            self._reply_error(client, BadMessage("rate_limited", message))
+            self._reply_error(client, BadMessage("rate_limited", reason))
             return
         try:
             message = parse_message(data)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import time
 import types
 from typing import Any
@@ -160,7 +161,7 @@ class Runtime:
         self.manifest.job(name)
         return self.retry_many(self.store.ids_in_state(name, FAILED))
 
-    def retry_many(self, job_ids: list[str]) -> int:
+    def retry_many(self, job_ids: builtins.list[str]) -> int:
         """Retry these failed jobs; returns how many were queued again."""
         retried = 0
         for job_id in job_ids:

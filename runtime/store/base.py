@@ -13,6 +13,7 @@ changes nothing.
 
 from __future__ import annotations
 
+import builtins
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -226,14 +227,14 @@ class JobStore(ABC):
         """Records newest first (by the time they entered their state), optionally by state and name."""
 
     @abstractmethod
-    def ids_in_state(self, name: str, state: str) -> list[str]: ...
+    def ids_in_state(self, name: str, state: str) -> builtins.list[str]: ...
 
     @abstractmethod
-    def counts(self, names: list[str]) -> dict[str, dict[str, int]]:
+    def counts(self, names: builtins.list[str]) -> dict[str, dict[str, int]]:
         """For each job name (the given ones and any the store has seen), the number of jobs per state."""
 
     @abstractmethod
-    def stats(self, names: list[str]) -> dict[str, dict[str, int]]:
+    def stats(self, names: builtins.list[str]) -> dict[str, dict[str, int]]:
         """Running totals per job name: attempts started, completed, failed, retried, stalled."""
 
     @abstractmethod

@@ -15,6 +15,7 @@ The scripts build their keys from the namespace, so Redis Cluster is not support
 
 from __future__ import annotations
 
+import builtins
 import json
 import time
 import uuid
@@ -423,10 +424,10 @@ class RedisJobStore(JobStore):
         page = merged[offset : offset + limit]
         return self._get_many([i for _, i, _, _ in page], [(n, s, score) for score, _, n, s in page])
 
-    def ids_in_state(self, name: str, state: str) -> list[str]:
+    def ids_in_state(self, name: str, state: str) -> builtins.list[str]:
         return [i.decode() for i in self.r.zrange(self.keys.index(name, state), 0, -1)]
 
-    def counts(self, names: list[str]) -> dict[str, dict[str, int]]:
+    def counts(self, names: builtins.list[str]) -> dict[str, dict[str, int]]:
         all_names = sorted(set(names) | set(self._names()))
         with self.r.pipeline(transaction=False) as pipe:
             for n in all_names:
@@ -435,7 +436,7 @@ class RedisJobStore(JobStore):
             sizes = iter(pipe.execute())
         return {n: {s: next(sizes) for s in STATES} for n in all_names}
 
-    def stats(self, names: list[str]) -> dict[str, dict[str, int]]:
+    def stats(self, names: builtins.list[str]) -> dict[str, dict[str, int]]:
         all_names = sorted(set(names) | set(self._names()))
         with self.r.pipeline(transaction=False) as pipe:
             for n in all_names:

@@ -7,11 +7,13 @@ serialises its writers; several processes coordinate through SQLite's own lockin
 
 from __future__ import annotations
 
+import builtins
 import sqlite3
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from typing import Any, ClassVar
 
 from huey.storage import SqliteStorage
@@ -72,7 +74,7 @@ _JSON = ("payload", "progress", "result", "children")
 _SELECT = "select %s from b3_jobs" % ", ".join(_COLUMNS)
 
 
-class B3SqliteStorage(SqliteStorage):
+class B3SqliteStorage(SqliteStorage):  # type: ignore[misc]  # Huey is untyped
     """Huey's SQLite storage with b3-jobs' tables added to its schema."""
 
     def initialize_schema(self) -> None:
@@ -84,7 +86,7 @@ class B3SqliteStorage(SqliteStorage):
         super().initialize_schema()
 
     def _create_connection(self) -> sqlite3.Connection:
-        conn = super()._create_connection()
+        conn: sqlite3.Connection = super()._create_connection()  # Huey's, untyped
         # WAL with synchronous=NORMAL: a crash (kill -9) cannot corrupt the database or lose a
         # committed transaction; only a power loss may lose the last ones. FULL fsyncs every commit.
         conn.execute("pragma synchronous=NORMAL")
@@ -162,8 +164,9 @@ class SqliteJobStore(JobStore):
         self._wake = threading.Condition()
         self._finishes: dict[tuple[str, str], int] = {}  # finishes per (name, state), to space out `_trim`
 
-    def _tx(self) -> Any:
-        return self.storage.db(commit=True)
+    def _tx(self) -> AbstractContextManager[sqlite3.Cursor]:
+        tx: AbstractContextManager[sqlite3.Cursor] = self.storage.db(commit=True)  # Huey's, untyped
+        return tx
 
     def _notify(self) -> None:
         with self._wake:
@@ -750,11 +753,11 @@ class SqliteJobStore(JobStore):
             self._select("%s order by state_ts desc, rowid desc limit ? offset ?" % where, (*params, limit, offset))
         )
 
-    def ids_in_state(self, name: str, state: str) -> list[str]:
+    def ids_in_state(self, name: str, state: str) -> builtins.list[str]:
         rows = self.storage.sql("select id from b3_jobs where name = ? and state = ?", (name, state), results=True)
         return [r[0] for r in rows]
 
-    def counts(self, names: list[str]) -> dict[str, dict[str, int]]:
+    def counts(self, names: builtins.list[str]) -> dict[str, dict[str, int]]:
         rows = self.storage.sql("select name, state, count(*) from b3_jobs group by name, state", results=True)
         seen = sorted(set(names) | {r[0] for r in rows})
         out = {n: {s: 0 for s in STATES} for n in seen}
@@ -762,7 +765,7 @@ class SqliteJobStore(JobStore):
             out[name][state] = count
         return out
 
-    def stats(self, names: list[str]) -> dict[str, dict[str, int]]:
+    def stats(self, names: builtins.list[str]) -> dict[str, dict[str, int]]:
         rows = self.storage.sql("select name, metric, value from b3_stats", results=True)
         seen = (
             set(names)

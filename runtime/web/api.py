@@ -6,7 +6,7 @@ import asyncio
 import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
@@ -228,7 +228,7 @@ async def healthz(request: web.Request) -> web.Response:
     except Exception as exc:  # the point of a health check: report, do not raise
         store = "unreachable: %s: %s" % (type(exc).__name__, redact_text(str(exc)))
     bus = runtime.events.label
-    status = "ok" if store == "ok" else "degraded"
+    status: Literal["ok", "degraded"] = "ok" if store == "ok" else "degraded"
     return respond(
         m.Health(status=status, backend=runtime.settings.backend, bus=bus, store=store), 200 if status == "ok" else 503
     )

@@ -291,19 +291,20 @@ def compile_query(q: str) -> Callable[[JobRecord], bool]:
     tests: list[Callable[[JobRecord], bool]] = []
     for term in q.split():
         key, eq, value = term.partition("=")
-        if eq and key:
-            wanted = _norm(value)
-            tests.append(lambda r, k=key, v=wanted: _equals(_field(r.payload, k), v))
-        else:
-            word = _norm(term)
-            tests.append(
-                lambda r, w=word: (
-                    w in r.id.lower()
-                    or (r.error is not None and w in r.error.lower())
-                    or any(_equals(v, w) for v in r.payload.values())
-                )
-            )
+        tests.append(_field_equals(key, _norm(value)) if eq and key else _mentions(_norm(term)))
     return lambda record: all(test(record) for test in tests)
+
+
+def _field_equals(key: str, wanted: str) -> Callable[[JobRecord], bool]:
+    return lambda r: _equals(_field(r.payload, key), wanted)
+
+
+def _mentions(word: str) -> Callable[[JobRecord], bool]:
+    return lambda r: (
+        word in r.id.lower()
+        or (r.error is not None and word in r.error.lower())
+        or any(_equals(v, word) for v in r.payload.values())
+    )
 
 
 def scan(

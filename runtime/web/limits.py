@@ -93,7 +93,7 @@ class ConnectionGate:
                     self.cap,
                 )
                 self._episode_refused = 0
-            return self.server()  # type: ignore[return-value]
+            return self.server()
         self.refused += 1
         self._episode_refused += 1
         if self._episode_refused == 1:

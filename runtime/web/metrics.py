@@ -254,7 +254,7 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.bus = BusMetrics(self.registry)
         self.store = StoreCollector(runtime, relay)
-        self.registry.register(self.store)  # type: ignore[arg-type]
+        self.registry.register(self.store)
         self._render_lock = threading.Lock()
 
     def render(self, snapshot: Snapshot | None) -> bytes:
@@ -267,6 +267,7 @@ class Metrics:
 
 
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
+SCRAPE_ERRORS: tuple[type[BaseException], ...] = (*STORE_ERRORS, redis.RedisError, sqlite3.Error)
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
@@ -274,7 +275,7 @@ async def metrics_handler(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     try:
         snapshot: Snapshot | None = await blocking(take_snapshot, runtime)
-    except (*STORE_ERRORS, redis.RedisError, sqlite3.Error) as exc:  # any store failure: store_up 0
+    except SCRAPE_ERRORS as exc:  # any store failure: store_up 0
         logger.warning("metrics: job store unreachable: %s", exc)
         snapshot = None
     body = request.app[METRICS].render(snapshot)

@@ -78,7 +78,7 @@ def document(
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
         paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, secured)
-    doc = {
+    doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": title, "version": version, "description": "Jobs, queues and events of the B3 platform"},
         "paths": paths,

@@ -20,7 +20,7 @@ class WireValue(msgspec.Struct, array_like=True, tag="v"):
 _decoder = msgspec.json.Decoder(WireMessage | WireValue)
 
 
-class MsgspecSerializer(Serializer):
+class MsgspecSerializer(Serializer):  # type: ignore[misc]  # Huey is untyped
     """Huey serializer over msgspec JSON; refuses what it cannot encode instead of pickling it."""
 
     def _serialize(self, data: Any) -> bytes:
