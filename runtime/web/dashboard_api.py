@@ -171,7 +171,7 @@ class JobDetail(m.Job):
     max_stalls: int
     worker: str | None = None
     parent: JobBrief | None = None
-    children_shown: list[JobBrief] = Field(default_factory=list)
+    children_shown: list[JobBrief] = []  # noqa: RUF012 (a pydantic model copies its defaults)
     children_total: int = 0
 
 
