@@ -35,8 +35,8 @@ from benchmarks.pinned import code_version, pin_code, remove_copy  # noqa: E402
 pin_code(__file__)
 
 import redis  # noqa: E402
-
 from faults import PrivateRedis, start_consumer, stop  # noqa: E402
+
 from runtime.core.settings import Settings  # noqa: E402
 from runtime.engine import Runtime  # noqa: E402
 
@@ -130,7 +130,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=1_000_000)
     parser.add_argument("--backends", default="redis,sqlite")
-    parser.add_argument("--out", default=str(Path(os.environ.get("BENCH_ORIGIN", ROOT)) / "benchmarks" / "results_memory.jsonl"))
+    parser.add_argument(
+        "--out", default=str(Path(os.environ.get("BENCH_ORIGIN", ROOT)) / "benchmarks" / "results_memory.jsonl")
+    )
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory(prefix="b3mem-") as tmp:
@@ -143,9 +145,20 @@ def main() -> None:
     print("|---|--:|--:|--:|--:|--:|--:|--:|---|")
     for r in results:
         a, b, g = r["at_10pct"], r["at_end"], r["growth"]
-        print("| %s | %d | %.1f MB | %.1f MB | %+.1f %% | %.1f MB | %.1f MB | %+.1f %% | %s |" % (
-            r["backend"], r["jobs"], a["store"] / 1e6, b["store"] / 1e6, 100 * g["store"],
-            a["rss"] / 1e6, b["rss"] / 1e6, 100 * g["rss"], "yes" if r["promise_kept"] else "NO"))
+        print(
+            "| %s | %d | %.1f MB | %.1f MB | %+.1f %% | %.1f MB | %.1f MB | %+.1f %% | %s |"
+            % (
+                r["backend"],
+                r["jobs"],
+                a["store"] / 1e6,
+                b["store"] / 1e6,
+                100 * g["store"],
+                a["rss"] / 1e6,
+                b["rss"] / 1e6,
+                100 * g["rss"],
+                "yes" if r["promise_kept"] else "NO",
+            )
+        )
     remove_copy()
 
 

@@ -20,8 +20,13 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent  # the pinned copy, once pin_code() has re-run the script
 ORIGIN = Path(os.environ.get("BENCH_ORIGIN", ROOT))  # the work tree the copy was taken from
 COPY_PREFIX = "b3bench-code-"
-PINNED_PARTS = tuple(sorted(p.name for p in ROOT.iterdir() if (p / "__init__.py").exists())) + (
-    "benchmarks", "tests/schedules.toml", "tests/testjobs", "tests/faults.py")
+PINNED_PARTS = (
+    *sorted(p.name for p in ROOT.iterdir() if (p / "__init__.py").exists()),
+    "benchmarks",
+    "tests/schedules.toml",
+    "tests/testjobs",
+    "tests/faults.py",
+)
 # Not code: what a benchmark installs for its peers (benchmarks/peers: node_modules, .venv-celery).
 NOT_PINNED = ("__pycache__", "*.pyc", "*.jsonl", "fanout", "node_modules", ".venv*")
 

@@ -19,11 +19,12 @@ from __future__ import annotations
 import fnmatch
 import functools
 import itertools
-from typing import Any, Iterable, Iterator, Union
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from bus.envelope import Envelope
 
-Scalar = Union[str, int, float, bool, None]
+Scalar = str | int | float | bool | None
 WhereKey = tuple[tuple[str, frozenset[Scalar]], ...]
 FilterKey = tuple[str, WhereKey]
 
@@ -73,7 +74,7 @@ def any_matches(keys: Iterable[FilterKey], envelope: Envelope) -> bool:
 class Filter:
     """One filter and the subscribers (any hashable: the relay's groups) that hold it."""
 
-    __slots__ = ("key", "pattern", "fields", "combinations", "holders")
+    __slots__ = ("combinations", "fields", "holders", "key", "pattern")
 
     def __init__(self, key: FilterKey) -> None:
         self.key = key

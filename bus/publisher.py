@@ -29,7 +29,8 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-from kombu import Connection, Exchange
+from kombu.connection import Connection
+from kombu.entity import Exchange
 
 from bus import envelope as env
 from bus.urls import redact
@@ -74,7 +75,9 @@ def exchange() -> Exchange:
 # -- batching ------------------------------------------------------------------------------------
 
 
-def plan(items: Sequence[tuple[str, str | None, bytes]], max_events: int = MAX_EVENTS_PER_MESSAGE) -> list[tuple[str, list[bytes]]]:
+def plan(
+    items: Sequence[tuple[str, str | None, bytes]], max_events: int = MAX_EVENTS_PER_MESSAGE
+) -> list[tuple[str, list[bytes]]]:
     """The messages that carry `items` (routing key, job id, encoded envelope), in publish order.
 
     One message per routing key (split past `max_events`). Each job's consecutive events give an
@@ -114,7 +117,9 @@ def _reaches(after: dict[str, set[str]], start: str, goal: str) -> bool:
     return False
 
 
-def _ordered(groups: dict[str, list[bytes]], after: dict[str, set[str]], max_events: int) -> list[tuple[str, list[bytes]]]:
+def _ordered(
+    groups: dict[str, list[bytes]], after: dict[str, set[str]], max_events: int
+) -> list[tuple[str, list[bytes]]]:
     # Kahn's topological order, ties broken by first appearance.
     index = {key: i for i, key in enumerate(groups)}
     waiting_on = dict.fromkeys(groups, 0)
@@ -123,7 +128,7 @@ def _ordered(groups: dict[str, list[bytes]], after: dict[str, set[str]], max_eve
             waiting_on[key] += 1
     ready = [(index[key], key) for key, n in waiting_on.items() if n == 0]
     heapq.heapify(ready)
-    out = []
+    out: list[tuple[str, list[bytes]]] = []
     while ready:
         _, key = heapq.heappop(ready)
         bodies = groups[key]
@@ -164,9 +169,20 @@ class KombuPublisher:
         self._linger_s = linger_s
         self._start()
         ref = weakref.ref(self)
-        atexit.register(lambda: (p := ref()) is not None and p.close(CLOSE_S))
-        # A forked worker process: the parent's thread did not come along; start afresh there.
-        os.register_at_fork(after_in_child=lambda: (p := ref()) is not None and p._start())
+
+        def close_at_exit() -> None:
+            publisher = ref()
+            if publisher is not None:
+                publisher.close(CLOSE_S)
+
+        def restart_in_child() -> None:
+            # A forked worker process: the parent's thread did not come along; start afresh there.
+            publisher = ref()
+            if publisher is not None:
+                publisher._start()
+
+        atexit.register(close_at_exit)
+        os.register_at_fork(after_in_child=restart_in_child)
 
     def _start(self) -> None:
         self._pid = os.getpid()
@@ -239,7 +255,9 @@ class KombuPublisher:
             self._has_room.notify_all()
         self._thread.join(timeout_s)
         if self._thread.is_alive():
-            logger.error("bus %s: %d event(s) not published within %.0fs of closing", redact(self.url), self._count, timeout_s)
+            logger.error(
+                "bus %s: %d event(s) not published within %.0fs of closing", redact(self.url), self._count, timeout_s
+            )
 
     def _drop_one(self) -> None:
         self.dropped += 1
@@ -259,7 +277,9 @@ class KombuPublisher:
                     conn.ensure_connection(max_retries=1)
                     producer = conn.Producer(serializer=None)
                     if self._down:
-                        logger.warning("bus %s reachable again; publishing %d kept event(s)", redact(self.url), self._count)
+                        logger.warning(
+                            "bus %s reachable again; publishing %d kept event(s)", redact(self.url), self._count
+                        )
                     with self._has_items:
                         self._down = False
                         self._drop_logged = False
@@ -269,8 +289,12 @@ class KombuPublisher:
             except Exception as exc:  # any broker failure: keep the events, back off, reconnect
                 with self._has_items:
                     if not self._down:
-                        logger.error("bus %s unreachable (%s); keeping up to %d events until it is back",
-                                     redact(self.url), exc, self._max_outage)
+                        logger.error(
+                            "bus %s unreachable (%s); keeping up to %d events until it is back",
+                            redact(self.url),
+                            exc,
+                            self._max_outage,
+                        )
                     self._down = True
                     self._has_room.notify_all()
                     callbacks = [item for item in self._buffer if not isinstance(item, env.Envelope)]
@@ -293,7 +317,9 @@ class KombuPublisher:
                 # Under load, at most one round of messages per `linger_s`: what is emitted meanwhile
                 # goes together. After a quiet spell the first event goes out at once.
                 due = self._last_send + self._linger_s
-                while not self._closing and self._count < MAX_EVENTS_PER_MESSAGE and (left := due - time.monotonic()) > 0:
+                while (
+                    not self._closing and self._count < MAX_EVENTS_PER_MESSAGE and (left := due - time.monotonic()) > 0
+                ):
                     self._has_items.wait(left)
                 if not self._buffer:
                     return
@@ -315,7 +341,9 @@ class KombuPublisher:
         kept: list[env.Envelope] = []
         for envelope in events:
             try:
-                encoded.append((env.routing_key(envelope), envelope.job.id if envelope.job else None, env.encode(envelope)))
+                encoded.append(
+                    (env.routing_key(envelope), envelope.job.id if envelope.job else None, env.encode(envelope))
+                )
                 kept.append(envelope)
             except (TypeError, ValueError) as exc:  # one bad event, not a broker failure
                 logger.warning("event %s dropped: cannot encode its data: %s", envelope.event, exc)

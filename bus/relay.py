@@ -110,8 +110,9 @@ import collections
 import itertools
 import logging
 import time
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Annotated, Any, AsyncIterator, Iterable, Iterator, Sequence, Union
+from typing import Annotated, Any
 
 import msgspec
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -142,7 +143,7 @@ MAX_VALUE_CHARS = 256  # a `where` string value
 MESSAGE_BURST = 20  # client messages answered at once ...
 MESSAGES_PER_S = 2.0  # ... and then this many per second
 
-Scalar = Union[str, int, float, bool, None]
+Scalar = str | int | float | bool | None
 
 
 # ---------------------------------------------------------------- client messages
@@ -151,7 +152,7 @@ Scalar = Union[str, int, float, bool, None]
 class Subscribe(msgspec.Struct, forbid_unknown_fields=True):
     op: str
     events: list[str]
-    where: dict[str, Union[Scalar, list[Scalar]]] | None = None
+    where: dict[str, Scalar | list[Scalar]] | None = None
     since: Annotated[int, msgspec.Meta(ge=0)] | None = None
 
 
@@ -277,7 +278,7 @@ def batches(items: Sequence[Held], size: int = MAX_EVENTS_PER_FRAME) -> Iterator
 class Group:
     """The clients with one distinct subscription: each flush builds its frame once for all of them."""
 
-    __slots__ = ("keys", "clients")
+    __slots__ = ("clients", "keys")
 
     def __init__(self, keys: frozenset[FilterKey]) -> None:
         self.keys = keys
@@ -595,8 +596,8 @@ class Relay:
                 else:
                     items.append(held)
         for group, held_items in picked.items():
-            items = tuple(held_items)
-            self._deliver(group, build_frame(items), items)
+            batch = tuple(held_items)
+            self._deliver(group, build_frame(batch), batch)
 
     def _deliver(self, group: Group, frame: bytes, items: tuple[Held, ...]) -> None:
         for client in list(group.clients):
@@ -643,7 +644,7 @@ class Relay:
             return "header" if token is not None and self._token_ok(token) else None
         try:
             msg = await ws.receive(timeout=self._auth_timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return None
         return "message" if msg.type is WSMsgType.TEXT and self._auth_message_ok(msg.data) else None
 
@@ -669,9 +670,11 @@ class Relay:
 
     def _on_text(self, client: Client, data: str) -> None:
         if not client.may_send_message():
-            message = "more than %d messages at once or %g per second; this one was not acted on" % (
-                MESSAGE_BURST, MESSAGES_PER_S)
-            self._reply_error(client, BadMessage("rate_limited", message))
+            reason = "more than %d messages at once or %g per second; this one was not acted on" % (
+                MESSAGE_BURST,
+                MESSAGES_PER_S,
+            )
+            self._reply_error(client, BadMessage("rate_limited", reason))
             return
         try:
             message = parse_message(data)
@@ -727,7 +730,9 @@ class Relay:
         shapes = {tuple(name for name, _ in where) for where in wheres if where}
         if len(shapes) > MAX_WHERE_SHAPES:
             message_ = "at most %d distinct sets of where fields per connection, got %d" % (
-                MAX_WHERE_SHAPES, len(shapes))
+                MAX_WHERE_SHAPES,
+                len(shapes),
+            )
             raise BadMessage("bad_subscription", message_)
         return new
 
@@ -799,7 +804,7 @@ class Relay:
         """Close with a code; a peer that does not take the close frame within 5 s is cut off."""
         try:
             await asyncio.wait_for(client.ws.close(code=code, message=reason.encode()), CLOSE_TIMEOUT_S)
-        except (asyncio.TimeoutError, ConnectionError):
+        except (TimeoutError, ConnectionError):
             transport = client.request.transport
             if transport is not None:
                 transport.abort()

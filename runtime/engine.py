@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import time
 import types
 from typing import Any
@@ -67,7 +68,13 @@ class Runtime:
         self.services = services if services is not None else load_services(self.settings, self.manifest)
         self.enqueuer = Enqueuer(self.manifest, self.store, self.events)
         self.executor = Executor(
-            self.huey, self.store, self.manifest, self.events, self.services, self.settings.lease_s, self.enqueuer.prepare
+            self.huey,
+            self.store,
+            self.manifest,
+            self.events,
+            self.services,
+            self.settings.lease_s,
+            self.enqueuer.prepare,
         )
         self.huey.executor = self.executor
         # Each worker, as it stops, gives back the job its last completion took and it never ran.
@@ -132,7 +139,9 @@ class Runtime:
             raise JobNotFound(job_id)
         return record
 
-    def list(self, state: str | None = None, name: str | None = None, offset: int = 0, limit: int = 50) -> list[JobRecord]:
+    def list(
+        self, state: str | None = None, name: str | None = None, offset: int = 0, limit: int = 50
+    ) -> list[JobRecord]:
         return self.store.list(state, name, offset, limit)
 
     def counts(self) -> dict[str, dict[str, int]]:
@@ -152,7 +161,7 @@ class Runtime:
         self.manifest.job(name)
         return self.retry_many(self.store.ids_in_state(name, FAILED))
 
-    def retry_many(self, job_ids: list[str]) -> int:
+    def retry_many(self, job_ids: builtins.list[str]) -> int:
         """Retry these failed jobs; returns how many were queued again."""
         retried = 0
         for job_id in job_ids:

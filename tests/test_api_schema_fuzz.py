@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 schemathesis = pytest.importorskip("schemathesis")
-hypothesis = pytest.importorskip("hypothesis")
+pytest.importorskip("hypothesis")
 import hypothesis.errors  # noqa: E402
-
+from conftest import ROOT  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 from schemathesis.generation import GenerationMode  # noqa: E402
 from schemathesis.specs.openapi.checks import (  # noqa: E402
@@ -37,12 +38,14 @@ from runtime.engine import Runtime  # noqa: E402
 from runtime.web.app import build_web  # noqa: E402
 from runtime.web.serve import WebThread  # noqa: E402
 
-from conftest import ROOT  # noqa: E402
-
 MAX_EXAMPLES = 15
 CHECKS = [
-    not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
-    response_headers_conformance, negative_data_rejection,
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    response_headers_conformance,
+    negative_data_rejection,
 ]
 
 
@@ -71,7 +74,10 @@ def fuzz(base: str, headers: dict[str, str]) -> list[str]:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 
             @hypothesis.settings(
-                max_examples=MAX_EXAMPLES, deadline=None, database=None, derandomize=True,
+                max_examples=MAX_EXAMPLES,
+                deadline=None,
+                database=None,
+                derandomize=True,
                 suppress_health_check=list(hypothesis.HealthCheck),
             )
             @hypothesis.given(case=operation.as_strategy(generation_mode=mode))

@@ -14,29 +14,33 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
+from conftest import CI, TEST_MANIFEST, running_consumer, wait_for, wait_state
 
 from bus.publisher import KombuPublisher
-from runtime.engine import Runtime
 from runtime.core.manifest import load_manifest
 from runtime.core.records import JobRecord
 from runtime.core.settings import Settings
+from runtime.engine import Runtime
 from runtime.web.app import build_web
 from runtime.web.serve import WebThread
-
-from conftest import CI, TEST_MANIFEST, running_consumer, wait_for, wait_state
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 expect = playwright_api.expect
 
 CHROMIUM = os.environ.get("B3JOBS_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
 ]
 LIVE_S = 1.0  # "within a second": the budget for an event to show on the page
 
@@ -206,7 +210,7 @@ def test_a_failed_job_shows_its_traceback_and_retry_from_the_page_completes_it(t
         assert stack.runtime.get(job_id).state == "completed"
 
         # And the failures page groups failures by reason, then shows none left
-        for i in range(3):
+        for _i in range(3):
             switch.write_text("again")
             wait_state(stack.runtime, stack.enqueue("fails-while-file", {"path": str(switch)}), ("failed",))
         page.goto(stack.base + "/#/failures")
@@ -349,18 +353,30 @@ def test_ten_thousand_jobs_overview_under_a_second_and_lists_page(tmp_path: Path
     with serving(tmp_path) as stack:
         # Given 10,000 jobs in the registry, in every state and several names
         now = time.time()
-        plan = [("echo", "completed", 6000), ("echo", "failed", 1500), ("noop", "waiting", 1000),
-                ("noop", "delayed", 500), ("flaky", "completed", 1000)]
+        plan = [
+            ("echo", "completed", 6000),
+            ("echo", "failed", 1500),
+            ("noop", "waiting", 1000),
+            ("noop", "delayed", 500),
+            ("flaky", "completed", 1000),
+        ]
         made = time.perf_counter()
         n = 0
         for name, state, count in plan:
-            for i in range(count):
+            for _i in range(count):
                 n += 1
-                stack.runtime.store.create(JobRecord(
-                    id="job-%05d" % n, name=name, state=state, payload={"text": "T%d" % n, "ticker": "TICK%d" % (n % 7)},
-                    created_at=now - 10_000 + n, run_at=now + 3600 if state == "delayed" else None,
-                    error="ValueError: bad ticker TICK%d" % (n % 3) if state == "failed" else None,
-                ), b"{}")
+                stack.runtime.store.create(
+                    JobRecord(
+                        id="job-%05d" % n,
+                        name=name,
+                        state=state,
+                        payload={"text": "T%d" % n, "ticker": "TICK%d" % (n % 7)},
+                        created_at=now - 10_000 + n,
+                        run_at=now + 3600 if state == "delayed" else None,
+                        error="ValueError: bad ticker TICK%d" % (n % 3) if state == "failed" else None,
+                    ),
+                    b"{}",
+                )
         made_s = time.perf_counter() - made
         assert sum(sum(c.values()) for c in stack.runtime.counts().values()) == 10_000
 
@@ -375,7 +391,10 @@ def test_ten_thousand_jobs_overview_under_a_second_and_lists_page(tmp_path: Path
         overview_api_s = time.perf_counter() - api_started
 
         # Then it loads in under a second
-        assert overview_s < 1.0 and in_page_s < 1.0, "overview took %.3f s (%.3f s in the page)" % (overview_s, in_page_s)
+        assert overview_s < 1.0 and in_page_s < 1.0, "overview took %.3f s (%.3f s in the page)" % (
+            overview_s,
+            in_page_s,
+        )
 
         # And lists load one page at a time, newest first
         requests: list[str] = []
@@ -401,9 +420,11 @@ def test_ten_thousand_jobs_overview_under_a_second_and_lists_page(tmp_path: Path
         # And the failures page makes 1,500 failures three rows
         page.goto(stack.base + "/#/failures")
         expect(page.locator("#failures-table tr[data-name]")).to_have_count(3)
-        print("\n10,000 jobs created in %.2f s; overview shown %.3f s after navigation (%.3f s with a new browser "
-              "context; API alone %.3f s); first list page %.3f s; search over 10,000 %.3f s"
-              % (made_s, in_page_s, overview_s, overview_api_s, list_s, search_s))
+        print(
+            "\n10,000 jobs created in %.2f s; overview shown %.3f s after navigation (%.3f s with a new browser "
+            "context; API alone %.3f s); first list page %.3f s; search over 10,000 %.3f s"
+            % (made_s, in_page_s, overview_s, overview_api_s, list_s, search_s)
+        )
 
 
 def test_metrics_counters_agree_with_the_page(tmp_path: Path, open_page: Any) -> None:
@@ -471,7 +492,9 @@ def test_a_page_on_another_origin_cannot_drive_or_read_a_no_token_instance(tmp_p
             def log_message(self, *args: Any) -> None:
                 pass
 
-        hostile = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)  # same machine, another port: another origin
+        hostile = http.server.ThreadingHTTPServer(
+            ("127.0.0.1", 0), Handler
+        )  # same machine, another port: another origin
         threading.Thread(target=hostile.serve_forever, daemon=True).start()
         context = browser.new_context()
         try:

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from conftest import ROOT
 
 from runtime.engine import Runtime
 from runtime.worker.serializer import MsgspecSerializer
-
-from conftest import ROOT
 
 PROJECT_DIRS = ["runtime", "bus", "market", "handlers", "benchmarks", "tests"]
 

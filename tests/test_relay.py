@@ -15,7 +15,8 @@ import os
 import socket
 import struct
 import time
-from typing import Any, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 import msgspec
@@ -120,7 +121,10 @@ def test_events_are_filtered_by_pattern_and_where() -> None:
             # Then each gets exactly its own, in order
             got = await collect(batch, 4)
             assert [(e["seq"], e["event"]) for e in got] == [
-                (1, "job:active"), (3, "asset:updated"), (5, "job:progress"), (7, "asset:updated")
+                (1, "job:active"),
+                (3, "asset:updated"),
+                (5, "job:progress"),
+                (7, "asset:updated"),
             ]
             got = await collect(progress, 2)
             assert [e["seq"] for e in got] == [5, 6]
@@ -574,21 +578,20 @@ def test_client_resumes_after_a_dropped_connection() -> None:
 def test_client_yields_a_gap_when_the_relay_lost_events() -> None:
     async def story() -> None:
         relay = Relay(replay_size=3)
-        async with serving(relay) as http:
-            async with RelayClient(str(http.make_url("/ws")), backoff_s=0.05) as client:
-                await client.subscribe(["*"])
-                relay.ingest(event("job:active", ("j1", "x")))
-                assert (await anext(client)).seq == 1  # type: ignore[union-attr]
+        async with serving(relay) as http, RelayClient(str(http.make_url("/ws")), backoff_s=0.05) as client:
+            await client.subscribe(["*"])
+            relay.ingest(event("job:active", ("j1", "x")))
+            assert (await anext(client)).seq == 1  # type: ignore[union-attr]
 
-                await relay.shutdown()
-                for _ in range(10):
-                    relay.ingest(event("job:progress", ("j1", "x")))
-                await settle()
+            await relay.shutdown()
+            for _ in range(10):
+                relay.ingest(event("job:progress", ("j1", "x")))
+            await settle()
 
-                gap = await anext(client)
-                assert gap == Gap(since=1, oldest=9, latest=11)
-                relay.ingest(event("job:completed", ("j1", "x")))
-                assert (await anext(client)).seq == 12  # type: ignore[union-attr]
+            gap = await anext(client)
+            assert gap == Gap(since=1, oldest=9, latest=11)
+            relay.ingest(event("job:completed", ("j1", "x")))
+            assert (await anext(client)).seq == 12  # type: ignore[union-attr]
 
     run(story)
 
@@ -596,10 +599,9 @@ def test_client_yields_a_gap_when_the_relay_lost_events() -> None:
 def test_client_without_the_token_raises_unauthorized() -> None:
     async def story() -> None:
         relay = Relay(token=TOKEN)
-        async with serving(relay) as http:
-            async with RelayClient(str(http.make_url("/ws")), token="wrong") as client:
-                with pytest.raises(Unauthorized):
-                    await client.subscribe(["*"])
+        async with serving(relay) as http, RelayClient(str(http.make_url("/ws")), token="wrong") as client:
+            with pytest.raises(Unauthorized):
+                await client.subscribe(["*"])
 
     run(story)
 
@@ -654,7 +656,10 @@ def test_deeply_nested_messages_get_an_error_not_a_crash() -> None:
         relay = Relay()
         async with serving(relay) as http:
             ws = await http.ws_connect("/ws")
-            for raw in ("[" * 30_000, '{"op": "subscribe", "events": ["*"], "where": {"a": ' + "[" * 40 + "]" * 40 + "}}"):
+            for raw in (
+                "[" * 30_000,
+                '{"op": "subscribe", "events": ["*"], "where": {"a": ' + "[" * 40 + "]" * 40 + "}}",
+            ):
                 await ws.send_str(raw)
                 reply = await next_frame(ws)
                 assert (reply["op"], reply["code"]) == ("error", "bad_json") and "nested deeper" in reply["message"]
@@ -681,14 +686,25 @@ def test_matching_by_index_agrees_with_matching_each_filter() -> None:
     from bus.matching import Matcher, any_matches, where_key
 
     filters = [
-        ("job:*", where_key(None)), ("job:*", where_key({"job": "echo"})), ("*", where_key({"ticker": ["PETR4", "VALE3"]})),
-        ("asset:updated", where_key({"ticker": "VALE3", "source": ["brapi", 1]})), ("*:progress", where_key({"job": ["a", "b"]})),
-        ("queue:*", where_key({"job": "echo"})), ("*", where_key({"n": 1})),
+        ("job:*", where_key(None)),
+        ("job:*", where_key({"job": "echo"})),
+        ("*", where_key({"ticker": ["PETR4", "VALE3"]})),
+        ("asset:updated", where_key({"ticker": "VALE3", "source": ["brapi", 1]})),
+        ("*:progress", where_key({"job": ["a", "b"]})),
+        ("queue:*", where_key({"job": "echo"})),
+        ("*", where_key({"n": 1})),
     ]
     events = [
-        event("job:active", ("j1", "echo")), event("job:active", ("j2", "other")), event("asset:updated", ticker="VALE3", source="brapi"),
-        event("asset:updated", ticker="VALE3", source=1.0), event("asset:updated", ticker=["VALE3"]), event("queue:paused", job="echo"),
-        event("x:progress", ("j3", "b")), event("y", n=True), event("y", n={"a": 1}), event("z", ticker=None),
+        event("job:active", ("j1", "echo")),
+        event("job:active", ("j2", "other")),
+        event("asset:updated", ticker="VALE3", source="brapi"),
+        event("asset:updated", ticker="VALE3", source=1.0),
+        event("asset:updated", ticker=["VALE3"]),
+        event("queue:paused", job="echo"),
+        event("x:progress", ("j3", "b")),
+        event("y", n=True),
+        event("y", n={"a": 1}),
+        event("z", ticker=None),
     ]
     matcher = Matcher()
     for n, key in enumerate(filters):
@@ -709,6 +725,7 @@ def test_ten_hostile_subscriptions_do_not_slow_job_events_for_a_normal_subscribe
     The end-to-end CPU with them is printed too; on a shared machine it is too noisy to judge 10%.
     """
     from conftest import TEST_MANIFEST, running_consumer
+
     from bus.bridge import bridge_context
     from bus.publisher import KombuPublisher
     from runtime.core.manifest import load_manifest
@@ -725,7 +742,11 @@ def test_ten_hostile_subscriptions_do_not_slow_job_events_for_a_normal_subscribe
             await subscribe(ws, events=patterns, where={"ticker": ["X%d_%d" % (n, i) for i in range(64)]})
         else:  # a field every job event matches and one it never does, in four distinct sets of fields
             for k in range(4):
-                await subscribe(ws, events=patterns[k * 8:(k + 1) * 8], where={"job": ["noop"], "f%d_%d" % (n, k): list(range(63))})
+                await subscribe(
+                    ws,
+                    events=patterns[k * 8 : (k + 1) * 8],
+                    where={"job": ["noop"], "f%d_%d" % (n, k): list(range(63))},
+                )
         return ws
 
     def matching_cpu(relay: Relay, envelopes: list[Envelope]) -> float:
@@ -740,7 +761,9 @@ def test_ten_hostile_subscriptions_do_not_slow_job_events_for_a_normal_subscribe
     async def story() -> None:
         namespace = "hostile%d" % os.getpid()
         settings = Settings(data_dir=tmp_path / "var", manifest=TEST_MANIFEST, namespace=namespace)
-        runtime = Runtime(settings, load_manifest(TEST_MANIFEST), events=KombuPublisher("memory://", namespace=namespace))
+        runtime = Runtime(
+            settings, load_manifest(TEST_MANIFEST), events=KombuPublisher("memory://", namespace=namespace)
+        )
         relay = Relay(replay_size=100_000)
         app = create_app(runtime, relay)
         app.cleanup_ctx.append(bridge_context("memory://", relay, namespace))
@@ -754,7 +777,9 @@ def test_ten_hostile_subscriptions_do_not_slow_job_events_for_a_normal_subscribe
                         for hostiles in (0, 10):
                             others = [await hostile(http, n) for n in range(hostiles)]
                             started = time.process_time()
-                            await asyncio.get_running_loop().run_in_executor(None, runtime.enqueue_many, "noop", [{}] * jobs)
+                            await asyncio.get_running_loop().run_in_executor(
+                                None, runtime.enqueue_many, "noop", [{}] * jobs
+                            )
                             seen = 0
                             while seen < jobs:
                                 frame = await next_frame(ws, timeout_s=20)
@@ -773,9 +798,11 @@ def test_ten_hostile_subscriptions_do_not_slow_job_events_for_a_normal_subscribe
             runtime.close()
         per_job = min(cpu[0]) / jobs
         added_per_job = max(0.0, with_hostile - alone) / (rounds * 2 * jobs)  # the envelopes are every run's events
-        print("\nper job: %.0f us of CPU for its events end to end; ten hostile subscriptions add %.1f us of matching (%.1f%%);"
-              " end to end %.3f s alone, %.3f s with them (best of %d)"
-              % (per_job * 1e6, added_per_job * 1e6, added_per_job / per_job * 100, min(cpu[0]), min(cpu[10]), rounds))
+        print(
+            "\nper job: %.0f us of CPU for its events end to end; ten hostile subscriptions add %.1f us of matching (%.1f%%);"
+            " end to end %.3f s alone, %.3f s with them (best of %d)"
+            % (per_job * 1e6, added_per_job * 1e6, added_per_job / per_job * 100, min(cpu[0]), min(cpu[10]), rounds)
+        )
         assert added_per_job <= per_job * 0.10
 
     run(story, timeout_s=150)

@@ -11,16 +11,19 @@ import logging
 import socket
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import aiohttp
 import pytest
+from conftest import REDIS_URL, TEST_MANIFEST, require_redis, running_consumer, wait_for, wait_state
 
 from bus.publisher import KombuPublisher
 from bus.relay import Relay
 from runtime.core.cron import cron_job_id
 from runtime.core.enqueue import MAX_DELAY_S
+from runtime.core.errors import B3JobsError
 from runtime.core.manifest import load_manifest
 from runtime.core.messages import encode_message
 from runtime.core.records import JobRecord
@@ -29,8 +32,6 @@ from runtime.store.base import NewJob
 from runtime.web.app import build_web, create_app
 from runtime.web.limits import WebLimits
 from runtime.web.serve import WebThread
-
-from conftest import REDIS_URL, TEST_MANIFEST, require_redis, running_consumer, wait_for, wait_state
 
 EVIL = "http://evil.example"
 
@@ -56,7 +57,7 @@ def raw_request(port: int, data: bytes, timeout_s: float = 5.0) -> bytes:
         while True:
             try:
                 chunk = sock.recv(65536)
-            except (ConnectionResetError, socket.timeout):
+            except (TimeoutError, ConnectionResetError):
                 break
             if not chunk:
                 break
@@ -139,7 +140,9 @@ async def test_with_a_token_the_token_is_the_guard(runtime: Runtime, aiohttp_cli
     assert (await client.get("/api/v1/queues", headers={"Host": "jobs.example.com", **bearer})).status == 200
 
 
-async def test_allowed_hosts_name_the_server_behind_a_proxy(runtime: Runtime, aiohttp_client: Callable[..., Any]) -> None:
+async def test_allowed_hosts_name_the_server_behind_a_proxy(
+    runtime: Runtime, aiohttp_client: Callable[..., Any]
+) -> None:
     client = await aiohttp_client(create_app(runtime, token="tok", allowed_hosts=("jobs.example.com",)))
     bearer = {"Authorization": "Bearer tok"}
     assert (await client.get("/api/v1/queues", headers={"Host": "jobs.example.com", **bearer})).status == 200
@@ -169,8 +172,11 @@ def test_the_parsers_own_errors_name_no_version(runtime: Runtime) -> None:
 @pytest.mark.parametrize("header", [b"Bearer \xff\xfe", b"Bearer", b"Basic dG9rOnRvaw==", b"bearer  tok  x", b"\xc3("])
 def test_a_malformed_authorization_header_is_a_401(runtime: Runtime, header: bytes) -> None:
     with web_thread(runtime, token="tok") as web:
-        answer = raw_request(web.port, b"GET /api/v1/queues HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nAuthorization: %s\r\n"
-                             b"Connection: close\r\n\r\n" % (web.port, header))
+        answer = raw_request(
+            web.port,
+            b"GET /api/v1/queues HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nAuthorization: %s\r\n"
+            b"Connection: close\r\n\r\n" % (web.port, header),
+        )
     assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
 
 
@@ -182,8 +188,12 @@ async def test_deeply_nested_json_is_a_400(api: Any) -> None:
 
 
 async def test_every_query_parameter_is_bounded(api: Any) -> None:
-    for path in ("/api/v1/jobs?offset=1000000000", "/api/v1/jobs?limit=100000", "/api/v1/jobs?name=" + "x" * 500,
-                 "/api/v1/dashboard/search?q=x&offset=1000000000"):
+    for path in (
+        "/api/v1/jobs?offset=1000000000",
+        "/api/v1/jobs?limit=100000",
+        "/api/v1/jobs?name=" + "x" * 500,
+        "/api/v1/dashboard/search?q=x&offset=1000000000",
+    ):
         resp = await api.get(path)
         assert resp.status == 422, path
         assert "redis" not in (await resp.text()).lower()
@@ -201,8 +211,10 @@ async def test_numbers_in_bodies_are_json_numbers_within_the_documented_range(ap
 async def test_a_slow_body_gets_a_408(runtime: Runtime) -> None:
     with web_thread(runtime, WebLimits(body_timeout_s=0.5)) as web:
         reader, writer = await asyncio.open_connection("127.0.0.1", web.port)
-        writer.write(b"POST /api/v1/jobs/noop HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 100\r\n\r\n{" % web.port)
+        writer.write(
+            b"POST /api/v1/jobs/noop HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n{" % web.port
+        )
         started = time.monotonic()
         answer = await asyncio.wait_for(reader.read(), 5)
         writer.close()
@@ -225,7 +237,7 @@ def test_a_slowloris_connection_is_closed_within_the_header_timeout(runtime: Run
                 if sock.recv(1024) == b"":
                     closed_after = time.monotonic() - started
                     break
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except (BrokenPipeError, ConnectionResetError):
                 closed_after = time.monotonic() - started
@@ -234,21 +246,28 @@ def test_a_slowloris_connection_is_closed_within_the_header_timeout(runtime: Run
     assert closed_after is not None and closed_after < 2.5, closed_after
 
 
-def test_connections_past_the_cap_get_a_503_and_one_log_line(runtime: Runtime, caplog: pytest.LogCaptureFixture) -> None:
+def test_connections_past_the_cap_get_a_503_and_one_log_line(
+    runtime: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     with web_thread(runtime, WebLimits(max_connections=5, header_timeout_s=30)) as web:
         # Given five idle connections, the cap
         held = [socket.create_connection(("127.0.0.1", web.port)) for _ in range(5)]
         time.sleep(0.2)
         # When fifty more arrive: each is answered 503 and closed
-        answers = [raw_request(web.port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % web.port)
-                   for _ in range(50)]
+        answers = [
+            raw_request(web.port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % web.port) for _ in range(50)
+        ]
         assert all(a.startswith(b"HTTP/1.1 503") and b"too_many_connections" in a for a in answers), answers[0]
         # Then once some close, requests are served again
         for sock in held:
             sock.close()
-        wait_for(lambda: raw_request(web.port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nConnection: close\r\n"
-                                     b"\r\n" % web.port).startswith(b"HTTP/1.1 200"), what="a request served again")
+        wait_for(
+            lambda: raw_request(
+                web.port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nConnection: close\r\n\r\n" % web.port
+            ).startswith(b"HTTP/1.1 200"),
+            what="a request served again",
+        )
     lines = [r for r in caplog.records if "connection" in r.getMessage().lower() and r.levelno >= logging.WARNING]
     assert 1 <= len(lines) <= 2, [r.getMessage() for r in lines]
 
@@ -266,21 +285,42 @@ async def test_no_credential_in_any_response_frame_or_log_line(
     secret = "s3cr3t-%s" % uuid.uuid4().hex[:8]
     base = REDIS_URL.split("://", 1)[1]
     redis_url = "redis://:%s@%s" % (secret, base)  # Redis without requirepass takes any password
-    bus_url = {"same as REDIS_URL": None, "redis with its own password": "redis://:%s-bus@%s" % (secret, base.rsplit("/", 1)[0] + "/13"),
-               "amqp": "amqp://guest:%s@127.0.0.1:5672//" % secret}[bus]  # a wrong password: the broker refuses
+    bus_url = {
+        "same as REDIS_URL": None,
+        "redis with its own password": "redis://:%s-bus@%s" % (secret, base.rsplit("/", 1)[0] + "/13"),
+        "amqp": "amqp://guest:%s@127.0.0.1:5672//" % secret,
+    }[bus]  # a wrong password: the broker refuses
     from runtime.core.settings import Settings
 
-    settings = Settings.from_env({}, redis_url=redis_url, bus_url=bus_url, manifest=TEST_MANIFEST,
-                                 namespace="t%s" % uuid.uuid4().hex[:10], data_dir=tmp_path)
-    runtime = Runtime(settings, load_manifest(TEST_MANIFEST), events=KombuPublisher(bus_url or redis_url, namespace=settings.namespace))
+    settings = Settings.from_env(
+        {},
+        redis_url=redis_url,
+        bus_url=bus_url,
+        manifest=TEST_MANIFEST,
+        namespace="t%s" % uuid.uuid4().hex[:10],
+        data_dir=tmp_path,
+    )
+    runtime = Runtime(
+        settings,
+        load_manifest(TEST_MANIFEST),
+        events=KombuPublisher(bus_url or redis_url, namespace=settings.namespace),
+    )
     try:
         client = await aiohttp_client(build_web(settings, runtime))
         seen = []
         ws = await client.ws_connect("/ws")
         await ws.send_json({"op": "subscribe", "events": ["*"]})
         record, _ = runtime.enqueue("noop", {})
-        for path in ("/healthz", "/metrics", "/api/v1/dashboard/overview", "/api/v1/queues", "/api/openapi.json",
-                     "/api/v1/jobs/%s" % record.id, "/api/v1/jobs", "/nowhere"):
+        for path in (
+            "/healthz",
+            "/metrics",
+            "/api/v1/dashboard/overview",
+            "/api/v1/queues",
+            "/api/openapi.json",
+            "/api/v1/jobs/%s" % record.id,
+            "/api/v1/jobs",
+            "/nowhere",
+        ):
             resp = await client.get(path)
             seen.append(await resp.text())
         with contextlib.suppress(asyncio.TimeoutError):
@@ -315,12 +355,14 @@ async def test_an_explicit_job_id_of_another_job_is_a_409(api: Any, runtime: Run
     assert runtime.get("mine-1").name == "noop" and jobs_of(runtime, "echo") == 0
 
 
-@pytest.mark.parametrize("job_id", ["every-minute.cron.1700000040", "parent.1", "x.0", "ok\n", "ok\r", "PETR٤", "é", ""])
+@pytest.mark.parametrize(
+    "job_id", ["every-minute.cron.1700000040", "parent.1", "x.0", "ok\n", "ok\r", "PETR٤", "é", ""]
+)
 async def test_reserved_and_non_ascii_ids_cannot_be_claimed(api: Any, runtime: Runtime, job_id: str) -> None:
     resp = await api.post("/api/v1/jobs/echo", json={"job_id": job_id, "payload": {"text": "x"}})
     assert resp.status == 422, job_id
     assert runtime.store.get(job_id) is None and jobs_of(runtime, "echo") == 0
-    with pytest.raises(Exception):
+    with pytest.raises(B3JobsError):
         runtime.enqueue("echo", {"text": "x"}, job_id=job_id)
 
 
@@ -331,9 +373,9 @@ def test_a_caller_cannot_keep_a_cron_tick_from_running(runtime: Runtime) -> None
     runner = runtime.cron_runner(now=minute - 1)
     tick_id = cron_job_id("every-minute", minute)
     # When a caller tries to occupy it with a delayed job of another name, through every caller door
-    with pytest.raises(Exception):
+    with pytest.raises(B3JobsError):
         runtime.enqueue("noop", {}, delay=3600, job_id=tick_id)
-    with pytest.raises(Exception):
+    with pytest.raises(B3JobsError):
         runtime.enqueue_many("noop", [{}], delay=3600) and runtime.enqueue("noop", {}, job_id=tick_id)
     # Then the tick runs as itself
     assert runner.tick(minute + 1) >= 1
@@ -354,15 +396,19 @@ def test_the_executor_runs_what_the_record_says(runtime: Runtime) -> None:
     assert runtime.store.get("someone-else") is None and jobs_of(runtime, "echo") == 0
 
 
-async def test_a_corrupt_record_is_listed_as_such_and_the_listing_goes_on(api: Any, runtime: Runtime, backend: str) -> None:
+async def test_a_corrupt_record_is_listed_as_such_and_the_listing_goes_on(
+    api: Any, runtime: Runtime, backend: str
+) -> None:
     good, _ = runtime.enqueue("noop", {})
     bad, _ = runtime.enqueue("noop", {})
     if backend == "redis":
         client = runtime.store.r  # type: ignore[attr-defined]
         client.hset(runtime.store.keys.job(bad.id), mapping={"attempts": "many", "payload": b"{not json"})  # type: ignore[attr-defined]
     else:
-        runtime.store.storage.sql("update b3_jobs set payload = ?, attempts = ? where id = ?",  # type: ignore[attr-defined]
-                                  ("{not json", "many", bad.id))
+        runtime.store.storage.sql(
+            "update b3_jobs set payload = ?, attempts = ? where id = ?",  # type: ignore[attr-defined]
+            ("{not json", "many", bad.id),
+        )
     listing = await api.get("/api/v1/jobs")
     assert listing.status == 200
     by_id = {j["id"]: j for j in (await listing.json())["jobs"]}

@@ -128,7 +128,9 @@ class Enqueuer:
         problems: list[dict[str, Any]] = []
         for n, item in enumerate(items):
             try:
-                news.append(self.prepare(name, item.payload, delay=item.delay, priority=item.priority, job_id=item.job_id))
+                news.append(
+                    self.prepare(name, item.payload, delay=item.delay, priority=item.priority, job_id=item.job_id)
+                )
             except PayloadError as exc:
                 problems.extend({**e, "loc": _item_loc(n, e)} for e in exc.errors)
         if problems:
@@ -137,7 +139,9 @@ class Enqueuer:
             existing = self.store.get(item.job_id) if item.job_id is not None else None
             if existing is not None:
                 _same_job(existing, name)
-        results = [r for start in range(0, len(news), MAX_CREATE) for r in self._create(news[start : start + MAX_CREATE])]
+        results = [
+            r for start in range(0, len(news), MAX_CREATE) for r in self._create(news[start : start + MAX_CREATE])
+        ]
         for item, (record, created) in zip(items, results):
             if item.job_id is not None and not created:
                 _same_job(record, name)  # taken meanwhile by another name: nothing was created for it
@@ -183,9 +187,21 @@ class Enqueuer:
         job = self.manifest.job(name)
         problems = []
         if delay is not None and not (0 <= delay <= MAX_DELAY_S):
-            problems.append({"loc": "delay", "msg": "must be between 0 and %d seconds, got %r" % (MAX_DELAY_S, delay), "type": "delay"})
+            problems.append(
+                {
+                    "loc": "delay",
+                    "msg": "must be between 0 and %d seconds, got %r" % (MAX_DELAY_S, delay),
+                    "type": "delay",
+                }
+            )
         if priority is not None and not (1 <= priority <= MAX_PRIORITY):
-            problems.append({"loc": "priority", "msg": "must be 1 (most urgent) to %d, got %r" % (MAX_PRIORITY, priority), "type": "priority"})
+            problems.append(
+                {
+                    "loc": "priority",
+                    "msg": "must be 1 (most urgent) to %d, got %r" % (MAX_PRIORITY, priority),
+                    "type": "priority",
+                }
+            )
         if job_id is not None and not JOB_ID.fullmatch(job_id):
             problems.append(_bad_id(job_id, "job_id"))
         try:

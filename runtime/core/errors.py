@@ -49,9 +49,7 @@ class InvalidState(B3JobsError):
 
     def __init__(self, job_id: str, state: str, operation: str, allowed: tuple[str, ...]):
         self.job_id, self.state, self.operation = job_id, state, operation
-        super().__init__(
-            "cannot %s job %s: it is %s, expected %s" % (operation, job_id, state, " or ".join(allowed))
-        )
+        super().__init__("cannot %s job %s: it is %s, expected %s" % (operation, job_id, state, " or ".join(allowed)))
 
 
 class JobIdTaken(B3JobsError):

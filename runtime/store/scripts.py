@@ -16,9 +16,10 @@ import os
 import re
 import threading
 import weakref
+from collections.abc import Sequence
 from functools import cache, partial
 from importlib.resources import files
-from typing import Any, Sequence
+from typing import Any
 
 _DECLARED = re.compile(r"^-- ARGV: (.+)$", re.M)
 _READ = re.compile(r"^local (\w+) = (?:\w+\()?ARGV\[(\d+)\]", re.M)
@@ -47,8 +48,10 @@ def declared_args(name: str, text: str) -> tuple[list[str], str | None]:
     expected = ["%s = ARGV[%d]" % (n, i) for i, n in enumerate(names, 1)]
     expected += ["%s = argv_from(%d)" % (rest, len(names) + 1)] if rest else []
     if reads != expected:
-        raise ScriptError("%s.lua: its header declares %s, so it should read %s; it reads %s"
-                          % (name, header.group(1), "; ".join(expected), "; ".join(reads) or "nothing"))
+        raise ScriptError(
+            "%s.lua: its header declares %s, so it should read %s; it reads %s"
+            % (name, header.group(1), "; ".join(expected), "; ".join(reads) or "nothing")
+        )
     return names, rest
 
 
@@ -64,7 +67,13 @@ class ThreadClients:
         self._base = client
         self._local = threading.local()
         ref = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: (me := ref()) is not None and me._forget())
+
+        def forget_in_child() -> None:
+            me = ref()
+            if me is not None:
+                me._forget()
+
+        os.register_at_fork(after_in_child=forget_in_child)
 
     def _forget(self) -> None:
         self._local = threading.local()
@@ -95,8 +104,12 @@ class Script:
         if args.keys() != self._names:
             raise TypeError(
                 "%s.lua takes %s; missing %s, unexpected %s"
-                % (self.name, ", ".join([*self.args, *([self.rest + "..."] if self.rest else [])]),
-                   sorted(self._names - args.keys()) or "none", sorted(args.keys() - self._names) or "none")
+                % (
+                    self.name,
+                    ", ".join([*self.args, *([self.rest + "..."] if self.rest else [])]),
+                    sorted(self._names - args.keys()) or "none",
+                    sorted(args.keys() - self._names) or "none",
+                )
             )
         values = [args[n] for n in self.args]
         if self.rest:

@@ -10,18 +10,23 @@ from bus.bridge import bridge_context
 from bus.publisher import KombuPublisher
 from bus.relay import Relay
 from runtime.core.settings import Settings, bus_url
-from runtime.web.triggers import trigger_routes
 from runtime.engine import Runtime
 from runtime.web.api import ROUTES, RUNTIME
 from runtime.web.dashboard import setup_dashboard
 from runtime.web.dashboard_api import DASHBOARD_ROUTES
-from runtime.web.metrics import bus_tap, setup_metrics
 from runtime.web.limits import LIMITS, WebLimits, hide_version
+from runtime.web.metrics import bus_tap, setup_metrics
 from runtime.web.middleware import (
-    MAX_BODY_BYTES, auth_middleware, body_limit_middleware, errors_middleware, origin_middleware, security_headers,
+    MAX_BODY_BYTES,
+    auth_middleware,
+    body_limit_middleware,
+    errors_middleware,
+    origin_middleware,
+    security_headers,
 )
 from runtime.web.openapi import document
 from runtime.web.origin import OriginPolicy
+from runtime.web.triggers import trigger_routes
 
 
 async def openapi(request: web.Request) -> web.Response:

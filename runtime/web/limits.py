@@ -87,15 +87,21 @@ class ConnectionGate:
         open_ = len(self.server.connections)
         if open_ < self.cap:
             if self._episode_refused:
-                self._log("b3-jobs web: accepting connections again; %d refused while %d were open",
-                          self._episode_refused, self.cap)
+                self._log(
+                    "b3-jobs web: accepting connections again; %d refused while %d were open",
+                    self._episode_refused,
+                    self.cap,
+                )
                 self._episode_refused = 0
-            return self.server()  # type: ignore[return-value]
+            return self.server()
         self.refused += 1
         self._episode_refused += 1
         if self._episode_refused == 1:
-            self._log("b3-jobs web: %d connections open, the cap (B3JOBS_MAX_CONNECTIONS or the file limit); "
-                      "refusing new ones with 503 until some close", open_)
+            self._log(
+                "b3-jobs web: %d connections open, the cap (B3JOBS_MAX_CONNECTIONS or the file limit); "
+                "refusing new ones with 503 until some close",
+                open_,
+            )
         return Refusal()
 
     def _log(self, message: str, *args: Any) -> None:

@@ -6,11 +6,18 @@ import logging
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
 from bus.tokens import bearer, token_matches
 from bus.urls import redact_text
 from runtime.core.errors import (
-    B3JobsError, InvalidArgument, InvalidState, JobIdTaken, JobNotFound, PayloadError, UnknownJob,
+    B3JobsError,
+    InvalidArgument,
+    InvalidState,
+    JobIdTaken,
+    JobNotFound,
+    PayloadError,
+    UnknownJob,
 )
 from runtime.store.outage import STORE_ERRORS
 from runtime.web import models as m
@@ -22,6 +29,7 @@ logger = logging.getLogger("b3jobs.web")
 MAX_BODY_BYTES = 1024 * 1024
 OPEN_PATHS = ("/healthz", "/api/openapi.json")
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 408: "body_timeout", 413: "body_too_large"}
+UNREACHABLE: tuple[type[BaseException], ...] = (*STORE_ERRORS, ConnectionError)  # answered with a 503
 
 
 def error(status: int, code: str, message: str, details: Any = None) -> web.Response:
@@ -44,7 +52,7 @@ def _error_for(exc: Exception) -> web.Response:
 
 
 @web.middleware
-async def errors_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except web.HTTPException as exc:
@@ -59,10 +67,11 @@ async def errors_middleware(request: web.Request, handler: Any) -> web.StreamRes
         return error(exc.status, exc.code, exc.message)
     except B3JobsError as exc:
         return _error_for(exc)
-    except (*STORE_ERRORS, ConnectionError) as exc:
+    except UNREACHABLE as exc:
         logger.warning("store unreachable on %s %s: %s", request.method, request.path, redact_text(str(exc)))
-        return error(503, "store_unavailable", "the job store is unreachable (%s); see the web process log"
-                     % type(exc).__name__)
+        return error(
+            503, "store_unavailable", "the job store is unreachable (%s); see the web process log" % type(exc).__name__
+        )
     except Exception:
         # Anything else, a Redis reply error included, is a bug: its text (a command, a key) stays in the log.
         logger.exception("unhandled error on %s %s", request.method, request.path)
@@ -70,30 +79,39 @@ async def errors_middleware(request: web.Request, handler: Any) -> web.StreamRes
 
 
 @web.middleware
-async def body_limit_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+async def body_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     # Refuse by the declared length before reading a byte; aiohttp's client_max_size covers chunked bodies.
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        return error(413, "body_too_large", "request body is %d bytes; the limit is %d" % (request.content_length, MAX_BODY_BYTES))
+        return error(
+            413,
+            "body_too_large",
+            "request body is %d bytes; the limit is %d" % (request.content_length, MAX_BODY_BYTES),
+        )
     return await handler(request)
 
 
-def origin_middleware(policy: OriginPolicy) -> Any:
+def origin_middleware(policy: OriginPolicy) -> Middleware:
     """Host, Origin and Content-Type checks (runtime.web.origin) before any handler runs."""
 
     @web.middleware
-    async def check(request: web.Request, handler: Any) -> web.StreamResponse:
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
         policy.check(request)
         return await handler(request)
 
     return check
 
 
-def auth_middleware(token: str | None) -> Any:
+def auth_middleware(token: str | None) -> Middleware:
     expected = token.encode() if token else None
 
     @web.middleware
-    async def check(request: web.Request, handler: Any) -> web.StreamResponse:
-        if expected is None or request.path in OPEN_PATHS or request.path == "/ws" or not request.path.startswith("/api/"):
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if (
+            expected is None
+            or request.path in OPEN_PATHS
+            or request.path == "/ws"
+            or not request.path.startswith("/api/")
+        ):
             return await handler(request)
         given = bearer(request.headers.get("Authorization"))
         if given is None or not token_matches(given, expected):

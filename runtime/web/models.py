@@ -34,7 +34,8 @@ class EnqueueBody(StrictBody):
     delay: float | None = Field(default=None, ge=0, le=MAX_DELAY_S, description="seconds to wait before it may run")
     priority: int | None = Field(default=None, ge=1, le=MAX_PRIORITY, description="1 = most urgent")
     job_id: str | None = Field(
-        default=None, pattern=CALLER_JOB_ID.pattern,
+        default=None,
+        pattern=CALLER_JOB_ID.pattern,
         description="your own id: 1-128 of A-Z a-z 0-9 _ . : - starting alphanumeric, not ending in `.<digits>` "
         "(reserved for cron ticks and flow children); an existing id of the same job returns that job, "
         "of another job is a 409",
@@ -50,7 +51,9 @@ MAX_BULK = 10_000
 
 
 class BulkBody(StrictBody):
-    jobs: list[EnqueueBody] = Field(min_length=1, max_length=MAX_BULK, description="the jobs, each as a single enqueue's body")
+    jobs: list[EnqueueBody] = Field(
+        min_length=1, max_length=MAX_BULK, description="the jobs, each as a single enqueue's body"
+    )
 
 
 class BulkJob(BaseModel):

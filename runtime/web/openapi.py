@@ -57,7 +57,9 @@ def _operation(route: Route, secured: bool) -> dict[str, Any]:
     if route.body is not None:
         op["requestBody"] = {"required": False, "content": {"application/json": {"schema": _ref(route.body)}}}
     for status, model in sorted(answers(route, secured).items()):
-        response: dict[str, Any] = {"description": model.__doc__.strip().splitlines()[0] if model and model.__doc__ else str(status)}
+        response: dict[str, Any] = {
+            "description": model.__doc__.strip().splitlines()[0] if model and model.__doc__ else str(status)
+        }
         if model is not None:
             response["content"] = {"application/json": {"schema": _ref(model)}}
         op["responses"][str(status)] = response
@@ -66,13 +68,17 @@ def _operation(route: Route, secured: bool) -> dict[str, Any]:
     return op
 
 
-def document(routes: list[Route], title: str = "b3-jobs", version: str = "1", *, secured: bool = True) -> dict[str, Any]:
+def document(
+    routes: list[Route], title: str = "b3-jobs", version: str = "1", *, secured: bool = True
+) -> dict[str, Any]:
     """The document of `routes`; `secured`: the server has a token (bearer security and 401s are declared)."""
-    _, schemas = models_json_schema([(model, "serialization") for model in _models(routes)], ref_template=REF, by_alias=True)
+    _, schemas = models_json_schema(
+        [(model, "serialization") for model in _models(routes)], ref_template=REF, by_alias=True
+    )
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
         paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, secured)
-    doc = {
+    doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": title, "version": version, "description": "Jobs, queues and events of the B3 platform"},
         "paths": paths,

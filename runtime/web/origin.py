@@ -57,7 +57,7 @@ class OriginPolicy:
     allowed: tuple[tuple[str, int | None], ...]  # B3JOBS_ALLOWED_HOSTS: (name, port or None for any)
 
     @classmethod
-    def of(cls, token: str | None, allowed_hosts: tuple[str, ...]) -> "OriginPolicy":
+    def of(cls, token: str | None, allowed_hosts: tuple[str, ...]) -> OriginPolicy:
         return cls(bool(token), tuple(split_host(h, None) for h in allowed_hosts))
 
     def host_ok(self, name: str, port: int | None, own_port: int | None) -> bool:
@@ -78,8 +78,11 @@ class OriginPolicy:
         except ValueError:
             raise Refused(403, "unknown_host", "Host %.100r is not a host name" % host) from None
         if not self.host_ok(name, port, own_port):
-            raise Refused(403, "unknown_host", "Host %.100r is not this server's; allowed: loopback at its port, "
-                          "and B3JOBS_ALLOWED_HOSTS" % host)
+            raise Refused(
+                403,
+                "unknown_host",
+                "Host %.100r is not this server's; allowed: loopback at its port, and B3JOBS_ALLOWED_HOSTS" % host,
+            )
         if self.token:
             return
         upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
@@ -89,8 +92,11 @@ class OriginPolicy:
         if request.method in STATE_CHANGING and request.body_exists:
             mime = request.content_type
             if not (mime == "application/json" or mime.endswith("+json")):
-                raise Refused(415, "unsupported_media_type",
-                              "a request body must be JSON sent as Content-Type: application/json, got %.100r" % mime)
+                raise Refused(
+                    415,
+                    "unsupported_media_type",
+                    "a request body must be JSON sent as Content-Type: application/json, got %.100r" % mime,
+                )
 
     def _check_origin(self, request: web.Request, own_port: int | None) -> None:
         origin = request.headers.get("Origin")
@@ -102,12 +108,19 @@ class OriginPolicy:
             except ValueError:
                 ok = False
             if not ok:
-                raise Refused(403, "foreign_origin", "requests from pages of %.100r are not accepted without "
-                              "B3JOBS_TOKEN; only this server's own pages may change state" % origin)
+                raise Refused(
+                    403,
+                    "foreign_origin",
+                    "requests from pages of %.100r are not accepted without "
+                    "B3JOBS_TOKEN; only this server's own pages may change state" % origin,
+                )
         site = request.headers.get("Sec-Fetch-Site")
         if site is not None and site not in ("same-origin", "none"):
-            raise Refused(403, "foreign_origin", "requests from other sites (Sec-Fetch-Site: %.40s) are not "
-                          "accepted without B3JOBS_TOKEN" % site)
+            raise Refused(
+                403,
+                "foreign_origin",
+                "requests from other sites (Sec-Fetch-Site: %.40s) are not accepted without B3JOBS_TOKEN" % site,
+            )
 
 
 def _own_port(request: web.Request) -> int | None:

@@ -10,9 +10,9 @@ import threading
 
 from aiohttp import web
 
+from bus.urls import redact
 from runtime.core.errors import InvalidArgument
 from runtime.core.settings import Settings, bus_url
-from bus.urls import redact
 from runtime.web.app import build_web
 from runtime.web.limits import GatedRunner
 
@@ -46,8 +46,10 @@ def serve(settings: Settings) -> None:
     tune_gc()
     url = bus_url(settings)
     if url.startswith("memory://"):
-        logger.warning("BUS_URL is memory:// in a separate web process: it will only see events published by itself. "
-                       "Set BUS_URL (or REDIS_URL) to share events with consumers.")
+        logger.warning(
+            "BUS_URL is memory:// in a separate web process: it will only see events published by itself. "
+            "Set BUS_URL (or REDIS_URL) to share events with consumers."
+        )
     app = build_web(settings, url=url)
     asyncio.run(_serve_until_signalled(app, settings, url))
 
@@ -62,12 +64,17 @@ async def _serve_until_signalled(app: web.Application, settings: Settings, url: 
     await runner.setup()
     try:
         await web.TCPSite(runner, settings.host, settings.port).start()
-        logger.info("b3-jobs web on http://%s:%d (bus %s, store %s, at most %d connections)", settings.host,
-                    settings.port, redact(url), settings.backend, runner.cap)
+        logger.info(
+            "b3-jobs web on http://%s:%d (bus %s, store %s, at most %d connections)",
+            settings.host,
+            settings.port,
+            redact(url),
+            settings.backend,
+            runner.cap,
+        )
         await stop.wait()
     finally:
         await runner.cleanup()
-
 
 
 class WebThread:
@@ -80,7 +87,7 @@ class WebThread:
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="web", daemon=True)
 
-    def start(self, timeout: float = 10.0) -> "WebThread":
+    def start(self, timeout: float = 10.0) -> WebThread:
         self._thread.start()
         if not self._ready.wait(timeout):
             raise RuntimeError("web server did not start within %ss" % timeout)

@@ -104,7 +104,13 @@ class ProcessLeases:
         # A forked worker starts with none (its parent's heartbeat thread did not come along). This
         # is cheaper than comparing os.getpid() on every call: a system call, several per job.
         ref = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: (me := ref()) is not None and me._forget())
+
+        def forget_in_child() -> None:
+            me = ref()
+            if me is not None:
+                me._forget()
+
+        os.register_at_fork(after_in_child=forget_in_child)
 
     def _forget(self) -> None:
         self._held = None

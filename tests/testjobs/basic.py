@@ -119,6 +119,8 @@ def fails_while_file(payload: Switch, ctx: JobContext) -> str:
     if os.path.exists(payload.path):
         raise RuntimeError("switched off: %s exists" % payload.path)
     return "fixed"
+
+
 class Ticker(BaseModel):
     ticker: str
 
@@ -142,8 +144,10 @@ class FlowChild(BaseModel):
 def flow_parent(payload: FlowPlan, ctx: JobContext) -> dict[str, object] | None:
     """Fans out `children` children (some failing), then sums up their results."""
     if ctx.children is None:
-        ctx.spawn("flow-child", [{"i": i, "fail": i in payload.failing, "seconds": payload.child_seconds}
-                                 for i in range(payload.children)])
+        ctx.spawn(
+            "flow-child",
+            [{"i": i, "fail": i in payload.failing, "seconds": payload.child_seconds} for i in range(payload.children)],
+        )
         return None
     results = [c.result for c in ctx.children if c.state == "completed"]
     failures = {c.id: c.error for c in ctx.children if c.state == "failed"}
