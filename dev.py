@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """The two quick-start commands, with nothing but Python 3.11+ installed:
 
-    python3 dev.py run     create .venv if needed, then run b3-jobs on the embedded defaults
-    python3 dev.py test    create .venv if needed, then lint (ruff), type-check (mypy) and run the test suite;
-                           with extra args, only pytest runs, with those args
-    python3 dev.py lint    ruff check, ruff format --check and mypy only
+python3 dev.py run     create .venv if needed, then run b3-jobs on the embedded defaults
+python3 dev.py test    create .venv if needed, then lint (ruff), type-check (mypy) and run the test suite;
+                       with extra args, only pytest runs, with those args
+python3 dev.py lint    ruff check, ruff format --check and mypy only
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ INPUTS = ("pyproject.toml", "constraints.txt")
 
 def ensure_venv() -> None:
     """Install the pinned dependencies into .venv, again only when pyproject or constraints change."""
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 (dev.py runs on whatever python3 the machine has)
         sys.exit("b3-jobs needs Python 3.11 or newer; this is %s" % sys.version.split()[0])
     digest = hashlib.sha256(b"".join((ROOT / f).read_bytes() for f in INPUTS)).hexdigest()
     stamp = VENV / ".b3jobs-installed"

@@ -1,7 +1,7 @@
 """Everything in one process on the embedded defaults, for development.
 
-  python local_runner.py                                  consumer threads + cron scheduler (SQLite under ./var)
-  python local_runner.py invoke JOB --data '{"k": "v"}'   run one handler once, here, and print its result
+python local_runner.py                                  consumer threads + cron scheduler (SQLite under ./var)
+python local_runner.py invoke JOB --data '{"k": "v"}'   run one handler once, here, and print its result
 """
 
 from __future__ import annotations
@@ -12,19 +12,20 @@ import logging
 import sys
 import uuid
 
+from bus.publisher import KombuPublisher
+from bus.urls import redact
 from runtime.cli import run_command
-from runtime.worker.consumer import B3Consumer
 from runtime.core.context import JobContext
-from runtime.engine import Runtime, load_services
 from runtime.core.errors import B3JobsError, InvalidArgument, ManifestError, UnknownJob
-from runtime.worker.executor import call_handler
+from runtime.core.events import ImmediateSink
 from runtime.core.manifest import load_manifest
 from runtime.core.records import encode_json
 from runtime.core.settings import Settings, SettingsError, bus_url
+from runtime.engine import Runtime, load_services
 from runtime.web.app import build_web
 from runtime.web.serve import WebThread, require_safe_bind, tune_gc
-from bus.publisher import KombuPublisher
-from runtime.core.events import ImmediateSink
+from runtime.worker.consumer import B3Consumer
+from runtime.worker.executor import call_handler
 
 log = logging.getLogger("b3jobs.local")
 
@@ -92,7 +93,7 @@ def serve(settings: Settings, workers: int) -> int:
         "b3-jobs local runner: %d worker(s), %s at %s, API and /ws on http://%s:%d, jobs: %s. Ctrl-C stops.",
         workers,
         settings.backend,
-        settings.redis_url or settings.sqlite_path,
+        redact(settings.redis_url) if settings.redis_url else settings.sqlite_path,
         settings.host,
         web_thread.port,
         ", ".join(runtime.manifest.jobs) or "none",

@@ -100,7 +100,8 @@ def _store(request: web.Request) -> Any:
     store = getattr(request.app[RUNTIME].services, "store", None)
     if store is None:
         raise web.HTTPServiceUnavailable(
-            reason="no market store in ctx.services (B3JOBS_SERVICES or the manifest's [app] services)")
+            reason="no market store in ctx.services (B3JOBS_SERVICES or the manifest's [app] services)"
+        )
     return store
 
 
@@ -150,8 +151,12 @@ async def get_asset(request: web.Request) -> web.Response:
         asset = store.asset(ticker)
         if asset is None:
             return None
-        return AssetDetail(asset=asset, source=source, latest=store.latest_quote(ticker, source),
-                           bars=store.bars(ticker, source, limit=query.days))
+        return AssetDetail(
+            asset=asset,
+            source=source,
+            latest=store.latest_quote(ticker, source),
+            bars=store.bars(ticker, source, limit=query.days),
+        )
 
     detail = await blocking(read)
     if detail is None:
@@ -170,12 +175,35 @@ async def get_analysis(request: web.Request) -> web.Response:
 
 E = m.Error
 ROUTES = [
-    Route("GET", "/api/v1/assets", list_assets, "Tracked assets with their latest quote and daily bar",
-          query=AssetsQuery, responses={200: AssetList, 422: E}),
-    Route("GET", "/api/v1/assets/{ticker}", get_asset, "An asset's daily bars and its latest intraday quote",
-          query=BarsQuery, responses={200: AssetDetail, 404: E, 422: E}),
-    Route("POST", "/api/v1/analysis", request_analysis, "Request an analysis of one ticker", body=AnalysisBody,
-          responses={202: AnalysisQueued, 400: E, 404: E, 413: E, 422: E}),
-    Route("GET", "/api/v1/analysis/{id}", get_analysis, "An analysis request and its result",
-          responses={200: Analysis, 404: E}),
+    Route(
+        "GET",
+        "/api/v1/assets",
+        list_assets,
+        "Tracked assets with their latest quote and daily bar",
+        query=AssetsQuery,
+        responses={200: AssetList, 422: E},
+    ),
+    Route(
+        "GET",
+        "/api/v1/assets/{ticker}",
+        get_asset,
+        "An asset's daily bars and its latest intraday quote",
+        query=BarsQuery,
+        responses={200: AssetDetail, 404: E, 422: E},
+    ),
+    Route(
+        "POST",
+        "/api/v1/analysis",
+        request_analysis,
+        "Request an analysis of one ticker",
+        body=AnalysisBody,
+        responses={202: AnalysisQueued, 400: E, 404: E, 413: E, 422: E},
+    ),
+    Route(
+        "GET",
+        "/api/v1/analysis/{id}",
+        get_analysis,
+        "An analysis request and its result",
+        responses={200: Analysis, 404: E},
+    ),
 ]

@@ -44,7 +44,10 @@ def build_services(settings: Settings) -> Services:
     except ValueError as exc:
         raise SettingsError("bad settings: BRAPI_HISTORY_RANGE: %s" % exc) from exc
     services = Services(
-        settings.data_dir, brapi_api_key=brapi.api_key, brapi_base_url=brapi.base_url, rate_limit=rate_limit,
+        settings.data_dir,
+        brapi_api_key=brapi.api_key,
+        brapi_base_url=brapi.base_url,
+        rate_limit=rate_limit,
         history_range=history_range,
     )
     services.open_existing_store()

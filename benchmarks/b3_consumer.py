@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 import logging
 
-from runtime.worker.consumer import B3Consumer
-from runtime.engine import Runtime
 from runtime.core.settings import Settings
+from runtime.engine import Runtime
+from runtime.worker.consumer import B3Consumer
 
 
 def main() -> None:

@@ -134,7 +134,9 @@ class EventRun:
     waiting_max_ms: float = 0.0
     last_event_lag_s: float = 0.0  # arrival of the run's last event - finished_at of its last job
     events_per_message: float = 0.0  # drain: job:active/completed per bus message; single: job:waiting
-    web_received: dict = field(default_factory=dict)  # the web process's /metrics, lifecycle events (RabbitMQ: + others')
+    web_received: dict = field(
+        default_factory=dict
+    )  # the web process's /metrics, lifecycle events (RabbitMQ: + others')
     dropped: int = 0  # events this process's publisher dropped
     consumer_log: str = ""  # error lines of the consumer, if any
     ok: bool = True
@@ -335,12 +337,24 @@ def make_runtime(bus: str, env: dict[str, str]) -> Runtime:
 def consumer_cmd(bus: str, workers: int) -> list[str]:
     if BUS_URLS[bus] is None:
         return [PY, str(HERE / "b3_consumer.py"), "--workers", str(workers)]
-    return [PY, "-m", "runtime", "--log-level", "WARNING", "consumer", "--workers", str(workers),
-            "--worker-type", "thread", "--no-cron"]
+    return [
+        PY,
+        "-m",
+        "runtime",
+        "--log-level",
+        "WARNING",
+        "consumer",
+        "--workers",
+        str(workers),
+        "--worker-type",
+        "thread",
+        "--no-cron",
+    ]
 
 
-def score_events(run: EventRun, got: dict, job_ids: list[str], expected: tuple[str, ...],
-                 last_finished: float | None) -> None:
+def score_events(
+    run: EventRun, got: dict, job_ids: list[str], expected: tuple[str, ...], last_finished: float | None
+) -> None:
     """Received, missing, duplicated, out-of-order and other events of the run's jobs; latencies; lag."""
     rows, ours = got["rows"], set(job_ids)
     seen: set[tuple[str, str]] = set()
@@ -408,14 +422,28 @@ def run_drain(run: EventRun, tmp: Path, timeout: float) -> None:
         run.enqueue_cores = meter.stop()
         run.enqueue_rate, run.visible_rate = run.n / (t1 - t0), run.n / (t2 - t0)
         if not released:
-            run.ok, run.note = False, "enqueue: the sink did not flush within %ss (%d buffered)" % (timeout, rt.events.buffered)
+            run.ok, run.note = (
+                False,
+                "enqueue: the sink did not flush within %ss (%d buffered)" % (timeout, rt.events.buffered),
+            )
             return
         if side.listener:
             side.listener.expect(ids)
         probe = br.B3Probe(rt, ids[: br.FIRST_IDS])
         settle = (lambda: side.listener.settle(3 * run.n)) if side.listener else None
-        br.drain(run, consumer_cmd(run.bus, run.workers), env, tmp, timeout, done=lambda: probe.catch_first() and probe.left() == 0,
-                 window=probe.window, left=probe.left, first=probe.catch_first, settle=settle, pids=side.pids)
+        br.drain(
+            run,
+            consumer_cmd(run.bus, run.workers),
+            env,
+            tmp,
+            timeout,
+            done=lambda: probe.catch_first() and probe.left() == 0,
+            window=probe.window,
+            left=probe.left,
+            first=probe.catch_first,
+            settle=settle,
+            pids=side.pids,
+        )
         run.consumer_log = consumer_problems(tmp)
         if not run.ok:
             return
@@ -495,11 +523,15 @@ def describe(run: EventRun) -> str:
     if run.kind == "drain":
         parts += ["visible %6.0f/s" % run.visible_rate, "drain %6.0f/s" % run.drain_rate]
     if run.events_expected:
-        parts.append("events %d/%d dup %d order %d, %.1f/message" % (
-            run.events_received, run.events_expected, run.duplicates, run.out_of_order, run.events_per_message))
+        parts.append(
+            "events %d/%d dup %d order %d, %.1f/message"
+            % (run.events_received, run.events_expected, run.duplicates, run.out_of_order, run.events_per_message)
+        )
         if run.kind == "drain":
-            parts.append("latency p50/p99/max %.1f/%.1f/%.1f ms, last +%.3fs" % (
-                run.latency_p50_ms, run.latency_p99_ms, run.latency_max_ms, run.last_event_lag_s))
+            parts.append(
+                "latency p50/p99/max %.1f/%.1f/%.1f ms, last +%.3fs"
+                % (run.latency_p50_ms, run.latency_p99_ms, run.latency_max_ms, run.last_event_lag_s)
+            )
         else:
             parts.append("waiting latency p50/p99 %.1f/%.1f ms" % (run.waiting_p50_ms, run.waiting_p99_ms))
         if run.web_received:
@@ -574,16 +606,30 @@ def report(runs: list[EventRun], plan: list[Cell], max_foreign: float) -> str:
             continue
         bus_on = c[1] != "off"
         drn, enq, vis = m.get(c, "drain_rate"), m.get(c, "enqueue_rate"), m.get(c, "visible_rate")
-        latency = "%s / %s / %s" % tuple(fmt(*m.get(c, k), digits=1) for k in ("latency_p50_ms", "latency_p99_ms", "latency_max_ms"))
+        latency = "%s / %s / %s" % tuple(
+            fmt(*m.get(c, k), digits=1) for k in ("latency_p50_ms", "latency_p99_ms", "latency_max_ms")
+        )
         clean = sum(1 for r in ok if run_foreign(r) <= max_foreign)
-        lines.append("| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %.0f | %.2f | %d/%d |" % (
-            c[1], c[2], fmt(*drn), times(m.ratio(c, "drain_rate")) if bus_on else "–",
-            received_text(ok) if bus_on else "–", latency if bus_on else "–",
-            fmt(*m.get(c, "last_event_lag_s"), digits=3) if bus_on else "–",
-            fmt(*m.get(c, "events_per_message"), digits=1) if bus_on else "–",
-            fmt(*enq), times(m.ratio(c, "enqueue_rate")) if bus_on else "–", fmt(*vis),
-            statistics.median(r.consumer_cpu_us_per_job for r in ok), statistics.median(run_foreign(r) for r in ok),
-            clean, len(m.by_cell[c])))
+        lines.append(
+            "| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %.0f | %.2f | %d/%d |"
+            % (
+                c[1],
+                c[2],
+                fmt(*drn),
+                times(m.ratio(c, "drain_rate")) if bus_on else "–",
+                received_text(ok) if bus_on else "–",
+                latency if bus_on else "–",
+                fmt(*m.get(c, "last_event_lag_s"), digits=3) if bus_on else "–",
+                fmt(*m.get(c, "events_per_message"), digits=1) if bus_on else "–",
+                fmt(*enq),
+                times(m.ratio(c, "enqueue_rate")) if bus_on else "–",
+                fmt(*vis),
+                statistics.median(r.consumer_cpu_us_per_job for r in ok),
+                statistics.median(run_foreign(r) for r in ok),
+                clean,
+                len(m.by_cell[c]),
+            )
+        )
     lines += [
         "",
         "| bus | single enqueue (calls/s) | ÷ bus off | job:waiting received / produced (worst run) | job:waiting latency p50 / p99 / max (ms) "
@@ -597,14 +643,25 @@ def report(runs: list[EventRun], plan: list[Cell], max_foreign: float) -> str:
             lines.append("| %s | failed: %s | | | | | | 0/%d |" % (c[1], note, len(m.by_cell[c])))
             continue
         bus_on = c[1] != "off"
-        latency = "%s / %s / %s" % tuple(fmt(*m.get(c, k), digits=1) for k in ("waiting_p50_ms", "waiting_p99_ms", "waiting_max_ms"))
+        latency = "%s / %s / %s" % tuple(
+            fmt(*m.get(c, k), digits=1) for k in ("waiting_p50_ms", "waiting_p99_ms", "waiting_max_ms")
+        )
         clean = sum(1 for r in ok if run_foreign(r) <= max_foreign)
-        lines.append("| %s | %s | %s | %s | %s | %s | %.2f | %d/%d |" % (
-            c[1], fmt(*m.get(c, "enqueue_rate")), times(m.ratio(c, "enqueue_rate")) if bus_on else "–",
-            received_text(ok) if bus_on else "–", latency if bus_on else "–",
-            fmt(*m.get(c, "events_per_message"), digits=1) if bus_on else "–",
-            statistics.median(run_foreign(r) for r in ok), clean, len(m.by_cell[c])))
-    lines += ["", "Targets (medians; `*` = fewer than 3 clean runs):", ""] + targets(runs, m, plan)
+        lines.append(
+            "| %s | %s | %s | %s | %s | %s | %.2f | %d/%d |"
+            % (
+                c[1],
+                fmt(*m.get(c, "enqueue_rate")),
+                times(m.ratio(c, "enqueue_rate")) if bus_on else "–",
+                received_text(ok) if bus_on else "–",
+                latency if bus_on else "–",
+                fmt(*m.get(c, "events_per_message"), digits=1) if bus_on else "–",
+                statistics.median(run_foreign(r) for r in ok),
+                clean,
+                len(m.by_cell[c]),
+            )
+        )
+    lines += ["", "Targets (medians; `*` = fewer than 3 clean runs):", "", *targets(runs, m, plan)]
     return "\n".join(lines)
 
 
@@ -621,34 +678,69 @@ def targets(runs: list[EventRun], m: Medians, plan: list[Cell]) -> list[str]:
     on_drains = [c for c in plan if c[0] == "drain" and c[1] != "off"]
     for c in on_drains:
         p99, mark = m.get(c, "latency_p99_ms")
-        line(check(p99, p99 < LATENCY_P99_MS), "event latency p99 < %.0f ms, bus %s, %d worker(s): %s ms" % (
-            LATENCY_P99_MS, c[1], c[2], fmt(p99, mark, 1)))
+        line(
+            check(p99, p99 < LATENCY_P99_MS),
+            "event latency p99 < %.0f ms, bus %s, %d worker(s): %s ms"
+            % (LATENCY_P99_MS, c[1], c[2], fmt(p99, mark, 1)),
+        )
     for c in on_drains:
         lag, mark = m.get(c, "last_event_lag_s")
-        line(check(lag, lag <= LAST_EVENT_LAG_S), "last event within %.1f s of the last job finishing, bus %s, %d worker(s): %s s" % (
-            LAST_EVENT_LAG_S, c[1], c[2], fmt(lag, mark, 3)))
+        line(
+            check(lag, lag <= LAST_EVENT_LAG_S),
+            "last event within %.1f s of the last job finishing, bus %s, %d worker(s): %s s"
+            % (LAST_EVENT_LAG_S, c[1], c[2], fmt(lag, mark, 3)),
+        )
     for c in on_drains:
         ratio = m.ratio(c, "drain_rate")
-        line(check(ratio, ratio >= DRAIN_RATIO), "drain bus on ≥ %.1f× bus off, bus %s, %d worker(s): %s (%s vs %s jobs/s)" % (
-            DRAIN_RATIO, c[1], c[2], times(ratio), fmt(*m.get(c, "drain_rate")), fmt(*m.get(("drain", "off", c[2]), "drain_rate"))))
+        line(
+            check(ratio, ratio >= DRAIN_RATIO),
+            "drain bus on ≥ %.1f× bus off, bus %s, %d worker(s): %s (%s vs %s jobs/s)"
+            % (
+                DRAIN_RATIO,
+                c[1],
+                c[2],
+                times(ratio),
+                fmt(*m.get(c, "drain_rate")),
+                fmt(*m.get(("drain", "off", c[2]), "drain_rate")),
+            ),
+        )
     scored = [r for r in runs if r.bus != "off" and (r.kind, r.bus, r.workers) in plan]
     short = [r for r in scored if r.ok and r.events_received < r.events_expected]
     broken = [r for r in scored if r.ok and (r.duplicates or r.out_of_order)]
     failed = [r for r in scored if not r.ok]
-    line(bool(scored) and not short and not failed,
-         "100 %% of lifecycle events received, every bus-on run: %d run(s), %d short%s%s" % (
-             len(scored), len(short),
-             "; %d failed run(s): %s" % (len(failed), "; ".join("%s/%s/w%d: %s" % (r.kind, r.bus, r.workers, r.note[:120])
-                                                               for r in failed)) if failed else "",
-             "; %d with duplicates or out-of-order jobs" % len(broken) if broken else ""))
+    line(
+        bool(scored) and not short and not failed,
+        "100 %% of lifecycle events received, every bus-on run: %d run(s), %d short%s%s"
+        % (
+            len(scored),
+            len(short),
+            "; %d failed run(s): %s"
+            % (len(failed), "; ".join("%s/%s/w%d: %s" % (r.kind, r.bus, r.workers, r.note[:120]) for r in failed))
+            if failed
+            else "",
+            "; %d with duplicates or out-of-order jobs" % len(broken) if broken else "",
+        ),
+    )
     for c in [c for c in plan if c[0] == "single" and c[1] != "off"]:
         ratio = m.ratio(c, "enqueue_rate")
-        line(check(ratio, ratio >= SINGLE_RATIO), "single enqueue bus on ≥ %.1f× bus off, bus %s: %s (%s vs %s calls/s)" % (
-            SINGLE_RATIO, c[1], times(ratio), fmt(*m.get(c, "enqueue_rate")), fmt(*m.get(("single", "off", 0), "enqueue_rate"))))
+        line(
+            check(ratio, ratio >= SINGLE_RATIO),
+            "single enqueue bus on ≥ %.1f× bus off, bus %s: %s (%s vs %s calls/s)"
+            % (
+                SINGLE_RATIO,
+                c[1],
+                times(ratio),
+                fmt(*m.get(c, "enqueue_rate")),
+                fmt(*m.get(("single", "off", 0), "enqueue_rate")),
+            ),
+        )
     for bus in dict.fromkeys(c[1] for c in plan if c[0] == "drain"):
         rates = [m.value(c, "enqueue_rate") for c in plan if c[0] == "drain" and c[1] == bus]
         rate = statistics.median(rates)
-        line(check(rate, rate >= BULK_JOBS_S), "bulk enqueue ≥ %s jobs/s on Redis, bus %s: %s jobs/s" % (f"{BULK_JOBS_S:,}", bus, fmt(rate)))
+        line(
+            check(rate, rate >= BULK_JOBS_S),
+            "bulk enqueue ≥ %s jobs/s on Redis, bus %s: %s jobs/s" % (f"{BULK_JOBS_S:,}", bus, fmt(rate)),
+        )
     return out
 
 
@@ -684,23 +776,36 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=180, help="seconds a drain (or a flush) may take")
     parser.add_argument("--out", default=str(ORIGIN / "benchmarks" / "results_events.jsonl"), help="raw runs, appended")
     parser.add_argument("--quick", action="store_true", help="N = 2,000, 1 rep, no retries: a smoke test")
-    parser.add_argument("--table-from", metavar="JSONL", help="only print the report of runs saved by --out (of this --n)")
+    parser.add_argument(
+        "--table-from", metavar="JSONL", help="only print the report of runs saved by --out (of this --n)"
+    )
     args = parser.parse_args()
     if args.quick:
         args.reps, args.n, args.n_single, args.retries = 1, 2000, 2000, 0
     if args.table_from:
-        runs = [EventRun(**json.loads(line)) for line in open(args.table_from)]
+        runs = [EventRun(**json.loads(line)) for line in Path(args.table_from).read_text().splitlines()]
         runs = [r for r in runs if r.n == (args.n if r.kind == "drain" else args.n_single)]
         plan = [c for c in cells(args.buses, args.workers) if any((r.kind, r.bus, r.workers) == c for r in runs)]
         print(report(runs, plan, args.max_foreign))
         return
 
-    print("# %s, %d cores, Python %s, load %s" % (time.strftime("%Y-%m-%d %H:%M:%S %Z"), os.cpu_count(),
-                                                  sys.version.split()[0], os.getloadavg()), flush=True)
+    print(
+        "# %s, %d cores, Python %s, load %s"
+        % (time.strftime("%Y-%m-%d %H:%M:%S %Z"), os.cpu_count(), sys.version.split()[0], os.getloadavg()),
+        flush=True,
+    )
     print("# code: %s, run from a copy: %s" % (code_version(), br.ROOT), flush=True)
-    print("# store %s; buses: %s; N = %d (drain), %d (single); %d rep(s)" % (
-        br.REDIS_URL, ", ".join("%s=%s" % (b, BUS_URLS[b] and redact(BUS_URLS[b])) for b in args.buses),
-        args.n, args.n_single, args.reps), flush=True)
+    print(
+        "# store %s; buses: %s; N = %d (drain), %d (single); %d rep(s)"
+        % (
+            br.REDIS_URL,
+            ", ".join("%s=%s" % (b, BUS_URLS[b] and redact(BUS_URLS[b])) for b in args.buses),
+            args.n,
+            args.n_single,
+            args.reps,
+        ),
+        flush=True,
+    )
     try:
         load_manifest(br.MANIFEST)
     except ManifestError as exc:

@@ -41,6 +41,7 @@ is flushed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -49,9 +50,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 FANOUT = HERE / "fanout"
@@ -91,10 +93,8 @@ def broker_pids() -> list[int]:
 def total_cpu_s(pids: list[int]) -> float:
     total = 0.0
     for pid in pids:
-        try:
+        with contextlib.suppress(OSError):
             total += cpu_s(pid)
-        except OSError:
-            pass
     return total
 
 
@@ -315,10 +315,8 @@ def run_publisher(source: str, rate: int, args: argparse.Namespace, namespace: s
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     cpu = 0.0
     while proc.poll() is None:
-        try:
+        with contextlib.suppress(OSError, IndexError):
             cpu = cpu_s(proc.pid)  # read while alive: /proc is gone after the exit
-        except (OSError, IndexError):
-            pass
         time.sleep(0.2)
     out = proc.stdout.read() if proc.stdout else ""
     return (json.loads(out.strip().splitlines()[-1]) if out.strip() else {}), cpu
@@ -384,11 +382,22 @@ HEADER = (
 def row(p: Phase) -> str:
     share = p.received / p.expected if p.expected else 0.0
     cells = [
-        p.source if p.transport == "ws" else "%s, socket.io" % p.source, str(p.rate), str(p.subscribers), "{:,}".format(p.rate * p.subscribers),
-        "{:,.0f}".format(p.delivered_per_s), "%.2f%%" % (share * 100),
-        "%.1f" % p.p50_ms, "%.1f" % p.p99_ms, "%.1f" % p.max_ms, "%.1f / %.1f" % (p.probe_p50_ms, p.probe_p99_ms),
-        "%.2f" % p.web_cpu, "%.2f" % p.loadgen_cpu, "%.2f" % p.broker_cpu, "%.2f" % p.other_cpu,
-        "{:,.0f}".format(p.frames_per_s), str(p.slow_disconnects),
+        p.source if p.transport == "ws" else "%s, socket.io" % p.source,
+        str(p.rate),
+        str(p.subscribers),
+        f"{p.rate * p.subscribers:,}",
+        f"{p.delivered_per_s:,.0f}",
+        "%.2f%%" % (share * 100),
+        "%.1f" % p.p50_ms,
+        "%.1f" % p.p99_ms,
+        "%.1f" % p.max_ms,
+        "%.1f / %.1f" % (p.probe_p50_ms, p.probe_p99_ms),
+        "%.2f" % p.web_cpu,
+        "%.2f" % p.loadgen_cpu,
+        "%.2f" % p.broker_cpu,
+        "%.2f" % p.other_cpu,
+        f"{p.frames_per_s:,.0f}",
+        str(p.slow_disconnects),
     ]
     return "| " + " | ".join(cells) + " |"
 

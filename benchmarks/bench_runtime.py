@@ -68,16 +68,19 @@ from pinned import ORIGIN, ROOT, code_version, remove_copy  # noqa: E402
 MANIFEST = ROOT / "tests" / "schedules.toml"
 
 import bare_huey  # noqa: E402
-from runtime.engine import Runtime  # noqa: E402
+
 from runtime.core.errors import ManifestError  # noqa: E402
 from runtime.core.manifest import load_manifest  # noqa: E402
 from runtime.core.settings import Settings, bus_url  # noqa: E402
+from runtime.engine import Runtime  # noqa: E402
 
 REDIS_URL = bare_huey.REDIS_URL
 HZ = os.sysconf("SC_CLK_TCK")
 FIRST_IDS = 16  # b3-jobs: the first-enqueued jobs whose started_at we catch (≥ worker count)
-SYSTEMS = {"redis": ("huey-priority", "huey-plain", "b3-jobs", "b3-jobs+bus"),
-           "sqlite": ("huey-sqlite", "b3-jobs", "b3-jobs+bus")}
+SYSTEMS = {
+    "redis": ("huey-priority", "huey-plain", "b3-jobs", "b3-jobs+bus"),
+    "sqlite": ("huey-sqlite", "b3-jobs", "b3-jobs+bus"),
+}
 BASELINE = {"redis": "huey-priority", "sqlite": "huey-sqlite"}  # bare Huey on b3-jobs' own storage class
 BARE_KIND = {"huey-priority": "priority", "huey-plain": "plain", "huey-sqlite": "sqlite"}
 
@@ -214,12 +217,31 @@ def run_bare(run: Run, tmp: Path, timeout: float, phase=None, name: str | None =
     huey, task = bare_huey.make_huey(kind, name, db)
     try:
         run.enqueue_rate = timed_enqueue(lambda: task({}), run.n, phase)
-        cmd = [PY, str(HERE / "bare_huey.py"), "--kind", kind, "--name", name, "--workers", str(run.workers),
-               "--total", str(run.n), "--marks", str(marks)] + (["--sqlite", db] if db else [])
-        drain(run, cmd, os.environ.copy(), tmp, timeout,
-              done=lambda: (marks / "last").exists(),
-              window=lambda: (float((marks / "first").read_text()), float((marks / "last").read_text())),
-              left=huey.pending_count, phase=phase)
+        cmd = [
+            PY,
+            str(HERE / "bare_huey.py"),
+            "--kind",
+            kind,
+            "--name",
+            name,
+            "--workers",
+            str(run.workers),
+            "--total",
+            str(run.n),
+            "--marks",
+            str(marks),
+        ] + (["--sqlite", db] if db else [])
+        drain(
+            run,
+            cmd,
+            os.environ.copy(),
+            tmp,
+            timeout,
+            done=lambda: (marks / "last").exists(),
+            window=lambda: (float((marks / "first").read_text()), float((marks / "last").read_text())),
+            left=huey.pending_count,
+            phase=phase,
+        )
     finally:
         if kind == "sqlite":
             huey.storage.close()
@@ -288,9 +310,19 @@ def run_b3(run: Run, tmp: Path, timeout: float, phase=None, name: str | None = N
         probe = B3Probe(rt, ids[:FIRST_IDS])
         consumer = ["-m", "runtime", "--log-level", "WARNING", "consumer"] if bus else [str(HERE / "b3_consumer.py")]
         cmd = [PY, *consumer, "--workers", str(run.workers)] + (["--worker-type", "thread", "--no-cron"] if bus else [])
-        drain(run, cmd, env, tmp, timeout, done=lambda: probe.catch_first() and probe.left() == 0,
-              window=probe.window, left=probe.left, first=probe.catch_first, phase=phase,
-              settle=listener.settle if listener else None)
+        drain(
+            run,
+            cmd,
+            env,
+            tmp,
+            timeout,
+            done=lambda: probe.catch_first() and probe.left() == 0,
+            window=probe.window,
+            left=probe.left,
+            first=probe.catch_first,
+            phase=phase,
+            settle=listener.settle if listener else None,
+        )
         if listener:
             got = listener.count()
             run.note += "events delivered: %d of %d (%.0f%%)" % (got, 3 * run.n, 100 * got / (3 * run.n))
@@ -343,8 +375,20 @@ class EventCounter:
 # -- the drain, common to both ---------------------------------------------------------------
 
 
-def drain(run: Run, cmd: list[str], env: dict, tmp: Path, timeout: float, done, window, left, first=None,
-          phase=None, settle=None, pids: dict[str, int | None] | None = None) -> None:
+def drain(
+    run: Run,
+    cmd: list[str],
+    env: dict,
+    tmp: Path,
+    timeout: float,
+    done,
+    window,
+    left,
+    first=None,
+    phase=None,
+    settle=None,
+    pids: dict[str, int | None] | None = None,
+) -> None:
     """Start the consumer, wait for the queue to drain, compute the rate from the job timestamps.
 
     `settle()`, if given, runs after the drain while the consumer still runs (its events go out);
@@ -368,8 +412,11 @@ def drain(run: Run, cmd: list[str], env: dict, tmp: Path, timeout: float, done, 
         phase("drained")
     if not finished:
         tail = log.read_text(errors="replace")[-600:] if log.exists() else ""
-        run.ok, run.note = False, "not drained after %ss (%s jobs left, consumer rc %s); log tail: %s" % (
-            timeout, left(), proc.returncode, tail)
+        run.ok, run.note = (
+            False,
+            "not drained after %ss (%s jobs left, consumer rc %s); log tail: %s"
+            % (timeout, left(), proc.returncode, tail),
+        )
         return
     first, last = window()
     run.drain_rate = run.n / (last - first)
@@ -438,13 +485,30 @@ def report(runs: list[Run], plan: list[tuple[str, str, int]], max_foreign: float
         clean = sum(1 for r in ok if r.cores.get("foreign", 0) <= max_foreign)
         plain = ratio(c, "huey-plain", "drain_rate") if backend == "redis" else "–"
         if not ok:
-            lines.append("| %s | %d | %s | failed: %s | | | | | | | 0/%d |" % (
-                backend, workers, system, by_cell[c][-1].note[:80].replace("|", "/"), len(by_cell[c])))
+            lines.append(
+                "| %s | %d | %s | failed: %s | | | | | | | 0/%d |"
+                % (backend, workers, system, by_cell[c][-1].note[:80].replace("|", "/"), len(by_cell[c]))
+            )
             continue
-        lines.append("| %s | %d | %s | %s%s | %s%s | %s | %s | %s | %.0f | %.2f | %d/%d |" % (
-            backend, workers, system, f"{enq:,.0f}", m1, f"{drn:,.0f}", m2,
-            ratio(c, BASELINE[backend], "enqueue_rate"), ratio(c, BASELINE[backend], "drain_rate"), plain,
-            cpu, foreign, clean, len(by_cell[c])))
+        lines.append(
+            "| %s | %d | %s | %s%s | %s%s | %s | %s | %s | %.0f | %.2f | %d/%d |"
+            % (
+                backend,
+                workers,
+                system,
+                f"{enq:,.0f}",
+                m1,
+                f"{drn:,.0f}",
+                m2,
+                ratio(c, BASELINE[backend], "enqueue_rate"),
+                ratio(c, BASELINE[backend], "drain_rate"),
+                plain,
+                cpu,
+                foreign,
+                clean,
+                len(by_cell[c]),
+            )
+        )
     return "\n".join(lines)
 
 
@@ -478,7 +542,7 @@ class CommandCounter(threading.Thread):
         while True:
             line = self.conn.read_response()
             _ts, rest = line.split(b" ", 1)
-            client, command = rest[rest.index(b" ") + 1:].split(b"]", 1)
+            client, command = rest[rest.index(b" ") + 1 :].split(b"]", 1)
             name = command.split(b'"', 2)[1].lower().decode()
             if self.marker in command and name == "echo":
                 if phase is not None:
@@ -505,8 +569,10 @@ def commandstats(n: int) -> str:
         total = sum(counts.values()) / jobs
         return "**%.1f**: %s" % (total, ", ".join("%s %.2f" % (k, v) for v, k in parts if v >= 0.02)) if counts else "0"
 
-    out = ["| system | per enqueue call: round trips | (inside Lua) | per job in the consumer: round trips | (inside Lua) |",
-           "|---|---|---|---|---|"]
+    out = [
+        "| system | per enqueue call: round trips | (inside Lua) | per job in the consumer: round trips | (inside Lua) |",
+        "|---|---|---|---|---|",
+    ]
     for system in SYSTEMS["redis"]:
         namespace = new_namespace()
         counter = CommandCounter(namespace)
@@ -519,8 +585,10 @@ def commandstats(n: int) -> str:
             counter.mark("end")
             counter.done.wait(30)
         (enq, enq_lua), (drn, drn_lua) = counter.phases["enqueue"], counter.phases["enqueued"]
-        out.append("| %s | %s | %s | %s | %s |" % (system, per_job(enq, n - 1), per_job(enq_lua, n - 1),
-                                                    per_job(drn, n), per_job(drn_lua, n)))
+        out.append(
+            "| %s | %s | %s | %s | %s |"
+            % (system, per_job(enq, n - 1), per_job(enq_lua, n - 1), per_job(drn, n), per_job(drn_lua, n))
+        )
     return "\n".join(out)
 
 
@@ -551,9 +619,21 @@ def run_plan(args: argparse.Namespace) -> str:
                     runs.append(run)
                     out.write(json.dumps(asdict(run)) + "\n")
                     out.flush()
-                    print("%-6s %-13s w=%d rep %d: enqueue %6.0f/s  drain %6.0f/s  start-up %.2fs  cores %s %s" % (
-                        backend, system, workers, rep, run.enqueue_rate, run.drain_rate, run.startup_s,
-                        run.cores, "" if run.ok else "FAILED " + run.note), flush=True)
+                    print(
+                        "%-6s %-13s w=%d rep %d: enqueue %6.0f/s  drain %6.0f/s  start-up %.2fs  cores %s %s"
+                        % (
+                            backend,
+                            system,
+                            workers,
+                            rep,
+                            run.enqueue_rate,
+                            run.drain_rate,
+                            run.startup_s,
+                            run.cores,
+                            "" if run.ok else "FAILED " + run.note,
+                        ),
+                        flush=True,
+                    )
                     if run.ok and run.cores.get("foreign", 0) <= args.max_foreign:
                         break
     return report(runs, plan, args.max_foreign)
@@ -569,25 +649,38 @@ def main() -> None:
     parser.add_argument("--max-foreign", type=float, default=0.15, help="cores of others' CPU use a clean run allows")
     parser.add_argument("--retries", type=int, default=2, help="extra attempts for a disturbed run")
     parser.add_argument("--timeout", type=float, default=180, help="seconds a drain may take")
-    parser.add_argument("--out", default=str(ORIGIN / "benchmarks" / "results_runtime.jsonl"), help="raw runs, appended")
+    parser.add_argument(
+        "--out", default=str(ORIGIN / "benchmarks" / "results_runtime.jsonl"), help="raw runs, appended"
+    )
     parser.add_argument("--quick", action="store_true", help="N=2000, 1 rep: a smoke test")
     parser.add_argument("--no-table", action="store_true", help="skip the main measurement (extras only)")
     parser.add_argument("--commandstats", action="store_true", help="also count Redis commands per job (MONITOR)")
     parser.add_argument("--table-from", metavar="JSONL", help="only print the table of runs saved by --out")
-    parser.add_argument("--bus-check", action="store_true",
-                        help="also count the events a listening queue receives from b3-jobs+bus (N = --n-redis)")
+    parser.add_argument(
+        "--bus-check",
+        action="store_true",
+        help="also count the events a listening queue receives from b3-jobs+bus (N = --n-redis)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.reps, args.n_redis, args.n_sqlite = 1, 2000, 2000
     if args.table_from:
-        runs = [Run(**json.loads(line)) for line in open(args.table_from)]
-        plan = [c for c in cells(args.backends, args.workers) if any((r.backend, r.system, r.workers) == c for r in runs)]
+        runs = [Run(**json.loads(line)) for line in Path(args.table_from).read_text().splitlines()]
+        plan = [
+            c for c in cells(args.backends, args.workers) if any((r.backend, r.system, r.workers) == c for r in runs)
+        ]
         print(report(runs, plan, args.max_foreign))
         return
 
-    print("# %s, %d cores, Python %s, load %s" % (time.strftime("%Y-%m-%d %H:%M:%S %Z"), os.cpu_count(),
-                                                  sys.version.split()[0], os.getloadavg()), flush=True)
-    print("# code: %s, run from a copy: %s" % (code_version(), Path(sys.modules[Runtime.__module__].__file__).parent), flush=True)
+    print(
+        "# %s, %d cores, Python %s, load %s"
+        % (time.strftime("%Y-%m-%d %H:%M:%S %Z"), os.cpu_count(), sys.version.split()[0], os.getloadavg()),
+        flush=True,
+    )
+    print(
+        "# code: %s, run from a copy: %s" % (code_version(), Path(sys.modules[Runtime.__module__].__file__).parent),
+        flush=True,
+    )
     try:
         load_manifest(MANIFEST)
     except ManifestError as exc:
@@ -605,8 +698,10 @@ def run_main(args: argparse.Namespace) -> None:
         print("\nEvent delivery, b3-jobs+bus on Redis with one queue bound to the exchange (as a web process):\n")
         print(bus_check(args.n_redis, args.workers, args.timeout), flush=True)
     if args.commandstats:
-        print("\nRedis commands per job (MONITOR, 2,000 jobs, only commands naming the run's namespace, "
-              "this script's own polling left out):\n")
+        print(
+            "\nRedis commands per job (MONITOR, 2,000 jobs, only commands naming the run's namespace, "
+            "this script's own polling left out):\n"
+        )
         print(commandstats(2000))
 
 

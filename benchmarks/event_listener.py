@@ -19,9 +19,9 @@ job id, the envelope's ts) and the number of the bus message it came in. It talk
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
-import socket
 import time
 import uuid
 from pathlib import Path
@@ -58,23 +58,30 @@ class Listener:
         self.messages += 1
         body = message.body
         for envelope in decode_batch(body.encode() if isinstance(body, str) else body):
-            self.rows.append((arrival, envelope.event, envelope.job.id if envelope.job else "", envelope.ts, self.messages))
+            self.rows.append(
+                (arrival, envelope.event, envelope.job.id if envelope.job else "", envelope.ts, self.messages)
+            )
 
     def write_status(self) -> None:
         if self.ids is None and (self.out / "ids").exists():
             self.ids = set((self.out / "ids").read_text().split())
         if self.ids is not None:
-            for row in self.rows[self._checked:]:
+            for row in self.rows[self._checked :]:
                 if row[2] in self.ids:
                     self.ours += 1
                     self.last = row[0]
             self._checked = len(self.rows)
-        write_atomically(self.out / "status", msgspec.json.encode({"total": len(self.rows), "ours": self.ours, "last": self.last}))
+        write_atomically(
+            self.out / "status", msgspec.json.encode({"total": len(self.rows), "ours": self.ours, "last": self.last})
+        )
 
     def dump(self) -> None:
         self.write_status()
         rows = self.rows if self.ids is None else [row for row in self.rows if row[2] in self.ids]
-        write_atomically(self.out / "events.json", msgspec.json.encode({"total": len(self.rows), "messages": self.messages, "rows": rows}))
+        write_atomically(
+            self.out / "events.json",
+            msgspec.json.encode({"total": len(self.rows), "messages": self.messages, "rows": rows}),
+        )
 
 
 def main() -> None:
@@ -87,16 +94,20 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     listener = Listener(args.dir)
     conn = Connection(args.url, transport_options=transport_options(args.url, args.namespace), connect_timeout=2)
-    queue = Queue("bench.listen.%s.%s" % (args.namespace, uuid.uuid4().hex[:6]), exchange=exchange(), routing_key="#",
-                  durable=False, auto_delete=True, exclusive=args.url.startswith(("amqp://", "pyamqp://")))
+    queue = Queue(
+        "bench.listen.%s.%s" % (args.namespace, uuid.uuid4().hex[:6]),
+        exchange=exchange(),
+        routing_key="#",
+        durable=False,
+        auto_delete=True,
+        exclusive=args.url.startswith(("amqp://", "pyamqp://")),
+    )
     with conn, conn.Consumer([queue], on_message=listener.on_message, accept=["application/json"], no_ack=True):
         (args.dir / "ready").write_text(queue.name)
         next_status = 0.0
         while not stopping:
-            try:
+            with contextlib.suppress(TimeoutError):
                 conn.drain_events(timeout=STATUS_EVERY_S)
-            except socket.timeout:
-                pass
             if time.monotonic() >= next_status:
                 listener.write_status()
                 next_status = time.monotonic() + STATUS_EVERY_S

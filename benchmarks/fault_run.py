@@ -27,10 +27,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from faults import TEST_MANIFEST, consumer_env, kill, report, start_consumer, stop  # noqa: E402
-from runtime.engine import Runtime  # noqa: E402
+
 from runtime.core.events import LogSink  # noqa: E402
 from runtime.core.manifest import load_manifest  # noqa: E402
 from runtime.core.settings import Settings  # noqa: E402
+from runtime.engine import Runtime  # noqa: E402
 
 
 def runs(log: Path) -> dict[str, int]:
@@ -47,7 +48,9 @@ def fault_run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
     settings = Settings(redis_url=redis_url, data_dir=workdir / "var", manifest=TEST_MANIFEST, namespace=namespace)
     runtime = Runtime(settings, load_manifest(TEST_MANIFEST), events=LogSink())
     log = workdir / "runs.log"
-    ids = [runtime.enqueue("logged-sleep", {"log": str(log), "seconds": args.job_seconds})[0].id for _ in range(args.jobs)]
+    ids = [
+        runtime.enqueue("logged-sleep", {"log": str(log), "seconds": args.job_seconds})[0].id for _ in range(args.jobs)
+    ]
     env = consumer_env(namespace, settings.data_dir, redis_url, args.lease)
     consumers = [start_consumer(env, workers=args.workers) for _ in range(args.consumers)]
     kills = 0

@@ -22,12 +22,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from faults import TEST_MANIFEST, consumer_env, most_in_any_window, report, start_consumer, stop  # noqa: E402
-from runtime.engine import Runtime  # noqa: E402
+
 from runtime.core.events import LogSink  # noqa: E402
 from runtime.core.manifest import load_manifest  # noqa: E402
 from runtime.core.settings import Settings  # noqa: E402
-
-
+from runtime.engine import Runtime  # noqa: E402
 
 
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, object]:

@@ -2,9 +2,9 @@
 
 Others edit runtime/, bus/ and tests/ while a benchmark runs, so a benchmark script calls
 `pin_code(__file__)` before importing any of them: it copies the project's packages (every
-top-level directory with an __init__.py), benchmarks/, tests/schedules.toml and tests/testjobs/
-to a temporary directory and re-runs the script from there (PYTHONPATH, cwd). Every run of one
-invocation then measures the same code. `code_version()` names the commit it was copied from.
+top-level directory with an __init__.py), benchmarks/ (without what benchmarks/peers installs),
+tests/schedules.toml, tests/testjobs/ and tests/faults.py to a temporary directory and re-runs
+the script from there (PYTHONPATH, cwd). Every run of one invocation then measures the same code. `code_version()` names the commit it was copied from.
 """
 
 from __future__ import annotations
@@ -20,8 +20,15 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent  # the pinned copy, once pin_code() has re-run the script
 ORIGIN = Path(os.environ.get("BENCH_ORIGIN", ROOT))  # the work tree the copy was taken from
 COPY_PREFIX = "b3bench-code-"
-PINNED_PARTS = tuple(sorted(p.name for p in ROOT.iterdir() if (p / "__init__.py").exists())) + (
-    "benchmarks", "tests/schedules.toml", "tests/testjobs")
+PINNED_PARTS = (
+    *sorted(p.name for p in ROOT.iterdir() if (p / "__init__.py").exists()),
+    "benchmarks",
+    "tests/schedules.toml",
+    "tests/testjobs",
+    "tests/faults.py",
+)
+# Not code: what a benchmark installs for its peers (benchmarks/peers: node_modules, .venv-celery).
+NOT_PINNED = ("__pycache__", "*.pyc", "*.jsonl", "fanout", "node_modules", ".venv*")
 
 
 def pin_code(script: str) -> None:
@@ -29,7 +36,7 @@ def pin_code(script: str) -> None:
     if "BENCH_ORIGIN" in os.environ or "--table-from" in sys.argv:
         return
     copy = Path(tempfile.mkdtemp(prefix=COPY_PREFIX))
-    skip = shutil.ignore_patterns("__pycache__", "*.pyc", "*.jsonl", "fanout")
+    skip = shutil.ignore_patterns(*NOT_PINNED)
     for part in PINNED_PARTS:
         (copy / part).parent.mkdir(parents=True, exist_ok=True)
         if (ROOT / part).is_dir():
@@ -38,7 +45,7 @@ def pin_code(script: str) -> None:
             shutil.copy2(ROOT / part, copy / part)
     env = dict(os.environ, BENCH_ORIGIN=str(ROOT), PYTHONPATH=str(copy))
     os.chdir(copy)
-    pinned_script = copy / "benchmarks" / Path(script).name
+    pinned_script = copy / Path(script).resolve().relative_to(ROOT)  # benchmarks/x.py or benchmarks/peers/x.py
     os.execve(sys.executable, [sys.executable, str(pinned_script), *sys.argv[1:]], env)
 
 

@@ -17,11 +17,13 @@ import os
 import socket
 import threading
 import uuid
-from typing import Any, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import msgspec
 from aiohttp import web
-from kombu import Connection, Queue
+from kombu.connection import Connection
+from kombu.entity import Queue
 from kombu.mixins import ConsumerMixin
 
 from bus.envelope import Envelope, decode_batch

@@ -294,7 +294,7 @@ class RelayClient:
             try:
                 await self._reopen()
                 return
-            except (aiohttp.ClientError, ConnectionError, ConnectionLost, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError, ConnectionError, ConnectionLost) as exc:
                 log.warning("relay reconnect failed: %s; next try in %.1fs", exc, delay)
                 delay = min(delay * 2, self._max_backoff_s)
 

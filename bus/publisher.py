@@ -3,7 +3,7 @@
 - `emit` never raises into a job. It appends the envelope to an in-process buffer and returns.
   When the thread is behind and the buffer holds `max_buffer` events, `emit` waits for room
   (back-pressure, at most `block_s`) instead of dropping: while the broker is up nothing is dropped.
-- The thread takes everything buffered at once, at most every `linger_s` (3 ms) under load, while a
+- The thread takes everything buffered at once, at most every `linger_s` (10 ms) under load, while a
   lone event after a quiet spell goes out at once; it encodes each envelope once, groups them by routing key in an order that
   keeps each job's events in the order they were emitted (`plan`), and publishes one message per
   group: a JSON array of envelopes that share the message's routing key.
@@ -29,7 +29,8 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-from kombu import Connection, Exchange
+from kombu.connection import Connection
+from kombu.entity import Exchange
 
 from bus import envelope as env
 from bus.urls import redact
@@ -40,13 +41,19 @@ MAX_BUFFER = 20_000  # events waiting for the thread while the broker is up; pas
 MAX_OUTAGE = 200_000  # events kept while the broker is down; past it, new events are dropped
 BLOCK_S = 2.0  # the longest one emit waits for room before it drops (the broker is up but very slow)
 MAX_EVENTS_PER_MESSAGE = 1_000
-LINGER_S = 0.003  # under load, rounds of messages at most this often (a lone event is not held)
+LINGER_S = 0.010  # under load, rounds of messages at most this often (a lone event is not held)
 CLOSE_S = 5.0
+CONFIRM_S = 5.0  # the longest an AMQP broker may take to confirm a message before it counts as down
 
 
 def transport_options(url: str, namespace: str = "b3jobs") -> dict[str, Any]:
-    """Short timeouts so an unreachable broker is noticed in seconds; Redis keys under the namespace;
-    publisher confirms on RabbitMQ."""
+    """Short timeouts so an unreachable broker is noticed in seconds; Redis keys under the namespace.
+
+    On AMQP every publish waits for the broker's confirm: a message is in its queues when `publish`
+    returns, as with Redis. Without it a message still in flight when the broker dies would be
+    counted published and lost, and one process's `job:active` could reach a queue before the
+    `job:waiting` another process published first.
+    """
     if url.startswith("memory://"):
         return {"polling_interval": 0.005}
     if url.startswith(("redis://", "rediss://")):
@@ -57,10 +64,6 @@ def transport_options(url: str, namespace: str = "b3jobs") -> dict[str, Any]:
             "global_keyprefix": "%s:bus:" % namespace,
         }
     if url.startswith(("amqp://", "amqps://", "pyamqp://")):
-        # publish() returns once the broker has routed the message to every queue: a new job is
-        # released (after_published) only then, so its job:active, sent on another connection,
-        # cannot reach a queue ahead of its job:waiting. Without confirms it did, about once in
-        # 2,000 jobs (tests/test_fleet.py). Redis needs nothing: its publish waits for the LPUSHes.
         return {"confirm_publish": True}
     return {}
 
@@ -72,7 +75,9 @@ def exchange() -> Exchange:
 # -- batching ------------------------------------------------------------------------------------
 
 
-def plan(items: Sequence[tuple[str, str | None, bytes]], max_events: int = MAX_EVENTS_PER_MESSAGE) -> list[tuple[str, list[bytes]]]:
+def plan(
+    items: Sequence[tuple[str, str | None, bytes]], max_events: int = MAX_EVENTS_PER_MESSAGE
+) -> list[tuple[str, list[bytes]]]:
     """The messages that carry `items` (routing key, job id, encoded envelope), in publish order.
 
     One message per routing key (split past `max_events`). Each job's consecutive events give an
@@ -112,7 +117,9 @@ def _reaches(after: dict[str, set[str]], start: str, goal: str) -> bool:
     return False
 
 
-def _ordered(groups: dict[str, list[bytes]], after: dict[str, set[str]], max_events: int) -> list[tuple[str, list[bytes]]]:
+def _ordered(
+    groups: dict[str, list[bytes]], after: dict[str, set[str]], max_events: int
+) -> list[tuple[str, list[bytes]]]:
     # Kahn's topological order, ties broken by first appearance.
     index = {key: i for i, key in enumerate(groups)}
     waiting_on = dict.fromkeys(groups, 0)
@@ -121,7 +128,7 @@ def _ordered(groups: dict[str, list[bytes]], after: dict[str, set[str]], max_eve
             waiting_on[key] += 1
     ready = [(index[key], key) for key, n in waiting_on.items() if n == 0]
     heapq.heapify(ready)
-    out = []
+    out: list[tuple[str, list[bytes]]] = []
     while ready:
         _, key = heapq.heappop(ready)
         bodies = groups[key]
@@ -162,7 +169,20 @@ class KombuPublisher:
         self._linger_s = linger_s
         self._start()
         ref = weakref.ref(self)
-        atexit.register(lambda: (p := ref()) is not None and p.close(CLOSE_S))
+
+        def close_at_exit() -> None:
+            publisher = ref()
+            if publisher is not None:
+                publisher.close(CLOSE_S)
+
+        def restart_in_child() -> None:
+            # A forked worker process: the parent's thread did not come along; start afresh there.
+            publisher = ref()
+            if publisher is not None:
+                publisher._start()
+
+        atexit.register(close_at_exit)
+        os.register_at_fork(after_in_child=restart_in_child)
 
     def _start(self) -> None:
         self._pid = os.getpid()
@@ -186,8 +206,6 @@ class KombuPublisher:
     # -- the callers' side
 
     def emit(self, event: str, job: tuple[str, str] | None, data: dict[str, Any]) -> None:
-        if self._pid != os.getpid():
-            self._start()  # a forked worker process: the parent's thread did not come along
         # A shallow copy: the handler may go on changing its dict while the thread encodes it.
         envelope = env.make(event, job, dict(data))
         with self._has_items:
@@ -212,8 +230,6 @@ class KombuPublisher:
         Calls of the same callback that become due together are merged into one, with their items
         concatenated (the runtime releases many new jobs in one store call that way).
         """
-        if self._pid != os.getpid():
-            self._start()
         then = _Then(callback, items)
         with self._has_items:
             if not self._down:
@@ -239,7 +255,9 @@ class KombuPublisher:
             self._has_room.notify_all()
         self._thread.join(timeout_s)
         if self._thread.is_alive():
-            logger.error("bus %s: %d event(s) not published within %.0fs of closing", redact(self.url), self._count, timeout_s)
+            logger.error(
+                "bus %s: %d event(s) not published within %.0fs of closing", redact(self.url), self._count, timeout_s
+            )
 
     def _drop_one(self) -> None:
         self.dropped += 1
@@ -259,7 +277,9 @@ class KombuPublisher:
                     conn.ensure_connection(max_retries=1)
                     producer = conn.Producer(serializer=None)
                     if self._down:
-                        logger.warning("bus %s reachable again; publishing %d kept event(s)", redact(self.url), self._count)
+                        logger.warning(
+                            "bus %s reachable again; publishing %d kept event(s)", redact(self.url), self._count
+                        )
                     with self._has_items:
                         self._down = False
                         self._drop_logged = False
@@ -269,8 +289,12 @@ class KombuPublisher:
             except Exception as exc:  # any broker failure: keep the events, back off, reconnect
                 with self._has_items:
                     if not self._down:
-                        logger.error("bus %s unreachable (%s); keeping up to %d events until it is back",
-                                     redact(self.url), exc, self._max_outage)
+                        logger.error(
+                            "bus %s unreachable (%s); keeping up to %d events until it is back",
+                            redact(self.url),
+                            exc,
+                            self._max_outage,
+                        )
                     self._down = True
                     self._has_room.notify_all()
                     callbacks = [item for item in self._buffer if not isinstance(item, env.Envelope)]
@@ -293,7 +317,9 @@ class KombuPublisher:
                 # Under load, at most one round of messages per `linger_s`: what is emitted meanwhile
                 # goes together. After a quiet spell the first event goes out at once.
                 due = self._last_send + self._linger_s
-                while not self._closing and self._count < MAX_EVENTS_PER_MESSAGE and (left := due - time.monotonic()) > 0:
+                while (
+                    not self._closing and self._count < MAX_EVENTS_PER_MESSAGE and (left := due - time.monotonic()) > 0
+                ):
                     self._has_items.wait(left)
                 if not self._buffer:
                     return
@@ -315,7 +341,9 @@ class KombuPublisher:
         kept: list[env.Envelope] = []
         for envelope in events:
             try:
-                encoded.append((env.routing_key(envelope), envelope.job.id if envelope.job else None, env.encode(envelope)))
+                encoded.append(
+                    (env.routing_key(envelope), envelope.job.id if envelope.job else None, env.encode(envelope))
+                )
                 kept.append(envelope)
             except (TypeError, ValueError) as exc:  # one bad event, not a broker failure
                 logger.warning("event %s dropped: cannot encode its data: %s", envelope.event, exc)
@@ -332,6 +360,7 @@ class KombuPublisher:
                     content_type="application/json",
                     content_encoding="utf-8",
                     retry=False,
+                    confirm_timeout=CONFIRM_S,
                 )
                 done += 1
                 self._count_out(len(bodies), published=True)

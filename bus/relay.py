@@ -8,7 +8,9 @@ messages also carry an `op` and never an `event`; everything else the server sen
 
 Connecting
 ----------
-When the relay has a token (`B3JOBS_TOKEN`), a connection must prove it, either with the header
+Without a token, the web app's middleware refuses an upgrade whose `Origin` is not the server's
+own (a page on another site must not read the events; see SECURITY.md). When the relay has a
+token (`B3JOBS_TOKEN`), a connection must prove it, either with the header
 `Authorization: Bearer <token>` on the upgrade request (scripts) or, for browsers, which cannot
 set headers on a websocket, with a first message `{"op": "auth", "token": "<token>"}` within
 5 s (answered `{"op": "authenticated"}`). Anything else is closed with code **4401**
@@ -36,8 +38,22 @@ Client → server
 Every client message gets exactly one reply, in order:
 `{"op": "subscribed", "events": [...], "seq": S, "last_id": I, "oldest": O, "replay": R}` (see Resume),
 `{"op": "unsubscribed", "events": [...removed]}`, `{"op": "authenticated"}`, or
-`{"op": "error", "code": "bad_json" | "bad_message" | "unknown_op" | "bad_subscription", "message": "..."}`
+`{"op": "error", "code": "bad_json" | "bad_message" | "unknown_op" | "bad_subscription" | "rate_limited",
+"message": "..."}`
 (the connection stays open after an error).
+
+Limits
+------
+What one connection may ask is bounded, so that no client can make events cost more for the
+others: at most 32 (pattern, `where`) filters held at once, patterns of at most 100 characters,
+a `where` of at most 4 fields, 64 values and 256 value combinations (field names up to 64
+characters, string values up to 256), 256 `where` values and 4 distinct sets of `where` fields
+held in all, and messages nested at most 32 levels deep. A message
+over a bound gets `{"op": "error", "code": "bad_subscription" | "bad_json", ...}`. A connection
+may send 20 messages at once and then 2 per second; past that each gets
+`{"op": "error", "code": "rate_limited"}` and is not acted on. Matching costs a dictionary lookup
+per field of the event plus the filters that really match (`bus.matching`), however many
+filters other connections hold.
 
 Server → client: events
 -----------------------
@@ -111,35 +127,45 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import fnmatch
-import functools
-import hmac
 import itertools
 import logging
 import time
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Annotated, Any, AsyncIterator, Collection, Iterable, Iterator, Protocol, Sequence, Union
+from typing import Annotated, Any, Protocol
 
 import msgspec
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from bus import json_limits
 from bus.envelope import Envelope, decode, decode_batch, encode
+from bus.matching import FilterKey, Matcher, any_matches, combinations, filter_matches, where_key
+from bus.tokens import bearer, token_matches
 
 log = logging.getLogger(__name__)
 
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_TOO_SLOW = 4408
 MAX_INBOUND_BYTES = 64 * 1024
-MAX_FILTERS = 128
-MAX_PATTERN_CHARS = 255
 MAX_EVENTS_PER_FRAME = 1000
 MAX_SEEN_IDS = 1000
 MAX_ID_CHARS = 64
 CLOSE_TIMEOUT_S = 5.0
 
-Scalar = Union[str, int, float, bool, None]
-WhereKey = tuple[tuple[str, tuple[Scalar, ...]], ...]
-FilterKey = tuple[str, WhereKey]
+# What one connection may ask for (see "Limits" above).
+MAX_FILTERS = 32  # (pattern, where) pairs held at once
+MAX_PATTERN_CHARS = 100
+MAX_WHERE_KEYS = 4  # fields in one `where`
+MAX_WHERE_VALUES = 64  # values in one `where`, all fields together
+MAX_WHERE_COMBINATIONS = 256  # value tuples one `where` stands for ({a: [1, 2], b: [3, 4]}: 4)
+MAX_WHERE_VALUES_HELD = 256  # values in all the `where`s a connection holds
+MAX_WHERE_SHAPES = 4  # distinct sets of `where` fields a connection holds
+MAX_NAME_CHARS = 64  # a `where` field's name
+MAX_VALUE_CHARS = 256  # a `where` string value
+MESSAGE_BURST = 20  # client messages answered at once ...
+MESSAGES_PER_S = 2.0  # ... and then this many per second
+
+Scalar = str | int | float | bool | None
 
 
 # ---------------------------------------------------------------- client messages
@@ -148,7 +174,7 @@ FilterKey = tuple[str, WhereKey]
 class Subscribe(msgspec.Struct, forbid_unknown_fields=True):
     op: str
     events: list[str]
-    where: dict[str, Union[Scalar, list[Scalar]]] | None = None
+    where: dict[str, Scalar | list[Scalar]] | None = None
     since: Annotated[int, msgspec.Meta(ge=0)] | None = None
     after: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS)] | None = None
     seen: Annotated[list[Annotated[str, msgspec.Meta(max_length=MAX_ID_CHARS)]], msgspec.Meta(max_length=MAX_SEEN_IDS)] | None = None
@@ -183,9 +209,9 @@ class BadMessage(Exception):
 def parse_message(raw: str | bytes) -> Subscribe | Unsubscribe | Auth:
     """Decode one client message, or raise BadMessage saying what was wrong."""
     try:
-        obj = msgspec.json.decode(raw)
-    except msgspec.DecodeError as exc:
-        raise BadMessage("bad_json", "message is not valid JSON: %s" % exc) from exc
+        obj = json_limits.decode(raw)
+    except json_limits.BadJson as exc:
+        raise BadMessage("bad_json", "message is not valid JSON: %s" % exc) from None
     if not isinstance(obj, dict):
         raise BadMessage("bad_message", "message must be a JSON object, got %s" % type(obj).__name__)
     kind = MESSAGES.get(obj.get("op"))  # type: ignore[arg-type]
@@ -201,10 +227,39 @@ def parse_message(raw: str | bytes) -> Subscribe | Unsubscribe | Auth:
 def check_patterns(patterns: list[str]) -> None:
     if not patterns:
         raise BadMessage("bad_subscription", "events must name at least one event or pattern")
+    if len(patterns) > MAX_FILTERS:
+        message = "at most %d patterns per connection, got %d" % (MAX_FILTERS, len(patterns))
+        raise BadMessage("bad_subscription", message)
     for pattern in patterns:
         if not pattern or len(pattern) > MAX_PATTERN_CHARS:
-            message = "event pattern must be 1-%d characters, got %r" % (MAX_PATTERN_CHARS, pattern)
+            message = "event pattern must be 1-%d characters, got %.120r" % (MAX_PATTERN_CHARS, pattern)
             raise BadMessage("bad_subscription", message)
+
+
+def check_where(where: dict[str, Any] | None) -> int:
+    """How many values `where` holds; BadMessage when it asks more than one subscription may."""
+    if not where:
+        return 0
+    if len(where) > MAX_WHERE_KEYS:
+        raise BadMessage("bad_subscription", "where: at most %d fields, got %d" % (MAX_WHERE_KEYS, len(where)))
+    count = 0
+    for name, value in where.items():
+        values = value if isinstance(value, list) else [value]
+        if not values:
+            raise BadMessage("bad_subscription", "where.%.64s: an empty list matches nothing" % name)
+        if not 1 <= len(name) <= MAX_NAME_CHARS:
+            raise BadMessage("bad_subscription", "where: field names must be 1-%d characters" % MAX_NAME_CHARS)
+        if any(isinstance(v, str) and len(v) > MAX_VALUE_CHARS for v in values):
+            message = "where.%s: string values must be at most %d characters" % (name, MAX_VALUE_CHARS)
+            raise BadMessage("bad_subscription", message)
+        count += len(values)
+    if count > MAX_WHERE_VALUES:
+        raise BadMessage("bad_subscription", "where: at most %d values in all, got %d" % (MAX_WHERE_VALUES, count))
+    combos = combinations(where_key(where))
+    if combos > MAX_WHERE_COMBINATIONS:
+        message = "where: at most %d combinations of values, got %d" % (MAX_WHERE_COMBINATIONS, combos)
+        raise BadMessage("bad_subscription", message)
+    return count
 
 
 # ---------------------------------------------------------------- events held by the relay
@@ -307,55 +362,18 @@ class WsWire:
             transport.abort()
 
 
-# ---------------------------------------------------------------- filters
-
-
-def where_key(where: dict[str, Any] | None) -> WhereKey:
-    """A hashable, order-free form of `where`: a scalar becomes a one-value "any of"."""
-    if not where:
-        return ()
-    return tuple(sorted((k, tuple(v) if isinstance(v, list) else (v,)) for k, v in where.items()))
-
-
-def filter_matches(key: FilterKey, envelope: Envelope) -> bool:
-    pattern, where = key
-    if not name_matches(envelope.event, pattern):
-        return False
-    return all(field_value(envelope, name) in allowed for name, allowed in where)
-
-
-@functools.lru_cache(maxsize=4096)
-def name_matches(event: str, pattern: str) -> bool:
-    """fnmatch on event names, remembered: there are few names and patterns, and many flushes."""
-    return fnmatch.fnmatchcase(event, pattern)
-
-
-_MISSING = object()
-
-
-def field_value(envelope: Envelope, name: str) -> Any:
-    """The value a `where` key is compared with: the job name for `job`, else the data field."""
-    if name == "job" and envelope.job is not None:
-        return envelope.job.name
-    return envelope.data.get(name, _MISSING)
-
-
-def any_matches(keys: Iterable[FilterKey], envelope: Envelope) -> bool:
-    return any(filter_matches(key, envelope) for key in keys)
+# ---------------------------------------------------------------- groups
 
 
 class Group:
     """The clients with one distinct subscription: each flush builds its frame once for all of them."""
 
-    __slots__ = ("keys", "codec", "clients")
+    __slots__ = ("clients", "codec", "keys")
 
     def __init__(self, keys: frozenset[FilterKey], codec: Codec) -> None:
         self.keys = keys
         self.codec = codec
         self.clients: set[Client] = set()
-
-    def select(self, due: list[tuple[Held, Envelope]]) -> tuple[Held, ...]:
-        return tuple(held for held, envelope in due if any_matches(self.keys, envelope))
 
 
 # ---------------------------------------------------------------- one connection
@@ -396,12 +414,24 @@ class Client:
         self.filters: dict[FilterKey, int] = {}  # filter -> the seq after which it has had every event
         self.group: Group | None = None
         self.closing = False
+        self._allowance = float(MESSAGE_BURST)
+        self._allowance_at = time.monotonic()
         self._counters = counters
         self._max_pending = max_pending
         self._pending: collections.deque[Chunk] = collections.deque()
         self._pending_live = 0
         self._waiter: asyncio.Future[None] | None = None
         self.writer = asyncio.get_running_loop().create_task(self._write_forever())
+
+    def may_send_message(self) -> bool:
+        """Spend one of the client's message allowance (MESSAGE_BURST, refilled at MESSAGES_PER_S)."""
+        now = time.monotonic()
+        self._allowance = min(float(MESSAGE_BURST), self._allowance + (now - self._allowance_at) * MESSAGES_PER_S)
+        self._allowance_at = now
+        if self._allowance < 1:
+            return False
+        self._allowance -= 1
+        return True
 
     # -- queueing (on the loop, never awaits)
 
@@ -569,6 +599,7 @@ class Relay:
         self._due_event: asyncio.Event | None = None
         self._clients: set[Client] = set()
         self._groups: dict[tuple[Codec, frozenset[FilterKey]], Group] = {}
+        self._matcher = Matcher()
         self._tasks: set[asyncio.Task[None]] = set()
         self._counters = Counters()
 
@@ -663,10 +694,18 @@ class Relay:
         if not due:
             return
         self._flushed_seq = due[-1][0].seq
-        for group in list(self._groups.values()):
-            items = group.select(due)
-            if items:
-                self._deliver(group, group.codec.events(items), items)
+        picked: dict[Group, list[Held]] = {}
+        holders = self._matcher.holders
+        for held, envelope in due:
+            for group in holders(envelope):
+                items = picked.get(group)
+                if items is None:
+                    picked[group] = [held]
+                else:
+                    items.append(held)
+        for group, held_items in picked.items():
+            batch = tuple(held_items)
+            self._deliver(group, group.codec.events(batch), batch)
 
     def _deliver(self, group: Group, frame: bytes, items: tuple[Held, ...]) -> None:
         for client in list(group.clients):
@@ -718,11 +757,11 @@ class Relay:
             return "open"
         header = request.headers.get("Authorization")
         if header is not None:
-            scheme, _, token = header.partition(" ")
-            return "header" if scheme.lower() == "bearer" and self._token_ok(token.strip()) else None
+            token = bearer(header)
+            return "header" if token is not None and self._token_ok(token) else None
         try:
             msg = await ws.receive(timeout=self._auth_timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return None
         return "message" if msg.type is WSMsgType.TEXT and self._auth_message_ok(msg.data) else None
 
@@ -741,7 +780,7 @@ class Relay:
         """Constant-time comparison; with no token configured every token is fine."""
         if self._token is None:
             return True
-        return hmac.compare_digest(token.encode(), self._token)
+        return token_matches(token, self._token)
 
     async def _serve(self, client: Client, ws: web.WebSocketResponse) -> None:
         async for msg in ws:
@@ -751,6 +790,13 @@ class Relay:
                 self._reply_error(client, BadMessage("bad_message", "binary frames are not accepted; send JSON text"))
 
     async def _on_text(self, client: Client, data: str) -> None:
+        if not client.may_send_message():
+            reason = "more than %d messages at once or %g per second; this one was not acted on" % (
+                MESSAGE_BURST,
+                MESSAGES_PER_S,
+            )
+            self._reply_error(client, BadMessage("rate_limited", reason))
+            return
         try:
             message = parse_message(data)
             if isinstance(message, Subscribe):
@@ -832,11 +878,24 @@ class Relay:
 
     def _new_filters(self, client: Client, message: Subscribe) -> list[FilterKey]:
         check_patterns(message.events)
+        check_where(message.where)
         wkey = where_key(message.where)
         new = [(pattern, wkey) for pattern in dict.fromkeys(message.events) if (pattern, wkey) not in client.filters]
         total = len(client.filters) + len(new)
         if total > MAX_FILTERS:
             raise BadMessage("bad_subscription", "at most %d patterns per connection, got %d" % (MAX_FILTERS, total))
+        wheres = {key[1] for key in client.filters} | ({wkey} if new else set())
+        held = sum(len(allowed) for where in wheres for _, allowed in where)
+        if held > MAX_WHERE_VALUES_HELD:
+            message_ = "at most %d where values per connection, got %d" % (MAX_WHERE_VALUES_HELD, held)
+            raise BadMessage("bad_subscription", message_)
+        shapes = {tuple(name for name, _ in where) for where in wheres if where}
+        if len(shapes) > MAX_WHERE_SHAPES:
+            message_ = "at most %d distinct sets of where fields per connection, got %d" % (
+                MAX_WHERE_SHAPES,
+                len(shapes),
+            )
+            raise BadMessage("bad_subscription", message_)
         return new
 
     def _oldest(self) -> int | None:
@@ -917,6 +976,8 @@ class Relay:
         group = self._groups.get((client.codec, keys))
         if group is None:
             group = self._groups[(client.codec, keys)] = Group(keys, client.codec)
+            for key in keys:
+                self._matcher.add(key, group)
         group.clients.add(client)
         client.group = group
 
@@ -927,6 +988,8 @@ class Relay:
         group.clients.discard(client)
         if not group.clients:
             del self._groups[(group.codec, group.keys)]
+            for key in group.keys:
+                self._matcher.discard(key, group)
 
     def _unregister(self, client: Client) -> None:
         self._clients.discard(client)
@@ -938,7 +1001,7 @@ class Relay:
         """Close with a code; a peer that does not take the close frame within 5 s is cut off."""
         try:
             await asyncio.wait_for(client.wire.close(code, reason), CLOSE_TIMEOUT_S)
-        except (asyncio.TimeoutError, ConnectionError):
+        except (TimeoutError, ConnectionError):
             client.wire.abort()
 
     def _spawn(self, coro: Any) -> None:

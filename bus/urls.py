@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit, urlunsplit
 
 
@@ -21,3 +22,18 @@ def redact(url: str) -> str:
     user = parts.username or ""
     userinfo = "%s:***" % user if parts.password is not None else "***"
     return urlunsplit((parts.scheme, "%s@%s" % (userinfo, host), parts.path, parts.query, parts.fragment))
+
+
+# The userinfo of a URL inside any text (an exception's message): `user:password@` or `token@`.
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/@\s]*)(?P<password>:[^@/\s]*)?@")
+
+
+def redact_text(text: str) -> str:
+    """`text` with the credentials of every URL in it masked as `redact` masks them."""
+    return _USERINFO.sub(_mask, text)
+
+
+def _mask(match: re.Match[str]) -> str:
+    if match["password"] is not None:
+        return "%s%s:***@" % (match["scheme"], match["user"])
+    return "%s***@" % match["scheme"]

@@ -21,16 +21,22 @@ sys.path.insert(0, str(ROOT))
 from playwright.sync_api import sync_playwright  # noqa: E402
 
 from bus.publisher import KombuPublisher  # noqa: E402
-from runtime.worker.consumer import B3Consumer  # noqa: E402
-from runtime.engine import Runtime  # noqa: E402
 from runtime.core.settings import Settings  # noqa: E402
-from runtime.web.app import build_web
+from runtime.engine import Runtime  # noqa: E402
+from runtime.web.app import build_web  # noqa: E402
 from runtime.web.serve import WebThread  # noqa: E402
+from runtime.worker.consumer import B3Consumer  # noqa: E402
 
 TICKERS = ["PETR4", "VALE3", "ITUB4", "BBDC4", "BBAS3", "ABEV3", "WEGE3", "GGBR4", "RENT3", "SUZB3", "PRIO3", "ELET3"]
 UNKNOWN = ["XXXX3", "ZZZZ4", "QQQQ11"]  # the sample provider does not know four-identical-letter tickers
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def populate(runtime: Runtime) -> None:

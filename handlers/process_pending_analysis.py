@@ -59,10 +59,19 @@ def analyse_one(request: AnalysisRequest, ctx: JobContext, *, provider_busy: str
             raise Deferred(provider_busy, rate_limited=True)
         fetched = services.ensure_history(request.ticker)
         bars = store.bars(request.ticker, source, limit=HISTORY_CLOSES)
-        ctx.emit("analysis:progress", {**ref, "progress": 50, "closes": len(bars), "source": source,
-                                       "backfilled": fetched.bars if fetched else 0})
-        result = analyze(request.ticker, [bar.close for bar in bars], source=source,
-                         last_session=bars[-1].session if bars else None)
+        ctx.emit(
+            "analysis:progress",
+            {
+                **ref,
+                "progress": 50,
+                "closes": len(bars),
+                "source": source,
+                "backfilled": fetched.bars if fetched else 0,
+            },
+        )
+        result = analyze(
+            request.ticker, [bar.close for bar in bars], source=source, last_session=bars[-1].session if bars else None
+        )
     except Deferred as deferred:
         store.release(request.id)
         ctx.emit("analysis:deferred", {**ref, "reason": deferred.reason})
@@ -112,6 +121,7 @@ def handle(payload: Payload, ctx: JobContext) -> dict[str, Any]:
                 ctx.log.warning("analysis %s of %s failed: %s", request.id, request.ticker, reason)
         ctx.progress({"processed": len(completed) + len(failed), "deferred": len(deferred)})
     if completed or failed or deferred:
-        ctx.log.info("%d analysis request(s) completed, %d failed, %d deferred", len(completed), len(failed),
-                     len(deferred))
+        ctx.log.info(
+            "%d analysis request(s) completed, %d failed, %d deferred", len(completed), len(failed), len(deferred)
+        )
     return {"completed": completed, "failed": failed, "deferred": deferred}

@@ -127,35 +127,62 @@ def _migrate_0_to_1(db: sqlite3.Connection, where: str) -> None:
         db.execute(
             "INSERT INTO quotes (ticker, source, time, price, change, change_percent, volume, name, currency)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (quote.ticker, quote.source, quote.time, quote.price, quote.change, quote.change_percent,
-             quote.volume, quote.name, quote.currency),
+            (
+                quote.ticker,
+                quote.source,
+                quote.time,
+                quote.price,
+                quote.change,
+                quote.change_percent,
+                quote.volume,
+                quote.name,
+                quote.currency,
+            ),
         )
     bars = _bars_of(quotes)
     for bar in bars:
         db.execute(
             "INSERT INTO bars (ticker, source, session, open, high, low, close, volume, time)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (bar.ticker, bar.source, bar.session.isoformat(), bar.open, bar.high, bar.low, bar.close,
-             bar.volume, bar.time),
+            (
+                bar.ticker,
+                bar.source,
+                bar.session.isoformat(),
+                bar.open,
+                bar.high,
+                bar.low,
+                bar.close,
+                bar.volume,
+                bar.time,
+            ),
         )
     results = db.execute("SELECT * FROM analysis_results_v0").fetchall()
     for row in results:
         db.execute(
             "INSERT INTO analysis_results (request_id, ticker, signal, computed_at, body) VALUES (?, ?, ?, ?, ?)",
-            (row["request_id"], row["ticker"], row["signal"], row["computed_at"],
-             _labelled(row["body"], _sources(quotes, row["ticker"]))),
+            (
+                row["request_id"],
+                row["ticker"],
+                row["signal"],
+                row["computed_at"],
+                _labelled(row["body"], _sources(quotes, row["ticker"])),
+            ),
         )
     db.execute("DROP TABLE quotes_v0")
     db.execute("DROP TABLE analysis_results_v0")
     log.warning(
         "market store %s migrated to version %d: %d quotes became %d daily bars; %d analysis results labelled"
         " with their source",
-        where, VERSION, len(quotes), len(bars), len(results),
+        where,
+        VERSION,
+        len(quotes),
+        len(bars),
+        len(results),
     )
 
 
 def _quote_v0(row: sqlite3.Row) -> Quote:
-    return Quote(**{key: row[key] for key in row.keys()})
+    return Quote(**{key: row[key] for key in row.keys()})  # noqa: SIM118 (a Row iterates its values)
 
 
 def _bars_of(quotes: Iterable[Quote]) -> list[Bar]:

@@ -19,7 +19,7 @@ from typing import NamedTuple
 from market import backfill
 from market.models import Quote
 from market.providers import make_provider
-from market.providers.base import HISTORY_RANGES, History, HistoryRange, RANGE_DAYS
+from market.providers.base import HISTORY_RANGES, RANGE_DAYS, History, HistoryRange
 from market.providers.blocking import BlockingQuotes
 from market.providers.brapi import SOURCE as BRAPI_SOURCE
 from market.providers.sample import SOURCE as SAMPLE_SOURCE
@@ -59,6 +59,9 @@ def parse_rate_limit(text: str) -> RateLimit | None:
     return RateLimit(limit, per_s)
 
 
+_DEFAULT_RATE = parse_rate_limit(DEFAULT_RATE_LIMIT)
+
+
 def parse_history_range(text: str) -> HistoryRange:
     """`"3mo"` → "3mo": a range of daily history long enough for an analysis. ValueError saying what was expected."""
     value = text.strip().lower()
@@ -66,8 +69,9 @@ def parse_history_range(text: str) -> HistoryRange:
     for candidate in allowed:
         if value == candidate:
             return candidate
-    raise ValueError("expected one of %s (brapi's `range`; the plan decides which it serves); got %r"
-                     % (", ".join(allowed), text))
+    raise ValueError(
+        "expected one of %s (brapi's `range`; the plan decides which it serves); got %r" % (", ".join(allowed), text)
+    )
 
 
 class RequestPacer:
@@ -138,7 +142,7 @@ class Services:
         *,
         brapi_api_key: str | None = None,
         brapi_base_url: str | None = None,
-        rate_limit: RateLimit | None = parse_rate_limit(DEFAULT_RATE_LIMIT),
+        rate_limit: RateLimit | None = _DEFAULT_RATE,
         history_range: HistoryRange = DEFAULT_HISTORY_RANGE,
         provider_timeout_s: float = 10.0,
         store_path: Path | str | None = None,
@@ -195,7 +199,9 @@ class Services:
             log.warning(
                 "market store %s holds daily bars from %s; the active provider is %s: analyses and the API read"
                 " %s bars only, the others are kept apart and never analysed with them",
-                self.store_path, ", ".join("%s (%d tickers)" % item for item in others.items()), self.source,
+                self.store_path,
+                ", ".join("%s (%d tickers)" % item for item in others.items()),
+                self.source,
                 self.source,
             )
 
@@ -245,4 +251,3 @@ class Services:
 
     def __repr__(self) -> str:
         return "Services(%s, store=%s, rate_limit=%s)" % (self.source, self.store_path, self.rate_limit or "none")
-

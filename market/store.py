@@ -213,8 +213,14 @@ class MarketStore:
                 db.execute(
                     "INSERT OR REPLACE INTO backfills (ticker, source, session, range, bars, at)"
                     " VALUES (?, ?, ?, ?, ?, ?)",
-                    (history.quote.ticker, history.quote.source, calendar.session_of(self._clock()).isoformat(),
-                     backfill_range, len(history.bars), self._clock()),
+                    (
+                        history.quote.ticker,
+                        history.quote.source,
+                        calendar.session_of(self._clock()).isoformat(),
+                        backfill_range,
+                        len(history.bars),
+                        self._clock(),
+                    ),
                 )
             if track:
                 self._track_quoted(db, history.quote)
@@ -223,8 +229,20 @@ class MarketStore:
     def _add_quote(self, db: sqlite3.Connection, quote: Quote) -> Bar:
         db.execute(
             "INSERT OR REPLACE INTO quotes (%s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)" % _QUOTE_COLUMNS,
-            (quote.ticker, quote.source, quote.time, quote.price, quote.change, quote.change_percent, quote.volume,
-             quote.name, quote.currency, quote.day_open, quote.day_high, quote.day_low),
+            (
+                quote.ticker,
+                quote.source,
+                quote.time,
+                quote.price,
+                quote.change,
+                quote.change_percent,
+                quote.volume,
+                quote.name,
+                quote.currency,
+                quote.day_open,
+                quote.day_high,
+                quote.day_low,
+            ),
         )
         bar = self._merged(db, bar_of(quote))
         self._put_bar(db, bar)
@@ -247,8 +265,17 @@ class MarketStore:
     def _put_bar(db: sqlite3.Connection, bar: Bar) -> None:
         db.execute(
             "INSERT OR REPLACE INTO bars (%s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)" % _BAR_COLUMNS,
-            (bar.ticker, bar.source, bar.session.isoformat(), bar.open, bar.high, bar.low, bar.close, bar.volume,
-             bar.time),
+            (
+                bar.ticker,
+                bar.source,
+                bar.session.isoformat(),
+                bar.open,
+                bar.high,
+                bar.low,
+                bar.close,
+                bar.volume,
+                bar.time,
+            ),
         )
 
     def latest_quote(self, ticker: str, source: str | None = None) -> Quote | None:
@@ -267,18 +294,26 @@ class MarketStore:
 
     def bars(self, ticker: str, source: str, limit: int = 200) -> list[Bar]:
         """The ticker's newest `limit` daily bars from `source`, oldest first."""
-        rows = self._db().execute(
-            "SELECT %s FROM bars WHERE ticker = ? AND source = ? ORDER BY session DESC LIMIT ?" % _BAR_COLUMNS,
-            (validate_ticker(ticker), source, _positive(limit, "limit")),
-        ).fetchall()
+        rows = (
+            self._db()
+            .execute(
+                "SELECT %s FROM bars WHERE ticker = ? AND source = ? ORDER BY session DESC LIMIT ?" % _BAR_COLUMNS,
+                (validate_ticker(ticker), source, _positive(limit, "limit")),
+            )
+            .fetchall()
+        )
         return [_bar(row) for row in reversed(rows)]
 
     def bar(self, ticker: str, source: str, session: dt.date) -> Bar | None:
         """The ticker's bar of one session from `source`, or None."""
-        row = self._db().execute(
-            "SELECT %s FROM bars WHERE ticker = ? AND source = ? AND session = ?" % _BAR_COLUMNS,
-            (validate_ticker(ticker), source, session.isoformat()),
-        ).fetchone()
+        row = (
+            self._db()
+            .execute(
+                "SELECT %s FROM bars WHERE ticker = ? AND source = ? AND session = ?" % _BAR_COLUMNS,
+                (validate_ticker(ticker), source, session.isoformat()),
+            )
+            .fetchone()
+        )
         return _bar(row) if row is not None else None
 
     def closes(self, ticker: str, source: str, limit: int = 200) -> list[float]:
@@ -287,18 +322,26 @@ class MarketStore:
 
     def count_bars(self, ticker: str, source: str, first: dt.date, last: dt.date) -> int:
         """How many bars from `source` the ticker has for the sessions `first` to `last`, both included."""
-        row = self._db().execute(
-            "SELECT COUNT(*) FROM bars WHERE ticker = ? AND source = ? AND session BETWEEN ? AND ?",
-            (validate_ticker(ticker), source, first.isoformat(), last.isoformat()),
-        ).fetchone()
+        row = (
+            self._db()
+            .execute(
+                "SELECT COUNT(*) FROM bars WHERE ticker = ? AND source = ? AND session BETWEEN ? AND ?",
+                (validate_ticker(ticker), source, first.isoformat(), last.isoformat()),
+            )
+            .fetchone()
+        )
         return int(row[0])
 
     def last_backfill(self, ticker: str, source: str) -> Backfill | None:
         """The last daily history fetched for the ticker from `source` (add_history's `backfill_range`), or None."""
-        row = self._db().execute(
-            "SELECT session, range, bars, at FROM backfills WHERE ticker = ? AND source = ?",
-            (validate_ticker(ticker), source),
-        ).fetchone()
+        row = (
+            self._db()
+            .execute(
+                "SELECT session, range, bars, at FROM backfills WHERE ticker = ? AND source = ?",
+                (validate_ticker(ticker), source),
+            )
+            .fetchone()
+        )
         if row is None:
             return None
         return Backfill(dt.date.fromisoformat(row["session"]), row["range"], row["bars"], row["at"])
@@ -317,8 +360,16 @@ class MarketStore:
         last = last_session if last_session is not None else calendar.session_of(self._clock())
         sessions = calendar.last_trading_days(len(closes), last) if closes else []
         bars = [
-            Bar(ticker=ticker, session=session, open=price, high=price, low=price, close=price,
-                time=calendar.at(session, calendar.SESSION_CLOSE), source=source)
+            Bar(
+                ticker=ticker,
+                session=session,
+                open=price,
+                high=price,
+                low=price,
+                close=price,
+                time=calendar.at(session, calendar.SESSION_CLOSE),
+                source=source,
+            )
             for session, price in zip(sessions, closes, strict=True)
         ]
         with self._write() as db:
@@ -458,12 +509,12 @@ def _asset(row: sqlite3.Row) -> Asset:
 
 
 def _quote(row: sqlite3.Row) -> Quote:
-    return Quote(**{key: row[key] for key in row.keys()})
+    return Quote(**{key: row[key] for key in row.keys()})  # noqa: SIM118 (a Row iterates its values)
 
 
 def _bar(row: sqlite3.Row) -> Bar:
-    return Bar(**{key: row[key] for key in row.keys()})
+    return Bar(**{key: row[key] for key in row.keys()})  # noqa: SIM118 (a Row iterates its values)
 
 
 def _request(row: sqlite3.Row) -> AnalysisRequest:
-    return AnalysisRequest(**{key: row[key] for key in row.keys()})
+    return AnalysisRequest(**{key: row[key] for key in row.keys()})  # noqa: SIM118 (a Row iterates its values)

@@ -9,8 +9,9 @@ from market.errors import InvalidTicker
 
 # The platform's contract (handler payloads, API, store). A four-character root starting with a
 # letter, then the one- or two-digit class: the root may hold a digit, as B3's own B3SA3 does.
-TICKER_PATTERN = r"^[A-Z][A-Z0-9]{3}\d{1,2}$"
-_TICKER_RE = re.compile(TICKER_PATTERN)
+# ASCII only: `\d` would take any script's digits (PETR٤, fullwidth PETR４) as new tickers.
+TICKER_PATTERN = r"^[A-Z][A-Z0-9]{3}[0-9]{1,2}$"
+_TICKER_RE = re.compile(r"[A-Z][A-Z0-9]{3}[0-9]{1,2}")
 
 AssetType = Literal["stock", "unit", "etf", "fii", "bdr"]
 
@@ -52,14 +53,16 @@ def validate_ticker(text: str) -> str:
     ticker = text.strip().upper()
     if not ticker:
         raise InvalidTicker(text, "empty")
-    if not _TICKER_RE.match(ticker):
+    if not text.isascii():  # before upper(): "ı".upper() is "I"
+        raise InvalidTicker(text, "not a B3 ticker: ASCII letters and digits only")
+    if not _TICKER_RE.fullmatch(ticker):
         raise InvalidTicker(text, "not a B3 ticker")
     return ticker
 
 
 def is_valid_ticker(text: str) -> bool:
     """Whether `text` is already a canonical B3 ticker (no stripping, no case folding)."""
-    return bool(_TICKER_RE.match(text))
+    return bool(_TICKER_RE.fullmatch(text))
 
 
 def ticker_info(ticker: str) -> TickerInfo | None:

@@ -12,16 +12,25 @@ import datetime as dt
 import json
 import logging
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from pathlib import Path
+from typing import Any
 
-from runtime.core.errors import B3JobsError, InvalidArgument, InvalidState, JobNotFound, ManifestError, PayloadError, UnknownJob
+from runtime.core.errors import (
+    B3JobsError,
+    InvalidArgument,
+    InvalidState,
+    JobNotFound,
+    ManifestError,
+    PayloadError,
+    UnknownJob,
+)
 from runtime.core.manifest import Manifest, load_manifest
 from runtime.core.records import STATES
 from runtime.core.settings import Settings, SettingsError
 
 OK, FAILURE, BAD_INPUT = 0, 1, 2
-BULK_CHUNK = 5_000  # payloads per store call of `enqueue --file`
 
 
 @dataclass(frozen=True)
@@ -108,7 +117,8 @@ def _runtime(settings: Settings, manifest: Manifest | None = None, bus: bool = F
         if url.startswith("memory://"):
             logging.getLogger("b3jobs").warning(
                 "BUS_URL is memory:// in a separate process: its events reach no web process. "
-                "Set BUS_URL (or REDIS_URL) to publish them.")
+                "Set BUS_URL (or REDIS_URL) to publish them."
+            )
         events = KombuPublisher(url, namespace=settings.namespace)
     return Runtime(settings, manifest, events=events)
 
@@ -152,8 +162,9 @@ def _enqueue_file(args: argparse.Namespace, settings: Settings) -> int:
         print("--job-id cannot be used with --file", file=sys.stderr)
         return BAD_INPUT
     payloads: list[Any] = []
+    lines: list[int] = []  # the line number of each payload
     try:
-        text = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
     except OSError as exc:
         print("--file: %s" % exc, file=sys.stderr)
         return BAD_INPUT
@@ -165,13 +176,22 @@ def _enqueue_file(args: argparse.Namespace, settings: Settings) -> int:
         except json.JSONDecodeError as exc:
             print("%s:%d: not valid JSON: %s" % (args.file, n, exc), file=sys.stderr)
             return BAD_INPUT
+        lines.append(n)
     runtime = _runtime(settings, bus=True)
+    try:
+        # Every line is validated before any job is created (the store calls come after, in chunks).
+        results = runtime.enqueue_many(args.job, payloads, delay=args.delay, priority=args.priority)
+    except PayloadError as exc:
+        print("invalid input for %s; nothing enqueued:" % exc.job, file=sys.stderr)
+        for err in exc.errors:  # `3.payload.user_id`: item 3's field, shown at its line
+            index, _, loc = err["loc"].partition(".")
+            where = loc.removeprefix("payload.") if loc != "payload" else "payload"
+            print("%s:%d: %s: %s" % (args.file, lines[int(index)], where, err["msg"]), file=sys.stderr)
+        return BAD_INPUT
     created = 0
-    for start in range(0, len(payloads), BULK_CHUNK):
-        for record, was_created in runtime.enqueue_many(args.job, payloads[start : start + BULK_CHUNK],
-                                                        delay=args.delay, priority=args.priority):
-            created += was_created
-            print(record.id)
+    for record, was_created in results:
+        created += was_created
+        print(record.id)
     print("%d job(s) enqueued, %d existed already" % (created, len(payloads) - created), file=sys.stderr)
     runtime.events.close()
     return OK
@@ -230,14 +250,17 @@ def cmd_control(args: argparse.Namespace, settings: Settings) -> int:
         runtime.remove(args.id)
         print("%s removed" % args.id)
     elif command == "clean":
-        print("%d %s %s record(s) removed" % (runtime.clean(args.job, args.state, args.age, args.limit), args.state, args.job))
+        print(
+            "%d %s %s record(s) removed"
+            % (runtime.clean(args.job, args.state, args.age, args.limit), args.state, args.job)
+        )
     runtime.events.close()
     return OK
 
 
 def cmd_schedules(args: argparse.Namespace, settings: Settings) -> int:
     runtime = _runtime(settings)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     rows = [["JOB", "CRON", "TIMEZONE", "NEXT RUN", "LAST RUN"]]
     for job in runtime.manifest.jobs.values():
         if job.cron is None:
@@ -245,7 +268,9 @@ def cmd_schedules(args: argparse.Namespace, settings: Settings) -> int:
         nxt = job.cron.next_after(now, job.tz).astimezone(job.tz).isoformat(timespec="minutes")
         last = runtime.store.last_tick(job.name)
         last_text = dt.datetime.fromtimestamp(last, job.tz).isoformat(timespec="minutes") if last else "never"
-        rows.append([job.name, job.spec.cron or "", job.spec.timezone, nxt if job.spec.enabled else "disabled", last_text])
+        rows.append(
+            [job.name, job.spec.cron or "", job.spec.timezone, nxt if job.spec.enabled else "disabled", last_text]
+        )
     print(_table(rows) if len(rows) > 1 else "no cron jobs in the manifest")
     return OK
 
@@ -274,8 +299,11 @@ def build_parser(app_commands: Sequence[Command] = ()) -> argparse.ArgumentParse
     p.add_argument("id", nargs="?")
     p.add_argument("--failed", metavar="JOB", help="retry every failed job of this name")
     sub.add_parser("schedules", help="cron jobs with their next and last run")
-    for name, text in (("pause", "no consumer starts jobs of this name until resume"), ("resume", "let them start again"),
-                       ("drain", "remove every waiting job of this name")):
+    for name, text in (
+        ("pause", "no consumer starts jobs of this name until resume"),
+        ("resume", "let them start again"),
+        ("drain", "remove every waiting job of this name"),
+    ):
         sub.add_parser(name, help=text).add_argument("job")
     p = sub.add_parser("obliterate", help="remove a name's queue, records and totals")
     p.add_argument("job")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import builtins
 import time
 import types
 from typing import Any
 
-from runtime.core.enqueue import EnqueueItem, Enqueuer, limits_of
-from runtime.core.errors import B3JobsError, InvalidArgument, JobNotFound
+from runtime.core.enqueue import EnqueueItem, Enqueuer, check_caller_id, limits_of
+from runtime.core.errors import B3JobsError, InvalidArgument, JobNotFound, PayloadError
 from runtime.core.events import EventSink, LogSink
 from runtime.core.manifest import Manifest, import_object, load_manifest
 from runtime.core.records import COMPLETED, DELAYED, FAILED, WAITING, JobRecord
@@ -67,7 +68,13 @@ class Runtime:
         self.services = services if services is not None else load_services(self.settings, self.manifest)
         self.enqueuer = Enqueuer(self.manifest, self.store, self.events)
         self.executor = Executor(
-            self.huey, self.store, self.manifest, self.events, self.services, self.settings.lease_s, self.enqueuer.prepare
+            self.huey,
+            self.store,
+            self.manifest,
+            self.events,
+            self.services,
+            self.settings.lease_s,
+            self.enqueuer.prepare,
         )
         self.huey.executor = self.executor
         # Each worker, as it stops, gives back the job its last completion took and it never ran.
@@ -84,7 +91,14 @@ class Runtime:
         priority: int | None = None,
         job_id: str | None = None,
     ) -> tuple[JobRecord, bool]:
-        """Validate and enqueue a job; returns (record, created). See `Enqueuer.enqueue`."""
+        """Validate and enqueue a job for a caller; returns (record, created). See `Enqueuer.enqueue`.
+
+        A `job_id` must not be one b3-jobs reserves for cron ticks and flow children (`check_caller_id`).
+        """
+        problems = check_caller_id(job_id)
+        if problems:
+            self.manifest.job(name)
+            raise PayloadError(name, problems)
         return self.enqueuer.enqueue(name, payload, delay=delay, priority=priority, job_id=job_id)
 
     def enqueue_many(
@@ -101,6 +115,10 @@ class Runtime:
         Nothing is enqueued if any is invalid. Returns (record, created) per item, in order.
         """
         items = [p if isinstance(p, EnqueueItem) else EnqueueItem(p, delay=delay, priority=priority) for p in payloads]
+        problems = [e for n, item in enumerate(items) for e in check_caller_id(item.job_id, "%d.job_id" % n)]
+        if problems:
+            self.manifest.job(name)
+            raise PayloadError(name, problems)
         return self.enqueuer.enqueue_many(name, items)
 
     # -- the consumer's parts ----------------------------------------------------------------------
@@ -121,7 +139,9 @@ class Runtime:
             raise JobNotFound(job_id)
         return record
 
-    def list(self, state: str | None = None, name: str | None = None, offset: int = 0, limit: int = 50) -> list[JobRecord]:
+    def list(
+        self, state: str | None = None, name: str | None = None, offset: int = 0, limit: int = 50
+    ) -> list[JobRecord]:
         return self.store.list(state, name, offset, limit)
 
     def counts(self) -> dict[str, dict[str, int]]:
@@ -141,7 +161,7 @@ class Runtime:
         self.manifest.job(name)
         return self.retry_many(self.store.ids_in_state(name, FAILED))
 
-    def retry_many(self, job_ids: list[str]) -> int:
+    def retry_many(self, job_ids: builtins.list[str]) -> int:
         """Retry these failed jobs; returns how many were queued again."""
         retried = 0
         for job_id in job_ids:

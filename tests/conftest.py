@@ -7,8 +7,9 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -21,11 +22,11 @@ REDIS_URL = os.environ.get("B3JOBS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 sys.path.insert(0, str(TESTS))  # the test handlers package `testjobs`
 
-from runtime.worker.consumer import B3Consumer  # noqa: E402
-from runtime.engine import Runtime  # noqa: E402
 from runtime.core.events import RecordingSink  # noqa: E402
 from runtime.core.manifest import load_manifest  # noqa: E402
 from runtime.core.settings import Settings  # noqa: E402
+from runtime.engine import Runtime  # noqa: E402
+from runtime.worker.consumer import B3Consumer  # noqa: E402
 
 
 def require_redis() -> str:
@@ -86,7 +87,9 @@ def runtime(make_runtime: Callable[..., Runtime]) -> Runtime:
 
 
 @contextlib.contextmanager
-def running_consumer(runtime: Runtime, workers: int = 2, worker_type: str = "thread", cron: bool = False) -> Iterator[B3Consumer]:
+def running_consumer(
+    runtime: Runtime, workers: int = 2, worker_type: str = "thread", cron: bool = False
+) -> Iterator[B3Consumer]:
     consumer = B3Consumer(runtime, workers=workers, worker_type=worker_type, cron=cron, signals=False)
     consumer.start()
     try:
@@ -100,7 +103,9 @@ def consumer() -> Callable[..., Any]:
     return running_consumer
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = "condition") -> Any:
+def wait_for(
+    predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = "condition"
+) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -110,7 +115,9 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: floa
     raise AssertionError("timed out after %ss waiting for %s" % (timeout, what))
 
 
-def wait_state(runtime: Runtime, job_id: str, states: tuple[str, ...] = ("completed", "failed"), timeout: float = 10.0) -> Any:
+def wait_state(
+    runtime: Runtime, job_id: str, states: tuple[str, ...] = ("completed", "failed"), timeout: float = 10.0
+) -> Any:
     return wait_for(
         lambda: (r := runtime.get(job_id)).state in states and r, timeout, what="job %s to reach %s" % (job_id, states)
     )

@@ -37,10 +37,9 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal, get_args, get_type_hints
 
 import pytest
@@ -271,13 +270,14 @@ class FakeBrapi:
         last = calendar.session_of(now)
         sessions = calendar.trading_days(range_start(range_, last), last)  # type: ignore[arg-type]
         if ticker in self.history_days:
-            sessions = sessions[-self.history_days[ticker]:] if self.history_days[ticker] else []
+            sessions = sessions[-self.history_days[ticker] :] if self.history_days[ticker] else []
         bars = [bar.model_copy(update={"source": "brapi"}) for bar in self._sample.bars(ticker, sessions, now)]
         price = self.prices.get(ticker)
         if bars and price is not None and bars[-1].session == calendar.session_of(now):
             last_bar = bars[-1]  # the session so far closes at the quote's price
-            bars[-1] = last_bar.model_copy(update={
-                "close": price, "high": max(last_bar.high, price), "low": min(last_bar.low, price)})
+            bars[-1] = last_bar.model_copy(
+                update={"close": price, "high": max(last_bar.high, price), "low": min(last_bar.low, price)}
+            )
         return bars
 
     def _result(self, ticker: str, now: float, range_: str | None = None) -> dict[str, Any]:
@@ -313,13 +313,15 @@ class FakeBrapi:
         if ticker in self.renames:
             result["requestedSymbol"] = ticker
         if range_ is not None:
-            result.update({
-                "historicalDataPrice": [_entry(bar) for bar in self.history(ticker, range_, now)],
-                "usedRange": range_,
-                "usedInterval": "1d",
-                "validRanges": list(RANGES),
-                "validIntervals": list(INTERVALS),
-            })
+            result.update(
+                {
+                    "historicalDataPrice": [_entry(bar) for bar in self.history(ticker, range_, now)],
+                    "usedRange": range_,
+                    "usedInterval": "1d",
+                    "validRanges": list(RANGES),
+                    "validIntervals": list(INTERVALS),
+                }
+            )
         return result
 
 
@@ -344,8 +346,10 @@ def _refuse_params(params: dict[str, str]) -> web.StreamResponse | None:
     if interval is not None and interval not in INTERVALS:
         return _error(400, "Intervalo inválido: %s. Use um de: %s" % (interval, ", ".join(INTERVALS)))
     if range_ is not None and (range_ not in RANGE_DAYS or interval != "1d"):
-        raise AssertionError("the fake serves daily history over %s only, asked range=%s interval=%s"
-                             % (", ".join(RANGE_DAYS), range_, interval))
+        raise AssertionError(
+            "the fake serves daily history over %s only, asked range=%s interval=%s"
+            % (", ".join(RANGE_DAYS), range_, interval)
+        )
     return None
 
 
@@ -388,7 +392,7 @@ def _malformed(kind: str, results: list[dict[str, Any]]) -> web.Response:
 
 
 def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(epoch, tz=UTC).isoformat().replace("+00:00", "Z")
 
 
 @pytest.fixture

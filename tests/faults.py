@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -36,22 +37,38 @@ def consumer_env(namespace: str, data_dir: Path, redis_url: str | None, lease_s:
     return env
 
 
-def start_consumer(env: dict[str, str], workers: int = 2, worker_type: str = "thread", log: Path | None = None) -> subprocess.Popen[bytes]:
+def start_consumer(
+    env: dict[str, str], workers: int = 2, worker_type: str = "thread", log: Path | None = None
+) -> subprocess.Popen[bytes]:
     """A `python -m runtime consumer` in its own process group (so a kill takes its workers too)."""
-    out = open(log, "ab") if log else subprocess.DEVNULL
-    return subprocess.Popen(
-        [sys.executable, "-m", "runtime", "--log-level", "WARNING", "consumer", "--workers", str(workers),
-         "--worker-type", worker_type, "--no-cron"],
-        env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-    )
+    # The child keeps its own copy of the log's descriptor; ours is closed once it has started.
+    with open(log, "ab") if log else contextlib.nullcontext(subprocess.DEVNULL) as out:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "runtime",
+                "--log-level",
+                "WARNING",
+                "consumer",
+                "--workers",
+                str(workers),
+                "--worker-type",
+                worker_type,
+                "--no-cron",
+            ],
+            env=env,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def kill(proc: subprocess.Popen[bytes]) -> None:
     """SIGKILL a consumer and everything it forked, like the OOM killer or a lost host."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     proc.wait(10)
 
 
@@ -86,10 +103,21 @@ class PrivateRedis:
     def url(self) -> str:
         return "redis://127.0.0.1:%d/0" % self.port
 
-    def start(self) -> "PrivateRedis":
+    def start(self) -> PrivateRedis:
         self.dir.mkdir(parents=True, exist_ok=True)
-        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--dir", str(self.dir),
-                "--appendonly", "yes" if self.aof else "no"]
+        args = [
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--dir",
+            str(self.dir),
+            "--appendonly",
+            "yes" if self.aof else "no",
+        ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

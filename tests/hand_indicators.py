@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 
@@ -15,7 +16,7 @@ def _ema_series(values: list[float], n: int) -> list[float]:
 
 
 def _rsi(values: list[float], n: int = 14) -> float:
-    changes = [b - a for a, b in zip(values, values[1:])]
+    changes = [b - a for a, b in itertools.pairwise(values)]
     gain = sum(max(c, 0) for c in changes[:n]) / n
     loss = sum(max(-c, 0) for c in changes[:n]) / n
     for c in changes[n:]:

@@ -6,24 +6,23 @@ import asyncio
 import datetime as dt
 import threading
 import time
-from pathlib import Path
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-
-from bus.publisher import KombuPublisher
+from conftest import ROOT, running_consumer, wait_state
 from fake_brapi import FakeBrapi
 from hand_indicators import indicators, of_result
+from test_events_e2e import subscribe
+
+from bus.publisher import KombuPublisher
 from market.analysis import MIN_CLOSES
 from runtime.core.cron import cron_job_id
-from runtime.engine import Runtime
 from runtime.core.events import RecordingSink
 from runtime.core.manifest import load_manifest
+from runtime.engine import Runtime
 from runtime.web.app import build_web, create_app
-
-from conftest import ROOT, running_consumer, wait_state
-from test_events_e2e import subscribe
 
 MANIFEST = ROOT / "schedules.toml"
 SAO_PAULO = ZoneInfo("America/Sao_Paulo")
@@ -45,7 +44,11 @@ class TimedSink(RecordingSink):
             super().emit(event, job, data)
 
     def of(self, job_id: str, event: str) -> list[tuple[float, dict[str, Any]]]:
-        return [(t, data) for t, (name, job, data) in zip(self.times, self.events) if name == event and job and job[0] == job_id]
+        return [
+            (t, data)
+            for t, (name, job, data) in zip(self.times, self.events)
+            if name == event and job and job[0] == job_id
+        ]
 
 
 @pytest.fixture
@@ -164,10 +167,28 @@ def test_a_batch_of_20_with_2_unknown_completes_within_the_rate_limit(
 ) -> None:
     # Given 18 tickers the provider knows and 2 it does not
     runtime = b3_runtime()
-    known = ["PETR4", "VALE3", "ITUB4", "BBDC4", "BBAS3", "ABEV3", "WEGE3", "GGBR4", "RENT3", "SUZB3",
-             "PRIO3", "ELET3", "B3SA3", "TAEE11", "BOVA11", "HGLG11", "MGLU3", "LREN3"]
+    known = [
+        "PETR4",
+        "VALE3",
+        "ITUB4",
+        "BBDC4",
+        "BBAS3",
+        "ABEV3",
+        "WEGE3",
+        "GGBR4",
+        "RENT3",
+        "SUZB3",
+        "PRIO3",
+        "ELET3",
+        "B3SA3",
+        "TAEE11",
+        "BOVA11",
+        "HGLG11",
+        "MGLU3",
+        "LREN3",
+    ]
     fake.unknown.update({"FAKE3", "NOPE11"})
-    tickers = known[:9] + ["FAKE3"] + known[9:] + ["NOPE11"]
+    tickers = [*known[:9], "FAKE3", *known[9:], "NOPE11"]
     record, _ = runtime.enqueue("batch-update", {"tickers": tickers})
     # When the batch runs
     with running_consumer(runtime):
@@ -183,7 +204,11 @@ def test_a_batch_of_20_with_2_unknown_completes_within_the_rate_limit(
     # And it ran as a flow: one update-asset-prices child per ticker, each ending on the bus
     assert len(done.children) == 20
     sink: TimedSink = runtime.events  # type: ignore[assignment]
-    ends = [name for name, job, _ in sink.events if job and job[0] in done.children and name in ("job:completed", "job:failed")]
+    ends = [
+        name
+        for name, job, _ in sink.events
+        if job and job[0] in done.children and name in ("job:completed", "job:failed")
+    ]
     assert sorted(ends) == ["job:completed"] * 18 + ["job:failed"] * 2
     assert all(runtime.services.store.latest_quote(t) is not None for t in known)
 
@@ -195,11 +220,11 @@ def test_daily_update_fires_at_2am_in_sao_paulo_and_updates_every_active_asset(
     runtime = b3_runtime()
     store = runtime.services.store
     active = ["BOVA11", "PETR4", "VALE3", "WEGE3"]
-    for ticker in active + ["MGLU3"]:
+    for ticker in [*active, "MGLU3"]:
         store.track(ticker)
     store.untrack("MGLU3")
     two_am = dt.datetime(2026, 3, 10, 2, 0, tzinfo=SAO_PAULO).timestamp()
-    assert dt.datetime.fromtimestamp(two_am, dt.timezone.utc).hour == 5  # UTC-3
+    assert dt.datetime.fromtimestamp(two_am, dt.UTC).hour == 5  # UTC-3
     pin_clock(runtime, fake, two_am)
     cron = runtime.cron_runner(now=two_am - 180)
 
@@ -220,12 +245,16 @@ def test_daily_update_fires_at_2am_in_sao_paulo_and_updates_every_active_asset(
     assert done.result == {"session": "2026-03-09", "due": True, "updated": active, "failed": {}}
     assert sorted(t for r in fake.requests for t in r.tickers) == active
     assert all((q := store.latest_quote(t)) is not None and q.source == "brapi" for t in active)
-    assert all((b := store.bar(t, "brapi", dt.date(2026, 3, 9))) is not None and b.close == store.latest_quote(t).price
-               for t in active)  # type: ignore[union-attr]
+    assert all(
+        (b := store.bar(t, "brapi", dt.date(2026, 3, 9))) is not None and b.close == store.latest_quote(t).price
+        for t in active
+    )  # type: ignore[union-attr]
     assert store.latest_quote("MGLU3") is None
     # And it ran as a flow: one update-asset-prices child per active asset
     children = [runtime.get(child_id) for child_id in done.children]
-    assert [(c.name, c.payload["ticker"], c.state) for c in children] == [("update-asset-prices", t, "completed") for t in active]
+    assert [(c.name, c.payload["ticker"], c.state) for c in children] == [
+        ("update-asset-prices", t, "completed") for t in active
+    ]
 
 
 def test_the_morning_after_carnival_the_daily_update_fetches_nothing(
@@ -244,8 +273,13 @@ def test_the_morning_after_carnival_the_daily_update_fetches_nothing(
         done = wait_state(runtime, cron_job_id("daily-update", two_am), timeout=20)
     # Then the job completed saying nothing was due, spawned no update and asked the provider nothing
     assert done.state == "completed", done.error
-    assert done.result == {"session": "2026-02-17", "due": False, "updated": [], "failed": {},
-                           "reason": "2026-02-17 was not a B3 trading day (Carnival): no session to update"}
+    assert done.result == {
+        "session": "2026-02-17",
+        "due": False,
+        "updated": [],
+        "failed": {},
+        "reason": "2026-02-17 was not a B3 trading day (Carnival): no session to update",
+    }
     assert done.children == [] and fake.request_count == 0
     assert runtime.list(name="update-asset-prices") == []
 
@@ -283,13 +317,15 @@ def test_a_refused_key_fails_the_daily_update_at_once(b3_runtime: Callable[..., 
     # Then each update failed on its first attempt, and the nightly update failed at once, saying why
     assert [(c.state, c.attempts) for c in map(runtime.get, done.children)] == [("failed", 1), ("failed", 1)]
     assert (done.state, done.attempts) == ("failed", 1)
-    assert "no active asset could be updated (2 failed): PETR4: " in done.error and "refused the credentials" in done.error
+    assert (
+        "no active asset could be updated (2 failed): PETR4: " in done.error and "refused the credentials" in done.error
+    )
     assert fake.request_count == 2
 
 
 def test_daily_update_does_not_fire_at_2am_utc(b3_runtime: Callable[..., Runtime]) -> None:
     runtime = b3_runtime()
-    two_am_utc = dt.datetime(2026, 3, 10, 2, 0, tzinfo=dt.timezone.utc).timestamp()
+    two_am_utc = dt.datetime(2026, 3, 10, 2, 0, tzinfo=dt.UTC).timestamp()
     cron = runtime.cron_runner(now=two_am_utc)
     cron.tick(two_am_utc)
     assert runtime.list(name="daily-update") == []
@@ -322,10 +358,18 @@ async def test_analyses_requested_over_http_complete_or_fail_with_a_reason(
     assert vale3["error"] == "the analysis of VALE3 needs at least 50 closing prices, found 10"
     assert [r.tickers for r in fake.requests] == [["VALE3"]]  # PETR4's history was all there
     # And each announced itself: started, progress, then completed or failed
-    names = {ticker: [name for name, _, data in runtime.events.events  # type: ignore[attr-defined]
-                      if name.startswith("analysis:") and data["id"] == ids[ticker]] for ticker in ids}
-    assert names == {"PETR4": ["analysis:started", "analysis:progress", "analysis:completed"],
-                     "VALE3": ["analysis:started", "analysis:progress", "analysis:failed"]}
+    names = {
+        ticker: [
+            name
+            for name, _, data in runtime.events.events  # type: ignore[attr-defined]
+            if name.startswith("analysis:") and data["id"] == ids[ticker]
+        ]
+        for ticker in ids
+    }
+    assert names == {
+        "PETR4": ["analysis:started", "analysis:progress", "analysis:completed"],
+        "VALE3": ["analysis:started", "analysis:progress", "analysis:failed"],
+    }
 
 
 async def until_finished(client: Any, request_id: str, timeout: float = 15.0) -> dict[str, Any]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -13,7 +13,7 @@ import pytest
 from runtime.core.cron import Cron, CronError, cron_job_id
 from runtime.engine import Runtime
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 SAO_PAULO = ZoneInfo("America/Sao_Paulo")
 NEW_YORK = ZoneInfo("America/New_York")
 MINUTE = dt.timedelta(minutes=1)
@@ -95,7 +95,10 @@ def test_a_fixed_time_skipped_by_the_jump_fires_once_right_after_it() -> None:
     assert fired == [SPRING_FORWARD, utc(2026, 3, 9, 6, 30)]  # 03:00 EDT on the 8th, 02:30 EDT on the 9th
     assert fired[0].astimezone(NEW_YORK).isoformat() == "2026-03-08T03:00:00-04:00"
     # A job due at both the skipped time and the time right after the jump still runs once then.
-    assert ticks("0,30 2,3 * * *", NEW_YORK, utc(2026, 3, 8, 0), utc(2026, 3, 8, 12)) == [SPRING_FORWARD, utc(2026, 3, 8, 7, 30)]
+    assert ticks("0,30 2,3 * * *", NEW_YORK, utc(2026, 3, 8, 0), utc(2026, 3, 8, 12)) == [
+        SPRING_FORWARD,
+        utc(2026, 3, 8, 7, 30),
+    ]
 
 
 @pytest.mark.parametrize("transition", [SPRING_FORWARD, FALL_BACK], ids=["spring-forward", "fall-back"])
@@ -111,8 +114,15 @@ def test_wildcard_jobs_fire_on_every_real_minute_or_hour_through_the_transition(
 def test_a_quarter_hourly_job_runs_both_passes_of_the_repeated_hour() -> None:
     fired = ticks("*/15 * * * *", NEW_YORK, utc(2026, 11, 1, 4, 50), utc(2026, 11, 1, 7))
     assert [t.astimezone(NEW_YORK).strftime("%H:%M%z") for t in fired] == [
-        "01:00-0400", "01:15-0400", "01:30-0400", "01:45-0400",
-        "01:00-0500", "01:15-0500", "01:30-0500", "01:45-0500", "02:00-0500",
+        "01:00-0400",
+        "01:15-0400",
+        "01:30-0400",
+        "01:45-0400",
+        "01:00-0500",
+        "01:15-0500",
+        "01:30-0500",
+        "01:45-0500",
+        "02:00-0500",
     ]
 
 
@@ -171,8 +181,20 @@ def test_ticks_match_cronie_minute_by_minute(zone: str, transition: dt.datetime)
     tz = ZoneInfo(zone)
     after, until = transition - dt.timedelta(hours=26), transition + dt.timedelta(hours=26)
     assert tz.utcoffset(after.replace(tzinfo=None)) != tz.utcoffset(until.replace(tzinfo=None)), "no transition there"
-    for expression in ("30 1 * * *", "30 2 * * *", "0 0 * * *", "0,30 0-3 * * *", "45 23 * * *", "15 1 * * 0",
-                       "*/15 * * * *", "0 * * * *", "* 2 * * *", "15 */2 * * *", "@daily", "@hourly"):
+    for expression in (
+        "30 1 * * *",
+        "30 2 * * *",
+        "0 0 * * *",
+        "0,30 0-3 * * *",
+        "45 23 * * *",
+        "15 1 * * 0",
+        "*/15 * * * *",
+        "0 * * * *",
+        "* 2 * * *",
+        "15 */2 * * *",
+        "@daily",
+        "@hourly",
+    ):
         assert ticks(expression, tz, after, until) == cronie(expression, tz, after, until), expression
 
 

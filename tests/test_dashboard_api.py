@@ -3,32 +3,41 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
+from conftest import take
 
 from bus.envelope import make
-from runtime.engine import Runtime
-from runtime.web.metrics import METRICS
 from runtime.core.cron import cron_job_id
 from runtime.core.records import JobRecord
-from conftest import take
+from runtime.engine import Runtime
 from runtime.web.app import create_app
+from runtime.web.metrics import METRICS
 
 
 def fail(runtime: Runtime, name: str, payload: dict[str, Any], error: str) -> str:
     """A job of `name` that failed with `error`, without running a handler."""
     record, _ = runtime.enqueue(name, payload)
     lease = take(runtime, record.id)
-    runtime.store.fail(record.id, lease, error, "Traceback (most recent call last):\n  ...\n" + error, time.time(),
-                       runtime.manifest.job(name).spec.keep_failed)
+    runtime.store.fail(
+        record.id,
+        lease,
+        error,
+        "Traceback (most recent call last):\n  ...\n" + error,
+        time.time(),
+        runtime.manifest.job(name).spec.keep_failed,
+    )
     return record.id
 
 
 def complete(runtime: Runtime, name: str, payload: dict[str, Any]) -> str:
     record, _ = runtime.enqueue(name, payload)
     lease = take(runtime, record.id)
-    runtime.store.complete(record.id, lease, b'{"ok": true}', time.time(), runtime.manifest.job(name).spec.keep_completed)
+    runtime.store.complete(
+        record.id, lease, b'{"ok": true}', time.time(), runtime.manifest.job(name).spec.keep_completed
+    )
     return record.id
 
 
@@ -61,7 +70,9 @@ async def test_overview_has_counts_paused_totals_cron_and_consumers(api: Any, ru
     runtime.store.renew("consumer-1", [], time.time(), 15)
     tick = (time.time() // 60) * 60 - 60
     runtime.store.claim_tick("every-minute", tick)
-    runtime.enqueue("every-minute", {"text": "tick"}, job_id=cron_job_id("every-minute", tick))
+    runtime.enqueuer.enqueue(
+        "every-minute", {"text": "tick"}, job_id=cron_job_id("every-minute", tick)
+    )  # as the tick does
 
     # When the dashboard asks for the overview
     resp = await api.get("/api/v1/dashboard/overview")
@@ -72,7 +83,14 @@ async def test_overview_has_counts_paused_totals_cron_and_consumers(api: Any, ru
     jobs = {j["name"]: j for j in body["jobs"]}
     assert set(jobs) == set(runtime.manifest.jobs)
     assert jobs["noop"]["paused"] is True and jobs["echo"]["paused"] is False
-    assert jobs["noop"]["counts"] == {"waiting": 1, "delayed": 1, "active": 0, "waiting-children": 0, "completed": 0, "failed": 0}
+    assert jobs["noop"]["counts"] == {
+        "waiting": 1,
+        "delayed": 1,
+        "active": 0,
+        "waiting-children": 0,
+        "completed": 0,
+        "failed": 0,
+    }
     assert jobs["echo"]["totals"] == {"started": 2, "completed": 1, "failed": 1, "retried": 0, "stalled": 0}
     assert [c["id"] for c in body["consumers"]] == ["consumer-1"]
     cron = jobs["every-minute"]["cron"]
@@ -129,7 +147,12 @@ async def test_search_by_id_by_payload_field_and_by_word(api: Any, runtime: Runt
 async def test_failed_jobs_are_grouped_by_reason_and_a_group_can_be_retried(api: Any, runtime: Runtime) -> None:
     # Given one bad deploy failing many jobs (ids and timings differ), and one other failure
     for i in range(5):
-        fail(runtime, "echo", {"text": "t%d" % i}, "KeyError: asset %08x missing after %d ms" % (0x1A2B3C4D + 7919 * i, 1000 + i))
+        fail(
+            runtime,
+            "echo",
+            {"text": "t%d" % i},
+            "KeyError: asset %08x missing after %d ms" % (0x1A2B3C4D + 7919 * i, 1000 + i),
+        )
     other = fail(runtime, "echo", {"text": "z"}, "HTTP 404 from provider")
 
     # Then they are two rows, the biggest first
@@ -153,17 +176,34 @@ async def test_failed_jobs_are_grouped_by_reason_and_a_group_can_be_retried(api:
 async def test_job_detail_has_stalls_worker_parent_and_children(api: Any, runtime: Runtime) -> None:
     now = time.time()
     kids = ["kid-%d" % i for i in range(3)]
-    parent = JobRecord(id="parent-1", name="echo", state="waiting-children", payload={"text": "p"},
-                       created_at=now, children=kids)
+    parent = JobRecord(
+        id="parent-1", name="echo", state="waiting-children", payload={"text": "p"}, created_at=now, children=kids
+    )
     runtime.store.create(parent, b"{}")
-    for i, kid in enumerate(kids):
-        runtime.store.create(JobRecord(id=kid, name="echo", state="delayed", payload={"text": "k"}, created_at=now,
-                                       run_at=now + 600, parent_id="parent-1"), b"{}")
+    for kid in kids:
+        runtime.store.create(
+            JobRecord(
+                id=kid,
+                name="echo",
+                state="delayed",
+                payload={"text": "k"},
+                created_at=now,
+                run_at=now + 600,
+                parent_id="parent-1",
+            ),
+            b"{}",
+        )
 
     body = await (await api.get("/api/v1/dashboard/jobs/parent-1")).json()
     assert body["state"] == "waiting-children" and body["stalls"] == 0 and body["max_stalls"] == 3
     assert body["children_total"] == 3 and [c["id"] for c in body["children_shown"]] == kids
     assert {c["state"] for c in body["children_shown"]} == {"delayed"}
     kid = await (await api.get("/api/v1/dashboard/jobs/kid-0")).json()
-    assert kid["parent"] == {"id": "parent-1", "name": "echo", "state": "waiting-children", "progress": None, "error": None}
+    assert kid["parent"] == {
+        "id": "parent-1",
+        "name": "echo",
+        "state": "waiting-children",
+        "progress": None,
+        "error": None,
+    }
     assert (await api.get("/api/v1/dashboard/jobs/nope")).status == 404

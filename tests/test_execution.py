@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
-
-from runtime.engine import Runtime
-from runtime.core.errors import JobNotFound, PayloadError, UnknownJob
-
 from conftest import wait_for, wait_state
+
+from runtime.core.errors import JobNotFound, PayloadError, UnknownJob
+from runtime.engine import Runtime
 
 
 def events_of(runtime: Runtime, job_id: str) -> list[str]:
@@ -27,7 +28,13 @@ def test_a_job_completes_with_its_return_value(runtime: Runtime, consumer: Calla
     assert done.result == {"echo": "abab", "attempt": 1}
     assert done.attempts == 1 and done.progress == 50
     assert done.created_at <= done.started_at <= done.finished_at  # type: ignore[operator]
-    assert events_of(runtime, record.id) == ["job:waiting", "job:active", "job:progress", "test:echoed", "job:completed"]
+    assert events_of(runtime, record.id) == [
+        "job:waiting",
+        "job:active",
+        "job:progress",
+        "test:echoed",
+        "job:completed",
+    ]
 
 
 def test_exponential_backoff_fails_twice_then_succeeds(runtime: Runtime, consumer: Callable[..., Any]) -> None:
@@ -35,6 +42,7 @@ def test_exponential_backoff_fails_twice_then_succeeds(runtime: Runtime, consume
     record, _ = runtime.enqueue("flaky", {"fail_times": 2})
     starts: list[float] = []
     with consumer(runtime):
+
         def seen_active() -> bool:
             current = runtime.get(record.id)
             if current.started_at and current.started_at not in starts:
@@ -46,7 +54,7 @@ def test_exponential_backoff_fails_twice_then_succeeds(runtime: Runtime, consume
     # Then three attempts, completed, and the waits grow: about 1 s, then about 2 s
     assert (done.state, done.attempts, done.result) == ("completed", 3, {"attempt": 3})
     assert len(starts) == 3, starts
-    waits = [b - a for a, b in zip(starts, starts[1:])]
+    waits = [b - a for a, b in itertools.pairwise(starts)]
     assert 0.9 <= waits[0] <= 1.6, waits
     assert 1.9 <= waits[1] <= 2.6, waits
     assert events_of(runtime, record.id).count("job:retrying") == 2
@@ -61,7 +69,7 @@ def test_attempts_never_exceed_retries_plus_one(runtime: Runtime, consumer: Call
     assert (done.state, done.attempts, done.max_attempts) == ("failed", 3, 3)
     assert done.error == "ValueError: broken upstream"
     assert "Traceback (most recent call last)" in (done.traceback or "")
-    assert 'raise ValueError(payload.message)' in (done.traceback or "")
+    assert "raise ValueError(payload.message)" in (done.traceback or "")
 
 
 def test_custom_backoff_function_of_the_attempt(runtime: Runtime, consumer: Callable[..., Any]) -> None:
@@ -90,7 +98,9 @@ def test_retry_with_an_explicit_delay(runtime: Runtime, consumer: Callable[..., 
 
 
 @pytest.mark.parametrize("job", ["sleepy", "sleepy-cooperative", "async-sleepy"])
-def test_a_handler_past_its_timeout_fails_each_attempt(runtime: Runtime, consumer: Callable[..., Any], job: str) -> None:
+def test_a_handler_past_its_timeout_fails_each_attempt(
+    runtime: Runtime, consumer: Callable[..., Any], job: str
+) -> None:
     record, _ = runtime.enqueue(job, {"seconds": 3})
     started = time.monotonic()
     with consumer(runtime):
@@ -130,8 +140,9 @@ def test_priority_1_runs_before_lower_priorities(runtime: Runtime, consumer: Cal
     assert first == high
 
 
-def test_an_expired_job_fails_without_running(make_runtime: Callable[..., Runtime], tmp_path: Any,
-                                              consumer: Callable[..., Any]) -> None:
+def test_an_expired_job_fails_without_running(
+    make_runtime: Callable[..., Runtime], tmp_path: Any, consumer: Callable[..., Any]
+) -> None:
     manifest = tmp_path / "expiring.toml"
     manifest.write_text(
         '[jobs.echo]\nhandler = "testjobs.basic:echo"\npayload = "testjobs.basic:Echo"\nexpires = 0.2\n'
@@ -158,7 +169,7 @@ def test_bad_payload_lists_every_field_and_enqueues_nothing(runtime: Runtime) ->
 
 
 def test_job_id_deduplicates_and_retry_and_remove(runtime: Runtime, consumer: Callable[..., Any]) -> None:
-    first, created = runtime.enqueue("always-fails", {"message": "x"}, job_id="fixed-1")
+    _, created = runtime.enqueue("always-fails", {"message": "x"}, job_id="fixed-1")
     again, created_again = runtime.enqueue("always-fails", {"message": "y"}, job_id="fixed-1")
     assert created and not created_again and again.payload == {"message": "x"}
     with consumer(runtime):
@@ -178,8 +189,12 @@ def test_job_id_deduplicates_and_retry_and_remove(runtime: Runtime, consumer: Ca
 def test_retention_keeps_at_most_100_after_5000_jobs(runtime: Runtime, consumer: Callable[..., Any]) -> None:
     ids = [runtime.enqueue("kept", {})[0].id for _ in range(5000)]
     with consumer(runtime, workers=4):
-        wait_for(lambda: runtime.counts()["kept"]["waiting"] == 0 and runtime.counts()["kept"]["active"] == 0,
-                 timeout=90, interval=0.2, what="5,000 jobs to run")
+        wait_for(
+            lambda: runtime.counts()["kept"]["waiting"] == 0 and runtime.counts()["kept"]["active"] == 0,
+            timeout=90,
+            interval=0.2,
+            what="5,000 jobs to run",
+        )
     counts = runtime.counts()["kept"]
     assert counts["completed"] == 100
     assert counts["failed"] == 0
@@ -187,7 +202,9 @@ def test_retention_keeps_at_most_100_after_5000_jobs(runtime: Runtime, consumer:
     assert len(kept) == 100 and ids[-1] in kept and ids[0] not in kept
 
 
-def test_pause_holds_across_consumers_until_resume(make_runtime: Callable[..., Runtime], consumer: Callable[..., Any]) -> None:
+def test_pause_holds_across_consumers_until_resume(
+    make_runtime: Callable[..., Runtime], consumer: Callable[..., Any]
+) -> None:
     # Given two consumers (each with its own runtime, as two processes would have) and a paused job name
     first, second = make_runtime(), make_runtime()
     assert first.pause("noop")
@@ -204,10 +221,12 @@ def test_pause_holds_across_consumers_until_resume(make_runtime: Callable[..., R
         for job_id in ids:
             assert wait_state(second, job_id).state == "completed"
     assert [e[0] for e in first.events.events if e[0].startswith("queue:")] == ["queue:paused"]  # type: ignore[attr-defined]
-    assert [e for e in second.events.events if e[0] == "queue:resumed"][0][2] == {"job": "noop", "released": 6}  # type: ignore[attr-defined]
+    assert next(e for e in second.events.events if e[0] == "queue:resumed")[2] == {"job": "noop", "released": 6}  # type: ignore[attr-defined]
 
 
-def test_a_worker_stopping_gives_back_the_job_its_last_completion_took(runtime: Runtime, consumer: Callable[..., Any]) -> None:
+def test_a_worker_stopping_gives_back_the_job_its_last_completion_took(
+    runtime: Runtime, consumer: Callable[..., Any]
+) -> None:
     # Given a backlog, and workers that take their next job in the call that completes the last one
     ids = [r.id for r, _ in runtime.enqueue_many("noop", [{}] * 300)]
     with consumer(runtime, workers=2):

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
-
-from runtime.engine import Runtime
-from runtime.core.records import JobRecord
-
 from conftest import CI, running_consumer, wait_for, wait_state
 from faults import PrivateRedis, consumer_env, cpu_seconds, kill, start_consumer, stop
+
+from runtime.core.records import JobRecord
+from runtime.engine import Runtime
 
 
 def runs_of(log: Path) -> dict[str, int]:
@@ -65,7 +65,9 @@ def test_a_poison_job_fails_after_max_stalls_and_others_go_on(runtime: Runtime, 
     assert done.error == "stalled too often: its worker died or stopped heartbeating 3 time(s) while running it"
 
 
-def test_three_consumers_for_five_minutes_run_a_minutely_cron_job_five_times(make_runtime: Callable[..., Runtime]) -> None:
+def test_three_consumers_for_five_minutes_run_a_minutely_cron_job_five_times(
+    make_runtime: Callable[..., Runtime],
+) -> None:
     runtimes = [make_runtime() for _ in range(3)]
     start = (int(time.time() // 60) + 1) * 60 + 1.0  # just after a minute boundary
     runners = [r.cron_runner(now=start) for r in runtimes]
@@ -97,15 +99,22 @@ def test_missed_ticks_run_once_on_return_or_are_skipped(make_runtime: Callable[.
 
 def test_undecodable_messages_and_unknown_jobs_become_failed_records(runtime: Runtime) -> None:
     now = time.time()
-    runtime.store.create(JobRecord(id="garbage", name="noop", state="waiting", payload={}, created_at=now), b"\x80not msgspec")
-    runtime.store.create(JobRecord(id="future", name="from-the-future", state="waiting", payload={}, created_at=now), b"[]")
+    runtime.store.create(
+        JobRecord(id="garbage", name="noop", state="waiting", payload={}, created_at=now), b"\x80not msgspec"
+    )
+    runtime.store.create(
+        JobRecord(id="future", name="from-the-future", state="waiting", payload={}, created_at=now), b"[]"
+    )
     ok, _ = runtime.enqueue("noop", {})
     with running_consumer(runtime):
         garbage = wait_state(runtime, "garbage", ("failed",))
         future = wait_state(runtime, "future", ("failed",))
         assert wait_state(runtime, ok.id).state == "completed"
     assert garbage.error is not None and garbage.error.startswith("undecodable message: DecodeError")
-    assert future.error == "unknown job 'from-the-future': this consumer's manifest does not declare it (a newer producer?)"
+    assert (
+        future.error
+        == "unknown job 'from-the-future': this consumer's manifest does not declare it (a newer producer?)"
+    )
     assert runtime.counts()["from-the-future"]["failed"] == 1
 
 
@@ -117,15 +126,19 @@ def test_redis_restarted_with_aof_mid_run_loses_nothing(tmp_path: Path, settings
         if CI:
             raise
         pytest.skip(str(exc))
-    from runtime.core.manifest import load_manifest
     from conftest import TEST_MANIFEST
+
+    from runtime.core.manifest import load_manifest
 
     settings = settings_for("redis", redis_url=redis_server.url)
     runtime = Runtime(settings, load_manifest(TEST_MANIFEST))
     log = tmp_path / "runs.log"
     ids = [runtime.enqueue("logged-sleep", {"log": str(log), "seconds": 0.01})[0].id for _ in range(1000)]
-    consumer = start_consumer(consumer_env(settings.namespace, settings.data_dir, redis_server.url, lease_s=3), workers=4,
-                              log=tmp_path / "consumer.log")
+    consumer = start_consumer(
+        consumer_env(settings.namespace, settings.data_dir, redis_server.url, lease_s=3),
+        workers=4,
+        log=tmp_path / "consumer.log",
+    )
     try:
         wait_for(lambda: len(runs_of(log)) >= 300, timeout=30, what="300 jobs done")
         # When Redis stops (AOF flushed on shutdown) for 3 s, then comes back
@@ -135,8 +148,12 @@ def test_redis_restarted_with_aof_mid_run_loses_nothing(tmp_path: Path, settings
         down_cores = (cpu_seconds(consumer.pid) - cpu_before) / (time.monotonic() - t0)
         redis_server.start()
         # Then every job completes, the consumer never crashed, and it idled while Redis was down
-        wait_for(lambda: runtime.counts()["logged-sleep"]["completed"] == 1000, timeout=60, interval=0.5,
-                 what="all 1000 jobs completed")
+        wait_for(
+            lambda: runtime.counts()["logged-sleep"]["completed"] == 1000,
+            timeout=60,
+            interval=0.5,
+            what="all 1000 jobs completed",
+        )
         assert consumer.poll() is None
     finally:
         stop(consumer)
@@ -146,10 +163,12 @@ def test_redis_restarted_with_aof_mid_run_loses_nothing(tmp_path: Path, settings
     assert down_cores < 0.05, "consumer used %.1f%% of a core while Redis was down" % (down_cores * 100)
 
 
-def test_sqlite_consumer_killed_mid_write_leaves_a_consistent_database(settings_for: Callable[..., Any],
-                                                                        tmp_path: Path) -> None:
-    from runtime.core.manifest import load_manifest
+def test_sqlite_consumer_killed_mid_write_leaves_a_consistent_database(
+    settings_for: Callable[..., Any], tmp_path: Path
+) -> None:
     from conftest import TEST_MANIFEST
+
+    from runtime.core.manifest import load_manifest
 
     runtime = Runtime(settings_for("sqlite"), load_manifest(TEST_MANIFEST))
     env = consumer_env(runtime.settings.namespace, runtime.settings.data_dir, None, lease_s=1)
@@ -162,8 +181,9 @@ def test_sqlite_consumer_killed_mid_write_leaves_a_consistent_database(settings_
         assert db.execute("pragma integrity_check").fetchone() == ("ok",)
     again = start_consumer(env, workers=4)
     try:
-        wait_for(lambda: runtime.counts()["logged-sleep"]["completed"] == len(ids), timeout=60, interval=0.5,
-                 what="all done")
+        wait_for(
+            lambda: runtime.counts()["logged-sleep"]["completed"] == len(ids), timeout=60, interval=0.5, what="all done"
+        )
     finally:
         stop(again)
     assert set(runs_of(log)) == set(ids)
@@ -191,8 +211,8 @@ def test_the_api_answers_503_while_redis_is_down_and_recovers(tmp_path: Path, se
     import asyncio
 
     from aiohttp.test_utils import TestClient, TestServer
-
     from conftest import TEST_MANIFEST
+
     from runtime.core.manifest import load_manifest
     from runtime.web.app import create_app
 

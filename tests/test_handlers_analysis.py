@@ -5,19 +5,18 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-
 from fake_brapi import FakeBrapi
 from hand_indicators import indicators, of_result
+from test_handlers_services import brapi_services, events_named, fake, make_ctx  # noqa: F401 (fixtures)
+
 from handlers import process_pending_analysis as job
 from market import calendar
 from market.analysis import MIN_CLOSES, analyze
 from market.services import Services
-
-from test_handlers_services import brapi_services, events_named, fake, make_ctx  # noqa: F401 (fixtures)
 
 LINEAR = [10.0 + i for i in range(60)]  # 10, 11, ..., 69: every indicator has a value by hand
 
@@ -59,7 +58,8 @@ def test_a_request_with_enough_history_completes_with_the_hand_checked_indicator
     returns = [math.log(LINEAR[i + 1] / LINEAR[i]) for i in range(39, 59)]
     assert result.volatility == pytest.approx(statistics.stdev(returns) * math.sqrt(252), abs=1e-9)
     assert result.model_dump(exclude={"computed_at"}) == analyze(
-        "PETR4", LINEAR, source="sample", last_session=result.last_session).model_dump(exclude={"computed_at"})
+        "PETR4", LINEAR, source="sample", last_session=result.last_session
+    ).model_dump(exclude={"computed_at"})
     assert result.source == "sample" and result.last_session == calendar.session_of(result.computed_at)
     # And it announced started, progress and completed, in that order, with the result
     events = events_named(sink, "analysis:")

@@ -3,17 +3,17 @@ HTTP triggers (`http` in schedules.toml, built by runtime/web/triggers.py), the 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
+from conftest import ROOT
 from openapi_spec_validator import validate
 
 from market.analysis import analyze
 from market.models import Quote
 from runtime.engine import Runtime
 from runtime.web.app import create_app
-
-from conftest import ROOT
 
 MANIFEST = ROOT / "schedules.toml"
 LINEAR = [10.0 + i for i in range(60)]
@@ -55,8 +55,12 @@ async def test_without_the_b3_app_in_the_manifest_there_are_no_b3_routes(
     # Given the test manifest: no [app] table, no job with an http trigger
     api = await aiohttp_client(create_app(runtime))
     # Then the B3 routes are not there, and ctx.services is an empty namespace
-    for method, path in [("POST", "/api/v1/assets/update/PETR4"), ("POST", "/api/v1/assets/batch-update"),
-                         ("GET", "/api/v1/assets"), ("POST", "/api/v1/analysis")]:
+    for method, path in [
+        ("POST", "/api/v1/assets/update/PETR4"),
+        ("POST", "/api/v1/assets/batch-update"),
+        ("GET", "/api/v1/assets"),
+        ("POST", "/api/v1/analysis"),
+    ]:
         resp = await api.request(method, path, json={})
         assert resp.status == 404, (method, path)
     assert vars(runtime.services) == {}
@@ -72,12 +76,15 @@ async def test_batch_update_queues_the_tickers_once_each(api: Any, b3: Runtime) 
     assert b3.get(body["jobId"]).payload == {"tickers": ["PETR4", "VALE3", "B3SA3"]}
 
 
-@pytest.mark.parametrize("body, loc", [
-    ({"tickers": ["PETR4", "nope!"]}, "tickers.1"),
-    ({"tickers": []}, "tickers"),
-    ({}, "tickers"),
-    ({"tickers": ["PETR4"], "priority": 1}, "priority"),
-])
+@pytest.mark.parametrize(
+    "body, loc",
+    [
+        ({"tickers": ["PETR4", "nope!"]}, "tickers.1"),
+        ({"tickers": []}, "tickers"),
+        ({}, "tickers"),
+        ({"tickers": ["PETR4"], "priority": 1}, "priority"),
+    ],
+)
 async def test_batch_update_refuses_bad_bodies(api: Any, b3: Runtime, body: dict[str, Any], loc: str) -> None:
     resp = await api.post("/api/v1/assets/batch-update", json=body)
     assert resp.status == 422
@@ -104,8 +111,11 @@ async def test_analysis_request_errors(api: Any) -> None:
     assert (await api.post("/api/v1/analysis", data=b"{x", headers={"Content-Type": "application/json"})).status == 400
     missing = await api.get("/api/v1/analysis/no-such-id")
     assert missing.status == 404
-    assert (await missing.json())["error"] == {"code": "not_found", "message": "no analysis request with id 'no-such-id'",
-                                               "details": None}
+    assert (await missing.json())["error"] == {
+        "code": "not_found",
+        "message": "no analysis request with id 'no-such-id'",
+        "details": None,
+    }
 
 
 async def test_a_completed_analysis_shows_its_result(api: Any, b3: Runtime) -> None:
@@ -131,8 +141,10 @@ async def test_assets_list_with_latest_quotes_and_bars(api: Any, b3: Runtime) ->
     store.track("MGLU3")
     store.untrack("MGLU3")
     body = await (await api.get("/api/v1/assets")).json()
-    assert [(a["asset"]["ticker"], a["latest"] and a["latest"]["price"], a["last_bar"] and a["last_bar"]["close"])
-            for a in body["assets"]] == [("PETR4", None, None), ("VALE3", 61.7, 61.7)]
+    assert [
+        (a["asset"]["ticker"], a["latest"] and a["latest"]["price"], a["last_bar"] and a["last_bar"]["close"])
+        for a in body["assets"]
+    ] == [("PETR4", None, None), ("VALE3", 61.7, 61.7)]
     everything = await (await api.get("/api/v1/assets", params={"all": "true"})).json()
     assert [a["asset"]["ticker"] for a in everything["assets"]] == ["MGLU3", "PETR4", "VALE3"]
     assert (await api.get("/api/v1/assets", params={"all": "maybe"})).status == 422
@@ -153,7 +165,9 @@ async def test_one_asset_with_its_daily_bars_and_latest_quote_apart(api: Any, b3
     # Then the two newest sample bars come oldest first, one per session, and the latest quote apart
     assert body["asset"]["ticker"] == "VALE3" and body["source"] == "sample"
     assert [(b["session"], b["close"], b["source"]) for b in body["bars"]] == [
-        (bars[1].session.isoformat(), 61.5, "sample"), (bars[2].session.isoformat(), 59.2, "sample")]
+        (bars[1].session.isoformat(), 61.5, "sample"),
+        (bars[2].session.isoformat(), 59.2, "sample"),
+    ]
     assert (body["latest"]["price"], body["latest"]["source"]) == (59.2, "sample")
     assert body["bars"][-1]["high"] == 59.4 and body["bars"][-1]["low"] == 59.0
     assert len((await (await api.get("/api/v1/assets/VALE3")).json())["bars"]) == 3
@@ -179,6 +193,7 @@ async def test_the_b3_routes_are_in_the_openapi_document(api: Any) -> None:
         "/api/v1/analysis": ["post"],
         "/api/v1/analysis/{id}": ["get"],
     }
+
     def answer(path: str) -> dict[str, Any]:
         ref = doc["paths"][path]["post"]["responses"]["202"]["content"]["application/json"]["schema"]["$ref"]
         return doc["components"]["schemas"][ref.rsplit("/", 1)[1]]
@@ -204,8 +219,9 @@ async def test_100_concurrent_updates_of_petr4_make_one_job(api: Any, b3: Runtim
     import asyncio
 
     # update-asset-prices is deduplicated by ticker (dedupe = ["ticker"] in the manifest)
-    replies = await asyncio.gather(*(api.post("/api/v1/jobs/update-asset-prices", json={"payload": {"ticker": "PETR4"}})
-                                     for _ in range(100)))
+    replies = await asyncio.gather(
+        *(api.post("/api/v1/jobs/update-asset-prices", json={"payload": {"ticker": "PETR4"}}) for _ in range(100))
+    )
     bodies = [await r.json() for r in replies]
     assert sorted(r.status for r in replies) == [200] * 99 + [202]
     assert len({b["id"] for b in bodies}) == 1

@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
-
 from fake_brapi import FakeBrapi
-from market.providers.blocking import BlockingQuotes
+
 from b3app.services import build_services
+from market.providers.blocking import BlockingQuotes
 from market.services import (
     PacedQuotes,
     RateLimit,
@@ -65,12 +66,19 @@ def services(tmp_path: Path, fake: FakeBrapi) -> Iterator[Services]:
     made.close()
 
 
-def make_ctx(services: Any, job: str, *, timeout_s: float | None = None, attempt: int = 1) -> tuple[JobContext, RecordingSink]:
+def make_ctx(
+    services: Any, job: str, *, timeout_s: float | None = None, attempt: int = 1
+) -> tuple[JobContext, RecordingSink]:
     """A JobContext as the executor builds it, its events recorded."""
     sink = RecordingSink()
     ctx = JobContext(
-        job_id="test-%s" % job, job=job, attempt=attempt, max_attempts=4, timeout_s=timeout_s,
-        services=services, events=sink,
+        job_id="test-%s" % job,
+        job=job,
+        attempt=attempt,
+        max_attempts=4,
+        timeout_s=timeout_s,
+        services=services,
+        events=sink,
     )
     return ctx, sink
 
@@ -82,9 +90,15 @@ def events_named(sink: RecordingSink, prefix: str) -> list[tuple[str, dict[str, 
 # -- BRAPI_RATE_LIMIT -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("5/1", RateLimit(5, 1.0)), (" 100/60 ", RateLimit(100, 60.0)), ("3/0.5s", RateLimit(3, 0.5)), ("off", None),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("5/1", RateLimit(5, 1.0)),
+        (" 100/60 ", RateLimit(100, 60.0)),
+        ("3/0.5s", RateLimit(3, 0.5)),
+        ("off", None),
+    ],
+)
 def test_rate_limit_is_limit_per_seconds(text: str, expected: RateLimit | None) -> None:
     assert parse_rate_limit(text) == expected
 
@@ -114,7 +128,7 @@ def test_build_services_reads_brapi_settings_and_refuses_a_bad_limit(
         build_services(settings)
     monkeypatch.setenv("BRAPI_HISTORY_RANGE", "3mo")
     monkeypatch.setenv("BRAPI_RATE_LIMIT", "lots")
-    with pytest.raises(SettingsError, match="BRAPI_RATE_LIMIT: expected LIMIT/SECONDS .* got 'lots'"):
+    with pytest.raises(SettingsError, match=r"BRAPI_RATE_LIMIT: expected LIMIT/SECONDS .* got 'lots'"):
         build_services(settings)
 
 
@@ -140,8 +154,10 @@ def test_a_start_with_brapi_on_a_store_of_sample_bars_says_they_are_kept_apart(
     # Then it says so at once: the sample bars stay apart, brapi's alone are analysed and shown
     try:
         assert services.source == "brapi"
-        assert "holds daily bars from sample (%d tickers); the active provider is brapi" % len(DEFAULT_TICKERS) \
+        assert (
+            "holds daily bars from sample (%d tickers); the active provider is brapi" % len(DEFAULT_TICKERS)
             in caplog.text
+        )
         assert "brapi bars only" in caplog.text
     finally:
         services.close()

@@ -6,14 +6,16 @@ the services and the fake brapi share."""
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Iterator
-
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from pydantic import ValidationError
-
+from conftest import wait_for
 from fake_brapi import FakeBrapi
+from pydantic import ValidationError
+from test_handlers_services import brapi_services, events_named, fake, make_ctx, services  # noqa: F401 (fixtures)
+
 from handlers import batch_update, daily_update, update_asset_prices
 from market import calendar
 from market.analysis import MIN_CLOSES
@@ -22,9 +24,6 @@ from market.services import Services
 from runtime import Retry, UnrecoverableError
 from runtime.core.context import ChildResult, JobContext
 from runtime.core.events import RecordingSink
-
-from conftest import wait_for
-from test_handlers_services import brapi_services, events_named, fake, make_ctx, services  # noqa: F401 (fixtures)
 
 
 class Clock:
@@ -89,8 +88,12 @@ def test_update_stores_the_quote_tracks_the_ticker_and_emits_asset_updated(servi
     [(name, data)] = events_named(sink, "asset:")
     assert name == "asset:updated"
     assert {k: data[k] for k in ("ticker", "price", "change", "time", "session")} == {
-        "ticker": "PETR4", "price": 37.25, "change": result["change"], "time": result["time"],
-        "session": session.isoformat()}
+        "ticker": "PETR4",
+        "price": 37.25,
+        "change": result["change"],
+        "time": result["time"],
+        "session": session.isoformat(),
+    }
 
 
 def test_ten_updates_in_one_session_leave_one_bar_closing_at_the_last_price(
@@ -158,7 +161,11 @@ def test_a_429_in_the_middle_of_a_backfill_retries_that_ticker_alone(timed: Serv
     retried = update(timed, "VALE3")
     assert retried["history"]["bars"] >= MIN_CLOSES
     assert [(r.tickers, r.status, r.params.get("range")) for r in fake.requests] == [
-        (["PETR4"], 200, "3mo"), (["VALE3"], 429, "3mo"), (["ITUB4"], 200, "3mo"), (["VALE3"], 200, "3mo")]
+        (["PETR4"], 200, "3mo"),
+        (["VALE3"], 429, "3mo"),
+        (["ITUB4"], 200, "3mo"),
+        (["VALE3"], 200, "3mo"),
+    ]
 
 
 def test_an_unknown_ticker_fails_without_retry_and_stores_nothing(services: Services, fake: FakeBrapi) -> None:
@@ -224,8 +231,17 @@ def flow_ctx(
         spawned.append((job, payloads))
         return ["%s.%d" % (job_id, first + i) for i in range(len(payloads))]
 
-    ctx = JobContext(job_id=job_id, job="flow", attempt=1, max_attempts=4, timeout_s=None, services=services,
-                     events=RecordingSink(), on_spawn=on_spawn, children=children)
+    ctx = JobContext(
+        job_id=job_id,
+        job="flow",
+        attempt=1,
+        max_attempts=4,
+        timeout_s=None,
+        services=services,
+        events=RecordingSink(),
+        on_spawn=on_spawn,
+        children=children,
+    )
     return ctx, spawned
 
 
@@ -247,8 +263,11 @@ def test_batch_update_spawns_one_child_per_ticker_then_sums_them_up() -> None:
     first, spawned = flow_ctx(None, "b1")
     assert batch_update.handle(payload, first) is None
     assert spawned == [("update-asset-prices", [{"ticker": "PETR4"}, {"ticker": "VALE3"}, {"ticker": "XXXX3"}])]
-    children = [ChildResult("b1.0", "completed", result={"price": 1}), ChildResult("b1.2", "failed", error="unknown ticker"),
-                ChildResult("b1.1", "completed", result={"price": 2})]
+    children = [
+        ChildResult("b1.0", "completed", result={"price": 1}),
+        ChildResult("b1.2", "failed", error="unknown ticker"),
+        ChildResult("b1.1", "completed", result={"price": 2}),
+    ]
     again, _ = flow_ctx(None, "b1", children)
     assert batch_update.handle(payload, again) == {"updated": ["PETR4", "VALE3"], "failed": {"XXXX3": "unknown ticker"}}
 
@@ -265,8 +284,13 @@ def test_the_morning_after_carnival_tuesday_nothing_is_due(timed: Services, fake
     # When the nightly update runs
     summary = daily_update.handle(daily_update.Payload(), ctx)
     # Then it records that nothing was due, and why; it spawned nothing and asked the provider nothing
-    assert summary == {"session": "2026-02-17", "due": False, "updated": [], "failed": {},
-                       "reason": "2026-02-17 was not a B3 trading day (Carnival): no session to update"}
+    assert summary == {
+        "session": "2026-02-17",
+        "due": False,
+        "updated": [],
+        "failed": {},
+        "reason": "2026-02-17 was not a B3 trading day (Carnival): no session to update",
+    }
     assert spawned == [] and fake.request_count == 0
     # And the same holds the morning after a Sunday
     clock.at(2026, 2, 16, 2)
@@ -279,7 +303,7 @@ def test_the_morning_after_a_session_every_active_assets_bar_for_it_is_updated(
     # Given three active assets with their history up to Monday, and one no longer tracked
     active = ["PETR4", "VALE3", "WEGE3"]
     clock.at(2026, 3, 9, 16)
-    for ticker in active + ["MGLU3"]:
+    for ticker in [*active, "MGLU3"]:
         update(timed, ticker)
     timed.store.untrack("MGLU3")
     fake.reset()
@@ -304,7 +328,11 @@ def test_the_morning_after_a_session_every_active_assets_bar_for_it_is_updated(
     # And the summary names the session
     again, _ = flow_ctx(timed, "d1", children)
     assert daily_update.handle(daily_update.Payload(), again) == {
-        "session": "2026-03-10", "due": True, "updated": active, "failed": {}}
+        "session": "2026-03-10",
+        "due": True,
+        "updated": active,
+        "failed": {},
+    }
 
 
 def test_an_update_run_after_its_session_ended_fetches_that_sessions_final_bar(
@@ -329,14 +357,22 @@ def test_daily_update_sums_up_its_children_and_one_bad_ticker_does_not_fail_it(t
     for ticker in ("PETR4", "VALE3", "WEGE3", "ZZZZ11"):
         timed.store.track(ticker)
     unknown = "UnrecoverableError: brapi does not know ticker ZZZZ11"
-    children = [updated("d1", 0, "PETR4"), updated("d1", 1, "VALE3"), updated("d1", 2, "WEGE3"),
-                ChildResult("d1.3", "failed", error=unknown)]
+    children = [
+        updated("d1", 0, "PETR4"),
+        updated("d1", 1, "VALE3"),
+        updated("d1", 2, "WEGE3"),
+        ChildResult("d1.3", "failed", error=unknown),
+    ]
     ctx, spawned = flow_ctx(timed, "d1", children)
     # When the nightly update runs again after them, on Wednesday at 02:05
     summary = daily_update.handle(daily_update.Payload(), ctx)
     # Then it completes with who was updated and why the other failed, and spawns nothing more
-    assert summary == {"session": "2026-03-10", "due": True, "updated": ["PETR4", "VALE3", "WEGE3"],
-                       "failed": {"ZZZZ11": unknown}}
+    assert summary == {
+        "session": "2026-03-10",
+        "due": True,
+        "updated": ["PETR4", "VALE3", "WEGE3"],
+        "failed": {"ZZZZ11": unknown},
+    }
     assert spawned == []
 
 
@@ -348,10 +384,15 @@ def test_with_the_provider_down_for_every_ticker_daily_update_fails_without_a_re
     timed.store.track("PETR4")
     timed.store.track("VALE3")
     down = "ProviderUnavailable: brapi: service unavailable (HTTP 503) for %s: try later"
-    children = [ChildResult("d1.0", "failed", error=down % "PETR4"), ChildResult("d1.1", "failed", error=down % "VALE3")]
+    children = [
+        ChildResult("d1.0", "failed", error=down % "PETR4"),
+        ChildResult("d1.1", "failed", error=down % "VALE3"),
+    ]
     ctx, _ = flow_ctx(timed, "d1", children)
     # When the nightly update sums up, it fails at once (another run would read the same outcomes), with the reasons
-    with pytest.raises(UnrecoverableError, match=r"no active asset could be updated \(2 failed\): PETR4: ProviderUnavailable") as caught:
+    with pytest.raises(
+        UnrecoverableError, match=r"no active asset could be updated \(2 failed\): PETR4: ProviderUnavailable"
+    ) as caught:
         daily_update.handle(daily_update.Payload(), ctx)
     assert "VALE3: ProviderUnavailable" in str(caught.value)
 
@@ -361,8 +402,10 @@ def test_an_asset_tracked_while_the_updates_ran_is_not_reported(timed: Services,
     clock.at(2026, 3, 11, 2, 5)
     for ticker in ("PETR4", "WEGE3", "VALE3"):
         timed.store.track(ticker)
-    children = [ChildResult("d1.0", "failed", error="JobTimeout: update-asset-prices timed out after 60s"),
-                updated("d1", 1, "WEGE3")]
+    children = [
+        ChildResult("d1.0", "failed", error="JobTimeout: update-asset-prices timed out after 60s"),
+        updated("d1", 1, "WEGE3"),
+    ]
     ctx, _ = flow_ctx(timed, "d1", children)
     # When the nightly update sums up
     summary = daily_update.handle(daily_update.Payload(), ctx)
@@ -374,8 +417,12 @@ def test_an_asset_tracked_while_the_updates_ran_is_not_reported(timed: Services,
 def test_daily_update_with_no_assets_does_nothing(timed: Services, fake: FakeBrapi, clock: Clock) -> None:
     clock.at(2026, 3, 11, 2)
     ctx, spawned = flow_ctx(timed, "d1")
-    assert daily_update.handle(daily_update.Payload(), ctx) == {"session": "2026-03-10", "due": True, "updated": [],
-                                                                 "failed": {}}
+    assert daily_update.handle(daily_update.Payload(), ctx) == {
+        "session": "2026-03-10",
+        "due": True,
+        "updated": [],
+        "failed": {},
+    }
     assert spawned == [] and fake.request_count == 0
 
 

@@ -107,16 +107,21 @@ def test_no_handler_imports_another_handler_or_a_queue_library() -> None:
     found = breaches("handlers", {"handlers", "huey", "kombu", "redis", "aiohttp", "bus", "b3app"})
     assert not found, report(
         "a handler imports no other handler (shared code lives in market/) and none of huey, kombu, redis,"
-        " aiohttp, bus, b3app", found)
+        " aiohttp, bus, b3app",
+        found,
+    )
 
 
 def test_handlers_reach_the_runtime_through_its_public_api_only() -> None:
     public = public_runtime_api()
     found = [
-        str(imp) for imp in imports("handlers")
+        str(imp)
+        for imp in imports("handlers")
         if imp.top == "runtime" and (imp.module != "runtime" or not set(imp.names) <= public)
     ]
-    assert not found, report("a handler takes from the runtime only `from runtime import %s`" % ", ".join(sorted(public)), found)
+    assert not found, report(
+        "a handler takes from the runtime only `from runtime import %s`" % ", ".join(sorted(public)), found
+    )
 
 
 def test_the_runtime_source_names_no_b3_word() -> None:
@@ -134,7 +139,8 @@ def test_the_runtime_source_names_no_b3_word() -> None:
             if words := b3_words(line):
                 found.append("%s:%d: %s: %s" % (where, number, ", ".join(words), line.strip()))
     assert not found, report(
-        "runtime/ knows jobs, not B3: no %s (plurals too) in any file" % ", ".join(sorted(B3_WORDS)), found)
+        "runtime/ knows jobs, not B3: no %s (plurals too) in any file" % ", ".join(sorted(B3_WORDS)), found
+    )
 
 
 # -- the reader ---------------------------------------------------------------------------------
@@ -162,5 +168,10 @@ def test_a_breach_is_told_with_its_file_line_and_import_wherever_it_hides(tmp_pa
 
 def test_the_word_check_finds_whole_words_in_any_case() -> None:
     assert b3_words("(e.g. `asset:updated`) Update-Asset-Prices from b3app.routes; B3 Tickers; SEED") == [
-        "asset", "asset", "b3app", "tickers", "seed"]
+        "asset",
+        "asset",
+        "b3app",
+        "tickers",
+        "seed",
+    ]
     assert b3_words("the handler, marketing, seeded, _set_signal_handlers") == []

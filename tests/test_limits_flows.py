@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Callable
-
-from runtime.engine import Runtime
+from typing import Any
 
 from conftest import running_consumer, wait_for, wait_state
 from faults import consumer_env, kill, most_in_any_window, start_consumer, stop
 
-
+from runtime.engine import Runtime
 
 
 def consumers(runtimes: list[Runtime], workers: int) -> ExitStack:
@@ -29,7 +28,9 @@ def test_a_rate_limit_holds_across_consumers_without_wasting_time(make_runtime: 
     ids = [runtimes[0].enqueue("limited", {})[0].id for _ in range(250)]
     started = time.monotonic()
     with consumers(runtimes, workers=8):
-        wait_for(lambda: runtimes[0].counts()["limited"]["completed"] == 250, timeout=30, interval=0.05, what="all done")
+        wait_for(
+            lambda: runtimes[0].counts()["limited"]["completed"] == 250, timeout=30, interval=0.05, what="all done"
+        )
         elapsed = time.monotonic() - started
     starts = [runtimes[0].get(i).started_at for i in ids]
     # Then no 1-second window saw more than 50 starts, and it took about the ideal 4-5 s, not more
@@ -41,11 +42,17 @@ def test_a_rate_limit_holds_across_consumers_without_wasting_time(make_runtime: 
 
 def test_per_key_limits_are_independent(make_runtime: Callable[..., Runtime]) -> None:
     runtimes = [make_runtime() for _ in range(2)]
-    ids = {t: [runtimes[0].enqueue("limited-per-key", {"ticker": t})[0].id for _ in range(15)] for t in ("PETR4", "VALE3")}
+    ids = {
+        t: [runtimes[0].enqueue("limited-per-key", {"ticker": t})[0].id for _ in range(15)] for t in ("PETR4", "VALE3")
+    }
     started = time.monotonic()
     with consumers(runtimes, workers=4):
-        wait_for(lambda: runtimes[0].counts()["limited-per-key"]["completed"] == 30, timeout=20, interval=0.05,
-                 what="all done")
+        wait_for(
+            lambda: runtimes[0].counts()["limited-per-key"]["completed"] == 30,
+            timeout=20,
+            interval=0.05,
+            what="all done",
+        )
         elapsed = time.monotonic() - started
     for ticker, job_ids in ids.items():
         starts = [runtimes[0].get(i).started_at for i in job_ids]
@@ -84,10 +91,18 @@ def test_a_killed_consumer_gives_its_concurrency_slot_back_within_the_lease(runt
         try:
             killed_at = time.monotonic()
             # The dead consumer's slots come back after its 2 s lease: the other consumer takes them
-            wait_for(lambda: {runtime.get(i).worker for i in ids if runtime.get(i).state == "active"} - {None}
-                     and all(w and str(other.pid) in w for w in {runtime.get(i).worker for i in ids
-                                                                 if runtime.get(i).state == "active"}),
-                     timeout=10, interval=0.1, what="slots taken over")
+            wait_for(
+                lambda: (
+                    {runtime.get(i).worker for i in ids if runtime.get(i).state == "active"} - {None}
+                    and all(
+                        w and str(other.pid) in w
+                        for w in {runtime.get(i).worker for i in ids if runtime.get(i).state == "active"}
+                    )
+                ),
+                timeout=10,
+                interval=0.1,
+                what="slots taken over",
+            )
             assert time.monotonic() - killed_at < 2 + 1.5 + 1.0
             assert runtime.counts()["two-at-a-time"]["active"] == 2
         finally:
@@ -124,6 +139,7 @@ def test_a_flow_of_100_children_with_5_failing(make_runtime: Callable[..., Runti
     strict, _ = runtimes[0].enqueue("flow-parent-strict", {"children": 100, "failing": failing})
     seen_waiting = set()
     with consumers(runtimes, workers=4):
+
         def done() -> bool:
             for job_id in (lenient.id, strict.id):
                 if runtimes[0].get(job_id).state == "waiting-children":
@@ -134,8 +150,12 @@ def test_a_flow_of_100_children_with_5_failing(make_runtime: Callable[..., Runti
     parent = runtimes[0].get(lenient.id)
     # both parents waited for their children without a worker (sampling can miss a short wait; the events cannot)
     # (or found every child already done when its first run returned: then straight back to waiting)
-    handed_off = {job[0] for r in runtimes for name, job, data in r.events.events  # type: ignore[attr-defined]
-                  if job and data.get("children") == 100 and name in ("job:waiting-children", "job:waiting")}
+    handed_off = {
+        job[0]
+        for r in runtimes
+        for name, job, data in r.events.events  # type: ignore[attr-defined]
+        if job and data.get("children") == 100 and name in ("job:waiting-children", "job:waiting")
+    }
     assert parent.state == "completed" and handed_off == {lenient.id, strict.id} and seen_waiting <= handed_off
     assert sorted(parent.result["results"]) == sorted(i * i for i in range(100) if i not in failing)
     assert len(parent.result["failures"]) == 5

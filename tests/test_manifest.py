@@ -8,12 +8,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, TEST_MANIFEST
 from pydantic import ValidationError
 
 from runtime.core.errors import ManifestError
 from runtime.core.manifest import load_manifest
-
-from conftest import ROOT, TEST_MANIFEST
 
 PYTHON = sys.executable
 
@@ -167,7 +166,11 @@ def test_check_prints_the_job_table_and_exits_0(tmp_path: Path) -> None:
         {"hello": HELLO},
     )
     done = subprocess.run(
-        [PYTHON, "-m", "runtime", "check"], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        [PYTHON, "-m", "runtime", "check"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={"PATH": "/usr/bin:/bin", "B3JOBS_MANIFEST": str(path), "B3JOBS_DATA_DIR": str(tmp_path / "var")},
     )
     assert done.returncode == 0, done.stderr
@@ -187,7 +190,11 @@ def test_check_with_problems_exits_2_and_lists_them(tmp_path: Path) -> None:
         {"hello": HELLO},
     )
     done = subprocess.run(
-        [PYTHON, "-m", "runtime", "check"], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        [PYTHON, "-m", "runtime", "check"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={"PATH": "/usr/bin:/bin", "B3JOBS_MANIFEST": str(path), "B3JOBS_DATA_DIR": str(tmp_path / "var")},
     )
     assert done.returncode == 2

@@ -104,9 +104,11 @@ async def test_a_batch_with_a_bad_ticker_is_retried_one_by_one(fake: FakeBrapi, 
 
 
 async def test_tickers_left_out_of_results_are_unknown(provider_for: ProviderFactory) -> None:
-    async with FakeBrapi(unknown={"FAKE3"}, unknown_mode="omit") as server:
-        async with _closing(BrapiProvider("test-token", server.url)) as provider:
-            results = await provider.quotes(["PETR4", "FAKE3"])
+    async with (
+        FakeBrapi(unknown={"FAKE3"}, unknown_mode="omit") as server,
+        _closing(BrapiProvider("test-token", server.url)) as provider,
+    ):
+        results = await provider.quotes(["PETR4", "FAKE3"])
     assert isinstance(results["PETR4"], Quote)
     assert isinstance(results["FAKE3"], UnknownTicker)
     assert server.request_count == 1
@@ -305,7 +307,7 @@ async def test_history_errors_are_the_quotes(fake: FakeBrapi, provider_for: Prov
         await provider.history("PETR4", "3mo")
     assert limited.value.retry_after == 3.0
     fake.malformed("bad-bar")
-    with pytest.raises(MalformedResponse, match="historicalDataPrice.0.close"):
+    with pytest.raises(MalformedResponse, match=r"historicalDataPrice\.0\.close"):
         await provider.history("PETR4", "3mo")
 
 

@@ -8,8 +8,7 @@ import datetime as dt
 import pytest
 
 from market import calendar
-
-from market.errors import InvalidTicker, MarketError, RateLimited, UnknownTicker
+from market.errors import InvalidTicker, UnknownTicker
 from market.models import Quote
 from market.providers import BrapiProvider, SampleProvider, make_provider
 from market.providers.blocking import BlockingQuotes

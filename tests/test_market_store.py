@@ -139,7 +139,9 @@ def test_a_quote_belongs_to_the_last_session_that_had_opened(store: MarketStore)
     store.add_quote(quote("VALE3", 61.5, at=sp(2026, 2, 18, 9, 59)))  # Ash Wednesday, before the open
     store.add_quote(quote("VALE3", 62.0, at=sp(2026, 2, 18, 13)))  # Ash Wednesday, in session
     assert [(b.session, b.close) for b in store.bars("VALE3", "test")] == [
-        (dt.date(2026, 2, 13), 61.5), (dt.date(2026, 2, 18), 62.0)]
+        (dt.date(2026, 2, 13), 61.5),
+        (dt.date(2026, 2, 18), 62.0),
+    ]
 
 
 def test_sources_are_kept_apart(store: MarketStore) -> None:
@@ -161,9 +163,21 @@ def test_a_history_replaces_past_bars_and_merges_the_current_one(store: MarketSt
     # When the provider's history arrives with Monday final and Tuesday so far, and a quote at 15:00
     history = History(
         quote("PETR4", 38.7, at=sp(2026, 3, 10, 15)),
-        [flat("PETR4", dt.date(2026, 3, 6), 36.0), flat("PETR4", dt.date(2026, 3, 9), 37.0),
-         Bar(ticker="PETR4", session=TUESDAY, open=37.5, high=38.8, low=37.4, close=38.6, volume=5000,
-             time=sp(2026, 3, 10, 14, 59), source="test")],
+        [
+            flat("PETR4", dt.date(2026, 3, 6), 36.0),
+            flat("PETR4", dt.date(2026, 3, 9), 37.0),
+            Bar(
+                ticker="PETR4",
+                session=TUESDAY,
+                open=37.5,
+                high=38.8,
+                low=37.4,
+                close=38.6,
+                volume=5000,
+                time=sp(2026, 3, 10, 14, 59),
+                source="test",
+            ),
+        ],
     )
     bar = store.add_history(history, backfill_range="3mo")
     # Then Monday is the provider's; Tuesday keeps the open seen first, widens, and closes at the quote
@@ -178,8 +192,16 @@ def test_a_history_replaces_past_bars_and_merges_the_current_one(store: MarketSt
 
 
 def flat(ticker: str, session: dt.date, price: float, source: str = "test") -> Bar:
-    return Bar(ticker=ticker, session=session, open=price, high=price, low=price, close=price,
-               time=calendar.at(session, calendar.SESSION_CLOSE), source=source)
+    return Bar(
+        ticker=ticker,
+        session=session,
+        open=price,
+        high=price,
+        low=price,
+        close=price,
+        time=calendar.at(session, calendar.SESSION_CLOSE),
+        source=source,
+    )
 
 
 def test_a_bar_must_hold_its_open_and_close_between_low_and_high() -> None:
@@ -368,11 +390,15 @@ def test_a_store_written_before_daily_bars_migrates_on_open(tmp_path: Path, capl
         db.executescript(SCHEMA_V0)
         db.execute("INSERT INTO assets VALUES ('PETR4', 'Petrobras PN', 'stock', 1, 1.0, 1.0)")
         for day, price in [(13, 30.0), (14, 30.5), (15, 31.0), (16, 31.5), (17, 32.0), (18, 32.5)]:  # Fri..Wed
-            db.execute("INSERT INTO quotes VALUES ('PETR4', ?, ?, NULL, NULL, NULL, NULL, 'BRL', 'sample')",
-                       (sp(2026, 2, day, 17), price))
+            db.execute(
+                "INSERT INTO quotes VALUES ('PETR4', ?, ?, NULL, NULL, NULL, NULL, 'BRL', 'sample')",
+                (sp(2026, 2, day, 17), price),
+            )
         for hour, price in [(11, 40.0), (13, 41.0), (15, 39.0)]:
-            db.execute("INSERT INTO quotes VALUES ('VALE3', ?, ?, 0.1, 0.2, 500, 'Vale', 'BRL', 'brapi')",
-                       (sp(2026, 3, 10, hour), price))
+            db.execute(
+                "INSERT INTO quotes VALUES ('VALE3', ?, ?, 0.1, 0.2, 500, 'Vale', 'BRL', 'brapi')",
+                (sp(2026, 3, 10, hour), price),
+            )
         old = analyze("VALE3", [10.0 + i for i in range(60)], source="x").model_dump(mode="json")
         del old["source"], old["last_session"]
         db.execute("INSERT INTO analysis_requests VALUES ('r1', 'VALE3', 'completed', 1.0, 2.0, 3.0, NULL)")
@@ -382,10 +408,18 @@ def test_a_store_written_before_daily_bars_migrates_on_open(tmp_path: Path, capl
         # Then the quotes became one bar per source and session: the weekend and Carnival fold into
         # Friday, Ash Wednesday's 17:00 quote is its own session
         assert [(b.session, b.open, b.close) for b in store.bars("PETR4", "sample")] == [
-            (dt.date(2026, 2, 13), 30.0, 32.0), (dt.date(2026, 2, 18), 32.5, 32.5)]
+            (dt.date(2026, 2, 13), 30.0, 32.0),
+            (dt.date(2026, 2, 18), 32.5, 32.5),
+        ]
         [vale] = store.bars("VALE3", "brapi")
         assert (vale.session, vale.open, vale.high, vale.low, vale.close, vale.volume) == (
-            TUESDAY, 40.0, 41.0, 39.0, 39.0, 500)
+            TUESDAY,
+            40.0,
+            41.0,
+            39.0,
+            39.0,
+            500,
+        )
         # And the quotes are all still there, and the old result says which source it could have read
         assert len(store.quotes("PETR4")) == 6 and len(store.quotes("VALE3", "brapi")) == 3
         found = store.analysis("r1")

@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import redis
+from conftest import TEST_MANIFEST, running_consumer
 from prometheus_client.parser import text_string_to_metric_families
+from test_dashboard_api import complete, fail
 
 from bus.envelope import make
 from bus.publisher import KombuPublisher
-from runtime.engine import Runtime
 from runtime.core.manifest import load_manifest
-from runtime.web.metrics import METRICS
+from runtime.engine import Runtime
 from runtime.web.app import build_web, create_app
-
-from conftest import TEST_MANIFEST, running_consumer
-from test_dashboard_api import complete, fail
+from runtime.web.metrics import METRICS
 
 
 async def scrape(client: Any) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
@@ -36,7 +36,9 @@ def by_job(samples: dict[tuple[tuple[str, str], ...], float]) -> dict[str, float
     return {dict(labels)["job_name"]: value for labels, value in samples.items()}
 
 
-async def test_metrics_parse_and_agree_with_the_api_counts(runtime: Runtime, aiohttp_client: Callable[..., Any]) -> None:
+async def test_metrics_parse_and_agree_with_the_api_counts(
+    runtime: Runtime, aiohttp_client: Callable[..., Any]
+) -> None:
     # Given jobs completed, failed, waiting and delayed, one name paused and one consumer heartbeat
     client = await aiohttp_client(create_app(runtime))
     for i in range(3):
@@ -109,7 +111,9 @@ async def test_histograms_and_event_counters_come_from_the_bus(
 ) -> None:
     # Given a web process on the bus and a consumer publishing there
     settings = settings_for("sqlite")
-    runtime = Runtime(settings, load_manifest(TEST_MANIFEST), events=KombuPublisher("memory://", namespace=settings.namespace))
+    runtime = Runtime(
+        settings, load_manifest(TEST_MANIFEST), events=KombuPublisher("memory://", namespace=settings.namespace)
+    )
     client = await aiohttp_client(build_web(settings, runtime, url="memory://"))
     try:
         with running_consumer(runtime):

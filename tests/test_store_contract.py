@@ -7,19 +7,34 @@ import time
 
 import pytest
 
-from runtime.engine import Runtime
 from runtime.core.errors import InvalidState, JobNotFound
 from runtime.core.manifest import Keep
 from runtime.core.records import STATES, JobRecord
+from runtime.engine import Runtime
 from runtime.store.base import Lease, NewJob
 
 OWNER = "host:1:abc"
 
 
-def new_record(job_id: str, name: str = "noop", created_at: float | None = None, state: str = "waiting",
-               priority: int | None = None, run_at: float | None = None, max_stalls: int = 3) -> JobRecord:
-    return JobRecord(id=job_id, name=name, state=state, payload={"n": job_id}, created_at=created_at or time.time(),
-                     priority=priority, run_at=run_at, max_stalls=max_stalls)
+def new_record(
+    job_id: str,
+    name: str = "noop",
+    created_at: float | None = None,
+    state: str = "waiting",
+    priority: int | None = None,
+    run_at: float | None = None,
+    max_stalls: int = 3,
+) -> JobRecord:
+    return JobRecord(
+        id=job_id,
+        name=name,
+        state=state,
+        payload={"n": job_id},
+        created_at=created_at or time.time(),
+        priority=priority,
+        run_at=run_at,
+        max_stalls=max_stalls,
+    )
 
 
 def take(store, owner: str = OWNER, lease_s: float = 30.0):  # type: ignore[no-untyped-def]
@@ -28,8 +43,18 @@ def take(store, owner: str = OWNER, lease_s: float = 30.0):  # type: ignore[no-u
 
 def test_create_then_get_round_trips_every_field(runtime: Runtime) -> None:
     store = runtime.store
-    record = JobRecord(id="a1", name="echo", state="waiting", payload={"text": "olá", "n": [1, 2]}, max_attempts=3,
-                       priority=7, created_at=1000.5, parent_id="p1", children=["c1"], max_stalls=2)
+    record = JobRecord(
+        id="a1",
+        name="echo",
+        state="waiting",
+        payload={"text": "olá", "n": [1, 2]},
+        max_attempts=3,
+        priority=7,
+        created_at=1000.5,
+        parent_id="p1",
+        children=["c1"],
+        max_stalls=2,
+    )
     stored, created = store.create(record, b"msg-a1")
     assert created and stored == record
     assert store.get("a1") == record
@@ -39,7 +64,9 @@ def test_create_then_get_round_trips_every_field(runtime: Runtime) -> None:
 def test_an_existing_id_is_not_overwritten(runtime: Runtime) -> None:
     store = runtime.store
     store.create(new_record("same"), b"m")
-    existing, created = store.create(JobRecord(id="same", name="echo", state="waiting", payload={}, created_at=1.0), b"x")
+    existing, created = store.create(
+        JobRecord(id="same", name="echo", state="waiting", payload={}, created_at=1.0), b"x"
+    )
     assert not created and existing.name == "noop"
     assert store.counts(["noop"])["noop"]["waiting"] == 1
 
@@ -90,7 +117,13 @@ def test_complete_is_fenced_by_the_lease(runtime: Runtime) -> None:
     record = store.get("j")
     assert record is not None
     assert (record.state, record.result, record.attempts, record.progress, record.finished_at, record.worker) == (
-        "completed", {"ok": True}, 1, 42, 2001.0, None)
+        "completed",
+        {"ok": True},
+        1,
+        42,
+        2001.0,
+        None,
+    )
     assert not store.complete("j", lease, b"null", 2002.0, Keep(count=10))  # finishing twice does nothing
 
 
@@ -104,7 +137,12 @@ def test_an_expired_lease_is_reaped_and_the_late_finisher_is_fenced(runtime: Run
     (reaped,) = store.reap(now=now + 1.5)
     assert (reaped.job_id, reaped.stalls, reaped.failed) == ("s", 1, False)
     record = store.get("s")
-    assert record is not None and (record.state, record.attempts, record.stalls, record.worker) == ("waiting", 0, 1, None)
+    assert record is not None and (record.state, record.attempts, record.stalls, record.worker) == (
+        "waiting",
+        0,
+        1,
+        None,
+    )
     second = take(store, "live-consumer")
     assert (second.lease.owner, second.lease.attempt) == ("live-consumer", 1)
     # the first consumer was only slow: its late finish changes nothing
@@ -152,7 +190,11 @@ def test_retry_later_then_due_then_fail(runtime: Runtime) -> None:
     lease = take(store).lease
     assert store.retry_later("r", lease, "ValueError: boom", "tb", run_at=time.time() + 60)
     record = store.get("r")
-    assert record is not None and (record.state, record.error, record.traceback) == ("delayed", "ValueError: boom", "tb")
+    assert record is not None and (record.state, record.error, record.traceback) == (
+        "delayed",
+        "ValueError: boom",
+        "tb",
+    )
     assert store.promote_due(["noop"], time.time()) == []
     assert take(store) is None
     assert store.promote_due(["noop"], time.time() + 61) == [("r", "noop")]
@@ -311,7 +353,13 @@ def test_running_totals_and_live_consumers(runtime: Runtime) -> None:
     store.fail("t3", take(store).lease, "boom", "", time.time(), Keep(count=10))
     take(store, "gone", lease_s=0.01)
     store.reap(time.time() + 1)
-    assert store.stats(["noop", "echo"])["noop"] == {"started": 4, "completed": 1, "failed": 1, "retried": 1, "stalled": 1}
+    assert store.stats(["noop", "echo"])["noop"] == {
+        "started": 4,
+        "completed": 1,
+        "failed": 1,
+        "retried": 1,
+        "stalled": 1,
+    }
     assert store.stats(["echo"])["echo"] == {"started": 0, "completed": 0, "failed": 0, "retried": 0, "stalled": 0}
     store.renew("c1", [], now=1000.0, lease_s=10)
     store.renew("c2", [], now=2000.0, lease_s=10)
@@ -356,7 +404,10 @@ def test_a_flow_parent_waits_for_every_child_once(runtime: Runtime) -> None:
     assert store.complete(second.job_id, second.lease, b"2", time.time(), Keep(count=10))
     parent = take(store)
     assert parent.job_id == "p" and parent.children_done
-    assert sorted((o.id, o.state, o.detail) for o in store.child_outcomes("p")) == [("p.0", "completed", "1"), ("p.1", "completed", "2")]
+    assert sorted((o.id, o.state, o.detail) for o in store.child_outcomes("p")) == [
+        ("p.0", "completed", "1"),
+        ("p.1", "completed", "2"),
+    ]
 
 
 def test_a_parent_rerun_before_it_waited_is_not_told_its_children_are_done(runtime: Runtime) -> None:
@@ -403,7 +454,12 @@ def test_create_many_creates_in_order_honouring_ids_and_dedupe_per_item(runtime:
     ]
     results = store.create_many(jobs)
     assert [(r.id, created) for r, created in results] == [
-        ("b1", True), ("old", False), ("b2", True), ("b2", False), ("b4", True)]
+        ("b1", True),
+        ("old", False),
+        ("b2", True),
+        ("b2", False),
+        ("b4", True),
+    ]
     assert store.get("b1") == jobs[0].record and store.get("b3") is None
     assert store.counts(["noop"])["noop"] == {**dict.fromkeys(STATES, 0), "waiting": 3, "delayed": 1}
     taken = [take(store) for _ in range(4)]

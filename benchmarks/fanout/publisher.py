@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bus.publisher import KombuPublisher  # noqa: E402
+from bus.publisher import KombuPublisher
 
 TICKERS = ["PETR4", "VALE3", "ITUB4", "BBDC4", "ABEV3", "WEGE3", "BBAS3", "RENT3", "SUZB3", "GGBR4"]
 

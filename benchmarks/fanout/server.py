@@ -19,16 +19,17 @@ import gc
 import itertools
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bus import envelope  # noqa: E402
-from bus.relay import Relay  # noqa: E402
-from bus.socketio import SocketIO  # noqa: E402
+from bus import envelope
+from bus.relay import Relay
+from bus.socketio import SocketIO
 
 TICKERS = ["PETR4", "VALE3", "ITUB4", "BBDC4", "ABEV3", "WEGE3", "BBAS3", "RENT3", "SUZB3", "GGBR4"]
 

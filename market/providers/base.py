@@ -14,7 +14,14 @@ from market.tickers import validate_ticker
 HistoryRange = Literal["5d", "1mo", "3mo", "6mo", "1y", "2y", "5y", "10y"]
 HISTORY_RANGES: tuple[HistoryRange, ...] = get_args(HistoryRange)
 RANGE_DAYS: dict[HistoryRange, int] = {
-    "5d": 7, "1mo": 31, "3mo": 92, "6mo": 183, "1y": 366, "2y": 731, "5y": 1827, "10y": 3653,
+    "5d": 7,
+    "1mo": 31,
+    "3mo": 92,
+    "6mo": 183,
+    "1y": 366,
+    "2y": 731,
+    "5y": 1827,
+    "10y": 3653,
 }
 
 

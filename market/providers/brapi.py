@@ -31,7 +31,6 @@ from brapi.types.quote_retrieve_response import Result, ResultHistoricalDataPric
 from pydantic import ValidationError
 
 from market import calendar
-
 from market.errors import (
     MalformedResponse,
     MarketError,
@@ -143,7 +142,9 @@ class BrapiProvider:
         MarketError; raises _Rejected or a ProviderError for the whole request."""
         try:
             raw = await self._client.quote.with_raw_response.retrieve(
-                ",".join(tickers), extra_headers=self._headers, **(params or {})  # type: ignore[arg-type]
+                ",".join(tickers),
+                extra_headers=self._headers,
+                **(params or {}),  # type: ignore[arg-type]
             )
             body = await raw.json()
         except brapi.APIError as exc:

@@ -112,8 +112,15 @@ class SampleProvider:
         full_day = random.Random("%s:%s:volume" % (ticker, session)).random()
         volume = int((1_000_000 + 49_000_000 * full_day) * (last - open_minute + 1) / (close_minute - open_minute + 1))
         return Bar(
-            ticker=ticker, session=session, open=prices[0], high=max(prices), low=min(prices), close=prices[-1],
-            volume=volume, time=float(last * 60), source=SOURCE,
+            ticker=ticker,
+            session=session,
+            open=prices[0],
+            high=max(prices),
+            low=min(prices),
+            close=prices[-1],
+            volume=volume,
+            time=float(last * 60),
+            source=SOURCE,
         )
 
     def bars(self, ticker: str, sessions: Iterable[dt.date], now: float) -> list[Bar]:

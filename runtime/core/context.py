@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from runtime.core.errors import JobTimeout
 from runtime.core.events import EventSink
@@ -44,7 +45,7 @@ class JobContext:
         timeout_s: float | None,
         services: Any,
         events: EventSink,
-        on_progress: Callable[[Any], None] | None = None,
+        on_progress: Callable[[Any], object] | None = None,  # its return value is not used
         on_spawn: Callable[[str, list[dict[str, Any]], int], list[str]] | None = None,
         children: list[ChildResult] | None = None,
     ):

@@ -15,11 +15,11 @@ the dashboard and the CLI use `next_after`, so what they show is what runs.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 from zoneinfo import ZoneInfo
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 MINUTE = dt.timedelta(minutes=1)
 SEARCH_LIMIT = dt.timedelta(days=366 * 5)  # an expression with no tick this far ahead never fires
 
@@ -32,9 +32,11 @@ ALIASES = {
     "@midnight": "0 0 * * *",
     "@hourly": "0 * * * *",
 }
-MONTHS = {m: i + 1 for i, m in enumerate("jan feb mar apr may jun jul aug sep oct nov dec".split())}
-DAYS = {d: i for i, d in enumerate("sun mon tue wed thu fri sat".split())}
-FIELDS = (  # name, low, high, names
+MONTHS = {
+    m: i + 1 for i, m in enumerate(["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"])
+}
+DAYS = {d: i for i, d in enumerate(["sun", "mon", "tue", "wed", "thu", "fri", "sat"])}
+FIELDS: tuple[tuple[str, int, int, dict[str, int]], ...] = (  # name, low, high, names
     ("minute", 0, 59, {}),
     ("hour", 0, 23, {}),
     ("day of month", 1, 31, {}),
@@ -101,11 +103,13 @@ class Cron:
     wildcard: bool  # minute or hour field starts with "*": fires on every real matching minute (see above)
 
     @classmethod
-    def parse(cls, expression: str) -> "Cron":
+    def parse(cls, expression: str) -> Cron:
         text = ALIASES.get(expression.strip().lower(), expression)
         parts = text.split()
         if len(parts) != 5:
-            raise CronError("expected 5 fields (minute hour day month weekday), got %d in %r" % (len(parts), expression))
+            raise CronError(
+                "expected 5 fields (minute hour day month weekday), got %d in %r" % (len(parts), expression)
+            )
         sets = [_field(p, lo, hi, names, name) for p, (name, lo, hi, names) in zip(parts, FIELDS)]
         weekdays = frozenset(d % 7 for d in sets[4])
         wildcard = parts[0].startswith("*") or parts[1].startswith("*")  # cronie's MIN_STAR | HR_STAR

@@ -16,15 +16,40 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from runtime.core.errors import PayloadError
+from runtime.core.errors import JobIdTaken, PayloadError
 from runtime.core.events import EventSink
 from runtime.core.manifest import MAX_PRIORITY, Manifest
 from runtime.core.messages import encode_message
 from runtime.core.records import DELAYED, WAITING, JobRecord
 from runtime.store.base import JobStore, Limits, NewJob
 
-JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+# A job id: ASCII letters, digits and `_ . : -`, starting alphanumeric, at most 128 (whole string:
+# `fullmatch`, so no trailing newline slips through `$`). The JSON-schema form is CALLER_JOB_ID.
+JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
+CALLER_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+# Ids ending in `.<digits>` are b3-jobs' own: cron ticks (`<job>.cron.<tick>`) and flow children
+# (`<parent>.<n>`). A caller who could take one could keep a tick from running.
+RESERVED_ID = re.compile(r".*\.[0-9]+")
 MAX_DELAY_S = 366 * 86400
+MAX_CREATE = 10_000  # jobs per store call of a bulk enqueue (one Lua call / transaction each)
+OPTIONS = ("delay", "priority", "job_id")  # what `prepare` checks besides the payload: its problems' `type`
+
+
+def check_caller_id(job_id: str | None, loc: str = "job_id") -> list[dict[str, Any]]:
+    """The problems of an id chosen by a caller (API, CLI): its form, and not one b3-jobs reserves."""
+    if job_id is None:
+        return []
+    if not JOB_ID.fullmatch(job_id):
+        return [_bad_id(job_id, loc)]
+    if RESERVED_ID.fullmatch(job_id):
+        msg = "ids ending in .<digits> are reserved for cron ticks and flow children, got %r" % job_id
+        return [{"loc": loc, "msg": msg, "type": "job_id"}]
+    return []
+
+
+def _bad_id(job_id: str, loc: str) -> dict[str, Any]:
+    msg = "must be 1-128 of A-Z a-z 0-9 _ . : - (starting alphanumeric), got %.200r" % job_id
+    return {"loc": loc, "msg": msg, "type": "job_id"}
 
 
 @dataclass(frozen=True)
@@ -53,6 +78,13 @@ def limits_of(manifest: Manifest) -> dict[str, Limits]:
     return out
 
 
+def _item_loc(n: int, problem: dict[str, Any]) -> str:
+    """Where a problem of bulk item `n` is: `3.delay` for one of its options, `3.payload.user_id` in its payload."""
+    if problem["type"] in OPTIONS:
+        return "%d.%s" % (n, problem["loc"])
+    return "%d.payload.%s" % (n, problem["loc"]) if problem["loc"] else "%d.payload" % n
+
+
 class Enqueuer:
     """Validates jobs against the manifest, creates them in the store and publishes their first event."""
 
@@ -72,32 +104,48 @@ class Enqueuer:
     ) -> tuple[JobRecord, bool]:
         """Validate and enqueue a job; returns (record, created).
 
-        An existing `job_id`, or an equal job (the manifest's `dedupe` fields) that is waiting,
-        delayed or active, is returned instead of enqueueing a second one.
+        An existing `job_id` of this job, or an equal job (the manifest's `dedupe` fields) that is
+        waiting, delayed or active, is returned instead of enqueueing a second one; an existing
+        `job_id` of another job is JobIdTaken. Any id is taken here (cron ticks use this); callers
+        go through `Runtime.enqueue`, which refuses the reserved ones (`check_caller_id`).
         """
         new = self.prepare(name, payload, delay=delay, priority=priority, job_id=job_id)
         if job_id is not None:
             existing = self.store.get(job_id)
             if existing is not None:
-                return existing, False
-        return self._create([new])[0]
+                return _same_job(existing, name), False
+        record, created = self._create([new])[0]
+        return (record if created or job_id is None else _same_job(record, name)), created
 
     def enqueue_many(self, name: str, items: list[EnqueueItem]) -> list[tuple[JobRecord, bool]]:
         """Validate every item first, then create them all in one store call; (record, created) per item.
 
         Nothing is enqueued when any item is invalid: the PayloadError lists each problem with its
-        index (`3.payload.user_id`). Ids and dedupe keys are honoured per item, as by `enqueue`.
+        index (`3.payload.user_id`, `3.delay`). Ids and dedupe keys are honoured per item, as by
+        `enqueue`. Past MAX_CREATE items, the validated jobs are created MAX_CREATE per store call.
         """
         news: list[NewJob] = []
         problems: list[dict[str, Any]] = []
         for n, item in enumerate(items):
             try:
-                news.append(self.prepare(name, item.payload, delay=item.delay, priority=item.priority, job_id=item.job_id))
+                news.append(
+                    self.prepare(name, item.payload, delay=item.delay, priority=item.priority, job_id=item.job_id)
+                )
             except PayloadError as exc:
-                problems.extend({**e, "loc": "%d.%s" % (n, e["loc"]) if e["loc"] else str(n)} for e in exc.errors)
+                problems.extend({**e, "loc": _item_loc(n, e)} for e in exc.errors)
         if problems:
             raise PayloadError(name, problems)
-        return self._create(news) if news else []
+        for item in items:
+            existing = self.store.get(item.job_id) if item.job_id is not None else None
+            if existing is not None:
+                _same_job(existing, name)
+        results = [
+            r for start in range(0, len(news), MAX_CREATE) for r in self._create(news[start : start + MAX_CREATE])
+        ]
+        for item, (record, created) in zip(items, results):
+            if item.job_id is not None and not created:
+                _same_job(record, name)  # taken meanwhile by another name: nothing was created for it
+        return results
 
     def _create(self, news: list[NewJob]) -> list[tuple[JobRecord, bool]]:
         # With a sink that publishes later (the bus), new jobs are created staged: invisible to
@@ -139,11 +187,23 @@ class Enqueuer:
         job = self.manifest.job(name)
         problems = []
         if delay is not None and not (0 <= delay <= MAX_DELAY_S):
-            problems.append({"loc": "delay", "msg": "must be between 0 and %d seconds, got %r" % (MAX_DELAY_S, delay), "type": "delay"})
+            problems.append(
+                {
+                    "loc": "delay",
+                    "msg": "must be between 0 and %d seconds, got %r" % (MAX_DELAY_S, delay),
+                    "type": "delay",
+                }
+            )
         if priority is not None and not (1 <= priority <= MAX_PRIORITY):
-            problems.append({"loc": "priority", "msg": "must be 1 (most urgent) to %d, got %r" % (MAX_PRIORITY, priority), "type": "priority"})
-        if job_id is not None and not JOB_ID.match(job_id):
-            problems.append({"loc": "job_id", "msg": "must be 1-128 of A-Z a-z 0-9 _ . : - (starting alphanumeric), got %r" % job_id, "type": "job_id"})
+            problems.append(
+                {
+                    "loc": "priority",
+                    "msg": "must be 1 (most urgent) to %d, got %r" % (MAX_PRIORITY, priority),
+                    "type": "priority",
+                }
+            )
+        if job_id is not None and not JOB_ID.fullmatch(job_id):
+            problems.append(_bad_id(job_id, "job_id"))
         try:
             model = job.payload_model.model_validate(payload)
         except ValidationError as exc:
@@ -178,3 +238,10 @@ class Enqueuer:
         limit = job.spec.rate_limit
         rate_key = str(data.get(limit.key)) if limit is not None and limit.key else ""
         return NewJob(record, encode_message(new_id, name, data, priority, expires_at), rate_key, dedupe_key)
+
+
+def _same_job(record: JobRecord, name: str) -> JobRecord:
+    """`record`, when it is a job of `name`; JobIdTaken when its id belongs to another job."""
+    if record.name != name:
+        raise JobIdTaken(record.id, record.name, name)
+    return record

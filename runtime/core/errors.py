@@ -49,9 +49,15 @@ class InvalidState(B3JobsError):
 
     def __init__(self, job_id: str, state: str, operation: str, allowed: tuple[str, ...]):
         self.job_id, self.state, self.operation = job_id, state, operation
-        super().__init__(
-            "cannot %s job %s: it is %s, expected %s" % (operation, job_id, state, " or ".join(allowed))
-        )
+        super().__init__("cannot %s job %s: it is %s, expected %s" % (operation, job_id, state, " or ".join(allowed)))
+
+
+class JobIdTaken(B3JobsError):
+    """An explicit job id that a job of another name already has."""
+
+    def __init__(self, job_id: str, name: str, wanted: str):
+        self.job_id, self.name, self.wanted = job_id, name, wanted
+        super().__init__("job id %r belongs to a %s job, not %s; choose another id" % (job_id, name, wanted))
 
 
 class JobTimeout(B3JobsError):

@@ -24,7 +24,10 @@ class EventSink(Protocol):
     label: str  # where events go, for operators: a URL without credentials, or "log"
     published: int
     dropped: int
-    buffered: int  # emitted, not published yet
+
+    @property
+    def buffered(self) -> int:
+        """Events emitted, not published yet."""
 
     def emit(self, event: str, job: JobRef | None, data: dict[str, Any]) -> None:
         """Publish `event` for job (id, name) or for no job; must not raise."""

@@ -10,9 +10,10 @@ import re
 import sys
 import tomllib
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -220,7 +221,9 @@ def _resolve(name: str, spec: JobSpec, problems: list[str]) -> Job | None:
         else:
             annotation = hints.get(params[0]) if params else None
             if len(params) != 2:
-                problems.append("%s.handler: must take (payload, ctx), %r takes %d argument(s)" % (at, spec.handler, len(params)))
+                problems.append(
+                    "%s.handler: must take (payload, ctx), %r takes %d argument(s)" % (at, spec.handler, len(params))
+                )
             elif annotation is not payload_model:
                 problems.append(
                     "%s.payload: %r is not the handler's payload annotation (%s)"
@@ -259,14 +262,19 @@ def _resolve(name: str, spec: JobSpec, problems: list[str]) -> Job | None:
         except ValidationError:
             problems.append("%s.input: the payload model needs fields, so a cron job must set input" % at)
     if spec.retry_delay > spec.max_retry_delay:
-        problems.append("%s.retry_delay: must be <= max_retry_delay (%s), got %s" % (at, spec.max_retry_delay, spec.retry_delay))
+        problems.append(
+            "%s.retry_delay: must be <= max_retry_delay (%s), got %s" % (at, spec.max_retry_delay, spec.retry_delay)
+        )
     if payload_model is not None:
         fields = sorted(payload_model.model_fields)
         for field in spec.dedupe:
             if field not in fields:
                 problems.append("%s.dedupe: %r is not a payload field; fields: %s" % (at, field, ", ".join(fields)))
         if spec.rate_limit is not None and spec.rate_limit.key is not None and spec.rate_limit.key not in fields:
-            problems.append("%s.rate_limit.key: %r is not a payload field; fields: %s" % (at, spec.rate_limit.key, ", ".join(fields)))
+            problems.append(
+                "%s.rate_limit.key: %r is not a payload field; fields: %s"
+                % (at, spec.rate_limit.key, ", ".join(fields))
+            )
     request_model = _resolve_http(at, spec.http, payload_model, problems) if spec.http is not None else None
     if len(problems) > before:
         return None
@@ -304,16 +312,20 @@ def _resolve_http(
     if payload_model is not None and model is not payload_model:
         strays = sorted(set(fields) - set(payload_model.model_fields))
         if strays:
-            problems.append("%s.http.request: %s not in the payload; payload fields: %s"
-                            % (at, ", ".join(strays), ", ".join(sorted(payload_model.model_fields))))
+            problems.append(
+                "%s.http.request: %s not in the payload; payload fields: %s"
+                % (at, ", ".join(strays), ", ".join(sorted(payload_model.model_fields)))
+            )
     for param in http.params:
         if param not in fields:
-            problems.append("%s.http.path: {%s} is not a field of the request model; fields: %s"
-                            % (at, param, ", ".join(fields)))
+            problems.append(
+                "%s.http.path: {%s} is not a field of the request model; fields: %s" % (at, param, ", ".join(fields))
+            )
     hidden = sorted(set(QUEUED_FIELDS) & {*fields, *model.model_computed_fields})
     if hidden:
-        problems.append("%s.http: the request model's %s would hide the answer's own jobId and status"
-                        % (at, ", ".join(hidden)))
+        problems.append(
+            "%s.http: the request model's %s would hide the answer's own jobId and status" % (at, ", ".join(hidden))
+        )
     return model
 
 
@@ -357,8 +369,10 @@ def _resolve_app(raw: Any, problems: list[str]) -> App:
     seen: set[str] = set()
     for command in commands:
         if command.name in COMMANDS or command.name in seen:
-            problems.append("app.commands: %r is already a command; names taken: %s"
-                            % (command.name, ", ".join(sorted({*COMMANDS, *seen}))))
+            problems.append(
+                "app.commands: %r is already a command; names taken: %s"
+                % (command.name, ", ".join(sorted({*COMMANDS, *seen})))
+            )
         seen.add(command.name)
     return App(services=services, routes=routes, commands=commands)
 
@@ -391,8 +405,10 @@ def load_manifest(path: str | Path) -> Manifest:
     problems: list[str] = []
     for key in sorted(set(raw) - set(TOP_LEVEL)):
         close = difflib.get_close_matches(key, TOP_LEVEL, n=1)
-        problems.append("%s: unknown top-level key%s; expected [app], [defaults] and [jobs.<name>] tables"
-                        % (key, " (did you mean %r?)" % close[0] if close else ""))
+        problems.append(
+            "%s: unknown top-level key%s; expected [app], [defaults] and [jobs.<name>] tables"
+            % (key, " (did you mean %r?)" % close[0] if close else "")
+        )
     app = _resolve_app(raw.get("app", {}), problems)
     allowed = sorted(JobSpec.model_fields)
     defaults = raw.get("defaults", {})
@@ -402,7 +418,10 @@ def load_manifest(path: str | Path) -> Manifest:
         defaults = {}
     for key in sorted(set(defaults) - set(allowed)):
         close = difflib.get_close_matches(key, allowed, n=1)
-        problems.append("defaults.%s: unknown key%s; allowed keys: %s" % (key, " (did you mean %r?)" % close[0] if close else "", ", ".join(allowed)))
+        problems.append(
+            "defaults.%s: unknown key%s; allowed keys: %s"
+            % (key, " (did you mean %r?)" % close[0] if close else "", ", ".join(allowed))
+        )
     defaults = {k: v for k, v in defaults.items() if k in allowed}
     if not isinstance(jobs_raw, dict):
         problems.append("jobs: must be a table of [jobs.<name>] tables")

@@ -25,10 +25,12 @@ class WireMessage(msgspec.Struct, array_like=True, tag="m"):
 
 def naive_utc(ts: float) -> dt.datetime:
     """Huey's clock: naive datetimes in UTC."""
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).replace(tzinfo=None)
+    return dt.datetime.fromtimestamp(ts, dt.UTC).replace(tzinfo=None)
 
 
-def encode_message(job_id: str, name: str, payload: dict[str, Any], priority: int | None, expires_at: float | None) -> bytes:
+def encode_message(
+    job_id: str, name: str, payload: dict[str, Any], priority: int | None, expires_at: float | None
+) -> bytes:
     """The message of one job, as a worker's Huey will decode it."""
     expires = naive_utc(expires_at) if expires_at is not None else None
     return msgspec.json.encode(WireMessage(job_id, name, None, priority, (payload,), expires))

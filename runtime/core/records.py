@@ -42,6 +42,27 @@ class JobRecord(msgspec.Struct, kw_only=True):
         return msgspec.to_builtins(self)  # type: ignore[no-any-return]
 
 
+def checked_record(values: dict[str, Any]) -> JobRecord:
+    """A record from a store's fields, with their types checked and a known state; ValueError if not."""
+    record = msgspec.convert(values, JobRecord)
+    if record.state not in STATES:
+        raise ValueError("state %r is not one of %s" % (record.state, ", ".join(STATES)))
+    return record
+
+
+def corrupt_record(job_id: str, name: Any, state: Any, created_at: Any, problem: str) -> JobRecord:
+    """What a store shows for a record it cannot read, so one bad record does not break a listing:
+    its id, the name and state it was found under, and the problem as its `error`."""
+    return JobRecord(
+        id=job_id,
+        name=name if isinstance(name, str) else "?",
+        state=state if state in STATES else FAILED,
+        payload={},
+        created_at=float(created_at) if isinstance(created_at, (int, float)) else 0.0,
+        error="corrupt record: %s" % problem,
+    )
+
+
 def encode_json(value: Any) -> bytes:
     """Encode a handler's result or progress; pydantic models and dataclasses become plain JSON."""
     return msgspec.json.encode(value, enc_hook=_enc_hook)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Annotated, Any
 
-from pydantic import Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from runtime.core.errors import B3JobsError
 from runtime.core.manifest import REF
@@ -45,10 +46,24 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", validation_alias="B3JOBS_HOST")
     port: int = Field(default=3101, ge=0, le=65535, validation_alias="B3JOBS_PORT")
     token: str | None = Field(default=None, validation_alias="B3JOBS_TOKEN")
+    # Host names (`name` or `name:port`) the web process answers to besides loopback at its own port:
+    # the names a proxy or browser uses for it. Checked without a token, and with one once set.
+    allowed_hosts: Annotated[tuple[str, ...], NoDecode] = Field(default=(), validation_alias="B3JOBS_ALLOWED_HOSTS")
+    max_connections: int = Field(default=10_000, ge=1, validation_alias="B3JOBS_MAX_CONNECTIONS")
     namespace: str = Field(default="b3jobs", pattern=r"^[A-Za-z0-9_]+$", validation_alias="B3JOBS_NAMESPACE")
     lease_s: float = Field(default=15.0, ge=1, le=3600, validation_alias="B3JOBS_LEASE_S")
     # Unset: the manifest's `[app] services` builds ctx.services.
     services: str | None = Field(default=None, pattern=REF, validation_alias="B3JOBS_SERVICES")
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _host_list(cls, value: Any) -> Any:
+        """`B3JOBS_ALLOWED_HOSTS=jobs.example.com,10.0.0.5:3101`: comma-separated, case ignored."""
+        if isinstance(value, str):
+            value = value.split(",")
+        if isinstance(value, (list, tuple)):
+            return tuple(str(v).strip().lower() for v in value if str(v).strip())
+        return value
 
     @property
     def backend(self) -> str:
@@ -59,7 +74,7 @@ class Settings(BaseSettings):
         return self.data_dir / ("%s.sqlite3" % self.namespace)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """The process environment's settings (or only `environ`'s), `overrides` on top; SettingsError if bad."""
         values: dict[str, Any] = {}
         if environ is not None:

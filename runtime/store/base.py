@@ -13,8 +13,11 @@ changes nothing.
 
 from __future__ import annotations
 
+import builtins
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from runtime.core.manifest import Keep
 from runtime.core.records import JobRecord
@@ -90,14 +93,16 @@ STALLED_TOO_OFTEN = "stalled too often: its worker died or stopped heartbeating 
 class JobStore(ABC):
     """Job records and their queue, on one backend."""
 
-    limits: dict[str, Limits] = {}
+    limits: Mapping[str, Limits] = MappingProxyType({})  # none until set_limits; read-only, shared
 
-    def set_limits(self, limits: dict[str, Limits]) -> None:
+    def set_limits(self, limits: Mapping[str, Limits]) -> None:
         """The manifest's concurrency and rate limits, enforced by `dequeue` across all consumers."""
         self.limits = limits
 
     @abstractmethod
-    def create(self, record: JobRecord, message: bytes, *, dedupe_key: str = "", rate_key: str = "") -> tuple[JobRecord, bool]:
+    def create(
+        self, record: JobRecord, message: bytes, *, dedupe_key: str = "", rate_key: str = ""
+    ) -> tuple[JobRecord, bool]:
         """Store a new job: queued when waiting, due at `run_at` when delayed.
 
         If the id exists, or `dedupe_key` names an equal job that is waiting, delayed or active,
@@ -222,14 +227,14 @@ class JobStore(ABC):
         """Records newest first (by the time they entered their state), optionally by state and name."""
 
     @abstractmethod
-    def ids_in_state(self, name: str, state: str) -> list[str]: ...
+    def ids_in_state(self, name: str, state: str) -> builtins.list[str]: ...
 
     @abstractmethod
-    def counts(self, names: list[str]) -> dict[str, dict[str, int]]:
+    def counts(self, names: builtins.list[str]) -> dict[str, dict[str, int]]:
         """For each job name (the given ones and any the store has seen), the number of jobs per state."""
 
     @abstractmethod
-    def stats(self, names: list[str]) -> dict[str, dict[str, int]]:
+    def stats(self, names: builtins.list[str]) -> dict[str, dict[str, int]]:
         """Running totals per job name: attempts started, completed, failed, retried, stalled."""
 
     @abstractmethod

@@ -15,16 +15,39 @@ The scripts build their keys from the namespace, so Redis Cluster is not support
 
 from __future__ import annotations
 
+import builtins
 import json
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from runtime.core.errors import InvalidState, JobNotFound
 from runtime.core.manifest import Keep
-from runtime.core.records import ACTIVE, COMPLETED, DELAYED, FAILED, STATES, WAITING, JobRecord, decode_json, encode_json
+from runtime.core.records import (
+    ACTIVE,
+    COMPLETED,
+    DELAYED,
+    FAILED,
+    STATES,
+    WAITING,
+    JobRecord,
+    checked_record,
+    corrupt_record,
+    decode_json,
+    encode_json,
+)
 from runtime.store.base import (
-    METRICS, STAGED_MAX_S, STALLED_TOO_OFTEN, TICK_KEEP_S, ChildOutcome, Dequeued, JobStore, Lease, Limits, NewJob,
+    METRICS,
+    STAGED_MAX_S,
+    STALLED_TOO_OFTEN,
+    TICK_KEEP_S,
+    ChildOutcome,
+    Dequeued,
+    JobStore,
+    Lease,
+    Limits,
+    NewJob,
     Reaped,
 )
 from runtime.store.keys import Keys
@@ -35,7 +58,17 @@ from runtime.store.scripts import Scripts
 # `capped` (its name has a concurrency limit: a finish wakes a consumer), and a flow parent's
 # `pending` (children not ended) and `children_done` (back from waiting-children).
 IDLE_STALE_S = 30.0  # an idle listing older than this is a dead consumer's: `reap` drops it
-_INTERNAL = {"msg", "qscore", "lease_until", "lease_token", "dedupe_key", "rate_key", "children_done", "pending", "capped"}
+_INTERNAL = {
+    "msg",
+    "qscore",
+    "lease_until",
+    "lease_token",
+    "dedupe_key",
+    "rate_key",
+    "children_done",
+    "pending",
+    "capped",
+}
 _JSON_FIELDS = ("payload", "progress", "result", "children")
 
 
@@ -44,7 +77,9 @@ def _dequeued(owner: str, token: str, got: list[Any]) -> Dequeued | None:
     if len(got) == 1:
         return None
     job_id, name, message, attempt, children_done = got
-    return Dequeued(job_id.decode(), name.decode(), bytes(message), Lease(owner, int(attempt), token), children_done == b"1")
+    return Dequeued(
+        job_id.decode(), name.decode(), bytes(message), Lease(owner, int(attempt), token), children_done == b"1"
+    )
 
 
 def _as_text(value: Any) -> str:
@@ -55,25 +90,37 @@ def _as_text(value: Any) -> str:
     if isinstance(value, float):
         return repr(value)
     return str(value)
+
+
 _FLOAT_FIELDS = ("created_at", "started_at", "finished_at", "run_at")
 _INT_FIELDS = ("attempts", "max_attempts", "priority", "stalls", "max_stalls")
 
 
-def _record_from_hash(job_id: str, h: dict[bytes, bytes]) -> JobRecord:
-    values: dict[str, Any] = {"id": job_id}
-    for key, raw in h.items():
-        field = key.decode()
-        if field in _INTERNAL or raw == b"":
-            continue
-        if field in _JSON_FIELDS:
-            values[field] = decode_json(raw)
-        elif field in _FLOAT_FIELDS:
-            values[field] = float(raw)
-        elif field in _INT_FIELDS:
-            values[field] = int(raw)
-        else:
-            values[field] = raw.decode()
-    return JobRecord(**values)
+def _record_from_hash(job_id: str, h: dict[bytes, bytes], found_in: tuple[str, str, float] | None = None) -> JobRecord:
+    """The record in a job's hash; one that cannot be read comes back as a `corrupt_record`, under the
+    (name, state, score) of the index it was `found_in`, else what its hash says."""
+    try:
+        values: dict[str, Any] = {"id": job_id}
+        for key, raw in h.items():
+            field = key.decode()
+            if field in _INTERNAL or raw == b"":
+                continue
+            if field in _JSON_FIELDS:
+                values[field] = decode_json(raw)
+            elif field in _FLOAT_FIELDS:
+                values[field] = float(raw)
+            elif field in _INT_FIELDS:
+                values[field] = int(raw)
+            else:
+                values[field] = raw.decode()
+        return checked_record(values)
+    except (ValueError, TypeError) as exc:
+        name, state, ts = found_in or (_text(h.get(b"name")), _text(h.get(b"state")), 0.0)
+        return corrupt_record(job_id, name, state, ts, "%s: %s" % (type(exc).__name__, exc))
+
+
+def _text(raw: bytes | None) -> str:
+    return (raw or b"").decode(errors="replace")
 
 
 def _held(lease: Lease) -> dict[str, Any]:
@@ -99,7 +146,9 @@ class RedisJobStore(JobStore):
             fields.append(encode_json(value) if field in _JSON_FIELDS else value)
         return fields
 
-    def create(self, record: JobRecord, message: bytes, *, dedupe_key: str = "", rate_key: str = "") -> tuple[JobRecord, bool]:
+    def create(
+        self, record: JobRecord, message: bytes, *, dedupe_key: str = "", rate_key: str = ""
+    ) -> tuple[JobRecord, bool]:
         outcome = self.lua.create(
             job_id=record.id,
             name=record.name,
@@ -122,9 +171,12 @@ class RedisJobStore(JobStore):
             record = job.record
             fields = ["msg", job.message, "rate_key", job.rate_key, *self._fields(record)]
             flat += [
-                record.id, record.name, record.state,
+                record.id,
+                record.name,
+                record.state,
                 record.run_at if record.state == DELAYED and record.run_at else record.created_at,
-                record.priority or 0, job.dedupe_key,
+                record.priority or 0,
+                job.dedupe_key,
                 json.dumps([_as_text(f) for f in fields]),
             ]
         outcomes = self.lua.create_many(staged=int(staged), jobs=flat)
@@ -144,10 +196,12 @@ class RedisJobStore(JobStore):
         return int(self.lua.release_staged(job_ids=job_ids)) if job_ids else 0
 
     def _release_stale_staged(self) -> int:
-        stale = [i.decode() for i in self.r.zrangebyscore(self.keys.staged, "-inf", time.time() - STAGED_MAX_S, 0, 1000)]
+        stale = [
+            i.decode() for i in self.r.zrangebyscore(self.keys.staged, "-inf", time.time() - STAGED_MAX_S, 0, 1000)
+        ]
         return self.release_staged(stale)
 
-    def set_limits(self, limits: dict[str, Limits]) -> None:
+    def set_limits(self, limits: Mapping[str, Limits]) -> None:
         super().set_limits(limits)
         self._limits_cache = self._limits_config()
 
@@ -171,8 +225,9 @@ class RedisJobStore(JobStore):
         limits_json = self._limits_json()
         token = uuid.uuid4().hex
         will_wait = wait_s > 0
-        got = self.lua.dequeue(owner=owner, lease_s=lease_s, limits_json=limits_json, token=token, was_idle=0,
-                               may_wait=int(will_wait))
+        got = self.lua.dequeue(
+            owner=owner, lease_s=lease_s, limits_json=limits_json, token=token, was_idle=0, may_wait=int(will_wait)
+        )
         if len(got) == 1 and will_wait:
             # Nothing to take: block until an enqueue or a freed slot pushes a wake-up token, or
             # until a rate-limit window opens, whichever is first; then try once more.
@@ -180,8 +235,9 @@ class RedisJobStore(JobStore):
             block_s = min(wait_s, free_in_s) if free_in_s > 0 else wait_s
             if block_s >= 0.01:
                 self.r.blpop([self.keys.wake], timeout=block_s)
-            got = self.lua.dequeue(owner=owner, lease_s=lease_s, limits_json=limits_json, token=token, was_idle=1,
-                                   may_wait=0)
+            got = self.lua.dequeue(
+                owner=owner, lease_s=lease_s, limits_json=limits_json, token=token, was_idle=1, may_wait=0
+            )
         return _dequeued(owner, token, got)
 
     def complete_and_take(
@@ -189,9 +245,17 @@ class RedisJobStore(JobStore):
     ) -> tuple[bool, Dequeued | None]:
         token = uuid.uuid4().hex
         got = self.lua.finish_take(
-            job_id=job_id, **_held(lease), state=COMPLETED, now=now,
-            keep_count=-1 if keep.count is None else keep.count, keep_age_s=-1 if keep.age is None else keep.age,
-            detail=result_json, owner=owner, lease_s=lease_s, limits_json=self._limits_json(), next_token=token,
+            job_id=job_id,
+            **_held(lease),
+            state=COMPLETED,
+            now=now,
+            keep_count=-1 if keep.count is None else keep.count,
+            keep_age_s=-1 if keep.age is None else keep.age,
+            detail=result_json,
+            owner=owner,
+            lease_s=lease_s,
+            limits_json=self._limits_json(),
+            next_token=token,
             fields=["result", result_json],
         )
         return bool(got[0]), _dequeued(owner, token, got[1:])
@@ -289,8 +353,14 @@ class RedisJobStore(JobStore):
         flat: list[Any] = []
         for child in children:
             fields = [_as_text(f) for f in self._fields(child.record)]
-            flat += [child.record.id, child.record.name, child.message, child.record.priority or 0, child.rate_key,
-                     json.dumps(fields)]
+            flat += [
+                child.record.id,
+                child.record.name,
+                child.message,
+                child.record.priority or 0,
+                child.rate_key,
+                json.dumps(fields),
+            ]
         created = int(self.lua.spawn(parent_id=parent_id, **_held(lease), now=now, children=flat))
         if created < 0:
             raise InvalidState(parent_id, "not held by this worker", "spawn children of", (ACTIVE,))
@@ -330,12 +400,12 @@ class RedisJobStore(JobStore):
         h = self.r.hgetall(self.keys.job(job_id))
         return _record_from_hash(job_id, h) if h else None
 
-    def _get_many(self, ids: list[str]) -> list[JobRecord]:
+    def _get_many(self, ids: list[str], found_in: list[tuple[str, str, float]]) -> list[JobRecord]:
         with self.r.pipeline(transaction=False) as pipe:
             for job_id in ids:
                 pipe.hgetall(self.keys.job(job_id))
             hashes = pipe.execute()
-        return [_record_from_hash(i, h) for i, h in zip(ids, hashes) if h]
+        return [_record_from_hash(i, h, where) for i, h, where in zip(ids, hashes, found_in) if h]
 
     def _names(self) -> list[str]:
         return sorted(n.decode() for n in self.r.smembers(self.keys.names))
@@ -344,17 +414,20 @@ class RedisJobStore(JobStore):
         names = [name] if name else self._names()
         states = [state] if state else list(STATES)
         with self.r.pipeline(transaction=False) as pipe:
-            for n in names:
-                for s in states:
-                    pipe.zrevrange(self.keys.index(n, s), 0, offset + limit - 1, withscores=True)
+            indexes = [(n, s) for n in names for s in states]
+            for n, s in indexes:
+                pipe.zrevrange(self.keys.index(n, s), 0, offset + limit - 1, withscores=True)
             ranges = pipe.execute()
-        merged = sorted(((score, i.decode()) for r in ranges for i, score in r), reverse=True)
-        return self._get_many([i for _, i in merged[offset : offset + limit]])
+        merged = sorted(
+            ((score, i.decode(), n, s) for (n, s), r in zip(indexes, ranges) for i, score in r), reverse=True
+        )
+        page = merged[offset : offset + limit]
+        return self._get_many([i for _, i, _, _ in page], [(n, s, score) for score, _, n, s in page])
 
-    def ids_in_state(self, name: str, state: str) -> list[str]:
+    def ids_in_state(self, name: str, state: str) -> builtins.list[str]:
         return [i.decode() for i in self.r.zrange(self.keys.index(name, state), 0, -1)]
 
-    def counts(self, names: list[str]) -> dict[str, dict[str, int]]:
+    def counts(self, names: builtins.list[str]) -> dict[str, dict[str, int]]:
         all_names = sorted(set(names) | set(self._names()))
         with self.r.pipeline(transaction=False) as pipe:
             for n in all_names:
@@ -363,13 +436,16 @@ class RedisJobStore(JobStore):
             sizes = iter(pipe.execute())
         return {n: {s: next(sizes) for s in STATES} for n in all_names}
 
-    def stats(self, names: list[str]) -> dict[str, dict[str, int]]:
+    def stats(self, names: builtins.list[str]) -> dict[str, dict[str, int]]:
         all_names = sorted(set(names) | set(self._names()))
         with self.r.pipeline(transaction=False) as pipe:
             for n in all_names:
                 pipe.hgetall(self.keys.stats(n))
             rows = pipe.execute()
-        return {n: {**dict.fromkeys(METRICS, 0), **{k.decode(): int(v) for k, v in row.items()}} for n, row in zip(all_names, rows)}
+        return {
+            n: {**dict.fromkeys(METRICS, 0), **{k.decode(): int(v) for k, v in row.items()}}
+            for n, row in zip(all_names, rows)
+        }
 
     def consumers(self, since_ts: float) -> dict[str, float]:
         self.r.zremrangebyscore(self.keys.consumers, "-inf", since_ts - 86400)  # forget consumers gone for a day

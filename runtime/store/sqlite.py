@@ -7,31 +7,74 @@ serialises its writers; several processes coordinate through SQLite's own lockin
 
 from __future__ import annotations
 
+import builtins
 import sqlite3
 import threading
 import time
 import uuid
-from typing import Any, Iterator
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from typing import Any, ClassVar
 
 from huey.storage import SqliteStorage
 
 from runtime.core.errors import B3JobsError, InvalidState, JobNotFound
 from runtime.core.manifest import Keep
-from runtime.core.records import ACTIVE, COMPLETED, DELAYED, FAILED, STATES, WAITING, JobRecord, decode_json, encode_json
+from runtime.core.records import (
+    ACTIVE,
+    COMPLETED,
+    DELAYED,
+    FAILED,
+    STATES,
+    WAITING,
+    JobRecord,
+    checked_record,
+    corrupt_record,
+    decode_json,
+    encode_json,
+)
 from runtime.store.base import (
-    METRICS, STAGED_MAX_S, STALLED_TOO_OFTEN, TICK_KEEP_S, ChildOutcome, Dequeued, JobStore, Lease, Limits, NewJob, Reaped,
+    METRICS,
+    STAGED_MAX_S,
+    STALLED_TOO_OFTEN,
+    TICK_KEEP_S,
+    ChildOutcome,
+    Dequeued,
+    JobStore,
+    Lease,
+    Limits,
+    NewJob,
+    Reaped,
 )
 
 _COLUMNS = (
-    "id", "name", "state", "payload", "attempts", "max_attempts", "stalls", "max_stalls", "worker", "progress",
-    "result", "error", "traceback", "priority", "created_at", "started_at", "finished_at", "run_at", "delay_reason",
-    "parent_id", "children",
+    "id",
+    "name",
+    "state",
+    "payload",
+    "attempts",
+    "max_attempts",
+    "stalls",
+    "max_stalls",
+    "worker",
+    "progress",
+    "result",
+    "error",
+    "traceback",
+    "priority",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "run_at",
+    "delay_reason",
+    "parent_id",
+    "children",
 )
 _JSON = ("payload", "progress", "result", "children")
 _SELECT = "select %s from b3_jobs" % ", ".join(_COLUMNS)
 
 
-class B3SqliteStorage(SqliteStorage):
+class B3SqliteStorage(SqliteStorage):  # type: ignore[misc]  # Huey is untyped
     """Huey's SQLite storage with b3-jobs' tables added to its schema."""
 
     def initialize_schema(self) -> None:
@@ -43,13 +86,14 @@ class B3SqliteStorage(SqliteStorage):
         super().initialize_schema()
 
     def _create_connection(self) -> sqlite3.Connection:
-        conn = super()._create_connection()
+        conn: sqlite3.Connection = super()._create_connection()  # Huey's, untyped
         # WAL with synchronous=NORMAL: a crash (kill -9) cannot corrupt the database or lose a
         # committed transaction; only a power loss may lose the last ones. FULL fsyncs every commit.
         conn.execute("pragma synchronous=NORMAL")
         return conn
 
-    ddl = SqliteStorage.ddl + [
+    ddl: ClassVar[list[str]] = [
+        *SqliteStorage.ddl,
         "create table if not exists b3_jobs ("
         " id text primary key, name text not null, state text not null, payload text not null,"
         " attempts integer not null default 0, max_attempts integer not null default 1,"
@@ -93,12 +137,18 @@ def _count(curs: sqlite3.Cursor, name: str, metric: str) -> None:
 
 
 def _row_to_record(row: tuple[Any, ...]) -> JobRecord:
-    values = {}
-    for column, value in zip(_COLUMNS, row):
-        if value is None:
-            continue
-        values[column] = decode_json(value) if column in _JSON else value
-    return JobRecord(**values)
+    """The record in a row; one that cannot be read comes back as a `corrupt_record` (listings go on)."""
+    values = dict(zip(_COLUMNS, row))
+    try:
+        return checked_record({c: decode_json(v) if c in _JSON else v for c, v in values.items() if v is not None})
+    except (ValueError, TypeError) as exc:
+        return corrupt_record(
+            str(values.get("id")),
+            values.get("name"),
+            values.get("state"),
+            values.get("created_at"),
+            "%s: %s" % (type(exc).__name__, exc),
+        )
 
 
 class SqliteJobStore(JobStore):
@@ -114,8 +164,9 @@ class SqliteJobStore(JobStore):
         self._wake = threading.Condition()
         self._finishes: dict[tuple[str, str], int] = {}  # finishes per (name, state), to space out `_trim`
 
-    def _tx(self) -> Any:
-        return self.storage.db(commit=True)
+    def _tx(self) -> AbstractContextManager[sqlite3.Cursor]:
+        tx: AbstractContextManager[sqlite3.Cursor] = self.storage.db(commit=True)  # Huey's, untyped
+        return tx
 
     def _notify(self) -> None:
         with self._wake:
@@ -125,7 +176,9 @@ class SqliteJobStore(JobStore):
         row = curs.execute("select state, name from b3_jobs where id = ?", (job_id,)).fetchone()
         return (row[0], row[1]) if row else None
 
-    def create(self, record: JobRecord, message: bytes, *, dedupe_key: str = "", rate_key: str = "") -> tuple[JobRecord, bool]:
+    def create(
+        self, record: JobRecord, message: bytes, *, dedupe_key: str = "", rate_key: str = ""
+    ) -> tuple[JobRecord, bool]:
         data = record.to_dict()
         values = [encode_json(data[c]) if c in _JSON else data[c] for c in _COLUMNS]
         state_ts = record.run_at if record.state == DELAYED and record.run_at else record.created_at
@@ -152,7 +205,11 @@ class SqliteJobStore(JobStore):
             self._notify()
             return record, True
         existing = self.get(existing_id)
-        return (existing, False) if existing is not None else self.create(record, message, dedupe_key=dedupe_key, rate_key=rate_key)
+        return (
+            (existing, False)
+            if existing is not None
+            else self.create(record, message, dedupe_key=dedupe_key, rate_key=rate_key)
+        )
 
     def create_many(self, jobs: list[NewJob], *, staged: bool = False) -> list[tuple[JobRecord, bool]]:
         columns = ", ".join(_COLUMNS)
@@ -178,8 +235,19 @@ class SqliteJobStore(JobStore):
                 values = [encode_json(data[c]) if c in _JSON else data[c] for c in _COLUMNS]
                 state_ts = record.run_at if record.state == DELAYED and record.run_at else record.created_at
                 park = int(staged and record.state == WAITING)
-                curs.execute(insert, (*values, state_ts, job.message, record.priority or 0, seq + n,
-                                      job.dedupe_key or None, job.rate_key, park))
+                curs.execute(
+                    insert,
+                    (
+                        *values,
+                        state_ts,
+                        job.message,
+                        record.priority or 0,
+                        seq + n,
+                        job.dedupe_key or None,
+                        job.rate_key,
+                        park,
+                    ),
+                )
                 outcomes.append(None if curs.rowcount == 1 else record.id)
         if any(o is None for o in outcomes) and not staged:
             self._notify()
@@ -211,7 +279,9 @@ class SqliteJobStore(JobStore):
         return released
 
     def _release_stale_staged(self, curs: sqlite3.Cursor) -> int:
-        curs.execute("update b3_jobs set staged = 0 where staged = 1 and created_at <= ?", (time.time() - STAGED_MAX_S,))
+        curs.execute(
+            "update b3_jobs set staged = 0 where staged = 1 and created_at <= ?", (time.time() - STAGED_MAX_S,)
+        )
         return curs.rowcount
 
     def _window(self, curs: sqlite3.Cursor, name: str, key: str, window_s: float, now: float) -> tuple[int, float]:
@@ -236,7 +306,9 @@ class SqliteJobStore(JobStore):
             ).fetchone()[0]
             if booked >= limits.rate_limit:
                 slot += window_s
-        curs.execute("insert or replace into b3_ratecal (name, key, slot, id) values (?, ?, ?, ?)", (name, key, slot, job_id))
+        curs.execute(
+            "insert or replace into b3_ratecal (name, key, slot, id) values (?, ?, ?, ?)", (name, key, slot, job_id)
+        )
         curs.execute(
             "update b3_jobs set state = 'delayed', run_at = ?, state_ts = ?, delay_reason = ? where id = ?",
             (slot, slot, "rate limit: %d per %gs for %s" % (limits.rate_limit, window_s, key), job_id),
@@ -283,10 +355,15 @@ class SqliteJobStore(JobStore):
             job_id, name, msg, rate_key, children_done = row
             limits = self.limits.get(name)
             key = rate_key if limits is not None and limits.rate_keyed else ""
-            if limits is not None and limits.rate_limit and limits.rate_window_s and limits.rate_keyed:
-                if self._window(curs, name, key, limits.rate_window_s, now)[0] >= limits.rate_limit:
-                    self._rate_delay(curs, job_id, name, key, limits, now)
-                    continue
+            if (
+                limits is not None
+                and limits.rate_limit
+                and limits.rate_window_s
+                and limits.rate_keyed
+                and self._window(curs, name, key, limits.rate_window_s, now)[0] >= limits.rate_limit
+            ):
+                self._rate_delay(curs, job_id, name, key, limits, now)
+                continue
             token = uuid.uuid4().hex
             attempt = curs.execute(
                 "update b3_jobs set state = 'active', started_at = ?, state_ts = ?, attempts = attempts + 1,"
@@ -409,7 +486,9 @@ class SqliteJobStore(JobStore):
                 (name, state, keep.count),
             )
         if keep.age is not None:
-            curs.execute("delete from b3_jobs where name = ? and state = ? and state_ts < ?", (name, state, now - keep.age))
+            curs.execute(
+                "delete from b3_jobs where name = ? and state = ? and state_ts < ?", (name, state, now - keep.age)
+            )
 
     def _finished(self, curs: sqlite3.Cursor, job_id: str, state: str, detail: str, now: float) -> None:
         """A job ended (or was removed): tell its parent, once. Its dedupe key frees itself (see the index)."""
@@ -438,12 +517,22 @@ class SqliteJobStore(JobStore):
                     self._notify()
         curs.execute("delete from b3_outcomes where parent = ?", (job_id,))
 
-    def _finish(self, job_id: str, lease: Lease, state: str, now: float, keep: Keep, detail: str, **fields: Any) -> bool:
+    def _finish(
+        self, job_id: str, lease: Lease, state: str, now: float, keep: Keep, detail: str, **fields: Any
+    ) -> bool:
         with self._tx() as curs:
             return self._finish_in(curs, job_id, lease, state, now, keep, detail, **fields)
 
     def _finish_in(
-        self, curs: sqlite3.Cursor, job_id: str, lease: Lease, state: str, now: float, keep: Keep, detail: str, **fields: Any
+        self,
+        curs: sqlite3.Cursor,
+        job_id: str,
+        lease: Lease,
+        state: str,
+        now: float,
+        keep: Keep,
+        detail: str,
+        **fields: Any,
     ) -> bool:
         sets = ", ".join("%s = ?" % f for f in fields)
         name = self._holds(curs, job_id, lease)
@@ -505,12 +594,16 @@ class SqliteJobStore(JobStore):
         return record
 
     def requeue_failed(self, job_id: str, now: float) -> JobRecord:
-        reset = (", attempts = 0, stalls = 0, error = null, traceback = null, result = null,"
-                 " started_at = null, finished_at = null")
+        reset = (
+            ", attempts = 0, stalls = 0, error = null, traceback = null, result = null,"
+            " started_at = null, finished_at = null"
+        )
         try:
             return self._to_waiting(job_id, FAILED, "retry", now, reset)
         except sqlite3.IntegrityError:  # the dedupe index: an equal job is live
-            raise InvalidState(job_id, "a duplicate of a live job", "retry", ("the only live one of its dedupe key",)) from None
+            raise InvalidState(
+                job_id, "a duplicate of a live job", "retry", ("the only live one of its dedupe key",)
+            ) from None
 
     def promote(self, job_id: str, now: float) -> JobRecord:
         return self._to_waiting(job_id, DELAYED, "promote", now)
@@ -577,7 +670,9 @@ class SqliteJobStore(JobStore):
         return state
 
     def child_outcomes(self, parent_id: str) -> list[ChildOutcome]:
-        rows = self.storage.sql("select child, state, detail from b3_outcomes where parent = ?", (parent_id,), results=True)
+        rows = self.storage.sql(
+            "select child, state, detail from b3_outcomes where parent = ?", (parent_id,), results=True
+        )
         return [ChildOutcome(child, state, detail) for child, state, detail in rows]
 
     def drain(self, name: str) -> int:
@@ -590,7 +685,9 @@ class SqliteJobStore(JobStore):
 
     def obliterate(self, name: str, force: bool = False) -> int:
         with self._tx() as curs:
-            active = curs.execute("select count(*) from b3_jobs where name = ? and state = 'active'", (name,)).fetchone()[0]
+            active = curs.execute(
+                "select count(*) from b3_jobs where name = ? and state = 'active'", (name,)
+            ).fetchone()[0]
             if active and not force:
                 raise InvalidState(name, "%d job(s) active" % active, "obliterate", ("no active jobs",))
             for (job_id,) in curs.execute(
@@ -652,13 +749,15 @@ class SqliteJobStore(JobStore):
             clauses.append("name = ?")
             params.append(name)
         where = ("where " + " and ".join(clauses)) if clauses else ""
-        return list(self._select("%s order by state_ts desc, rowid desc limit ? offset ?" % where, (*params, limit, offset)))
+        return list(
+            self._select("%s order by state_ts desc, rowid desc limit ? offset ?" % where, (*params, limit, offset))
+        )
 
-    def ids_in_state(self, name: str, state: str) -> list[str]:
+    def ids_in_state(self, name: str, state: str) -> builtins.list[str]:
         rows = self.storage.sql("select id from b3_jobs where name = ? and state = ?", (name, state), results=True)
         return [r[0] for r in rows]
 
-    def counts(self, names: list[str]) -> dict[str, dict[str, int]]:
+    def counts(self, names: builtins.list[str]) -> dict[str, dict[str, int]]:
         rows = self.storage.sql("select name, state, count(*) from b3_jobs group by name, state", results=True)
         seen = sorted(set(names) | {r[0] for r in rows})
         out = {n: {s: 0 for s in STATES} for n in seen}
@@ -666,9 +765,13 @@ class SqliteJobStore(JobStore):
             out[name][state] = count
         return out
 
-    def stats(self, names: list[str]) -> dict[str, dict[str, int]]:
+    def stats(self, names: builtins.list[str]) -> dict[str, dict[str, int]]:
         rows = self.storage.sql("select name, metric, value from b3_stats", results=True)
-        seen = set(names) | {r[0] for r in rows} | {r[0] for r in self.storage.sql("select distinct name from b3_jobs", results=True)}
+        seen = (
+            set(names)
+            | {r[0] for r in rows}
+            | {r[0] for r in self.storage.sql("select distinct name from b3_jobs", results=True)}
+        )
         out = {n: dict.fromkeys(METRICS, 0) for n in sorted(seen)}
         for name, metric, value in rows:
             out[name][metric] = value
@@ -697,6 +800,14 @@ class SqliteJobStore(JobStore):
 
     def destroy(self) -> None:
         with self._tx() as curs:
-            for table in ("b3_jobs", "b3_ticks", "b3_paused", "b3_consumers", "b3_stats", "b3_outcomes", "b3_rate",
-                          "b3_ratecal"):
+            for table in (
+                "b3_jobs",
+                "b3_ticks",
+                "b3_paused",
+                "b3_consumers",
+                "b3_stats",
+                "b3_outcomes",
+                "b3_rate",
+                "b3_ratecal",
+            ):
                 curs.execute("delete from %s" % table)

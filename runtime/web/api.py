@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from runtime.web import models as m
-from runtime.engine import Runtime
+from bus import json_limits
+from bus.urls import redact_text
 from runtime.core.enqueue import EnqueueItem
 from runtime.core.errors import InvalidArgument, PayloadError
+from runtime.engine import Runtime
+from runtime.web import models as m
+from runtime.web.limits import LIMITS, WebLimits
 
 RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime", Runtime)
 
@@ -43,10 +46,18 @@ def respond(model: BaseModel, status: int = 200) -> web.Response:
 
 
 async def read_json(request: web.Request) -> Any:
-    raw = await request.read() if request.can_read_body else b""
+    """The body as JSON ({} when empty), read within the app's body timeout, nested at most json_limits.MAX_DEPTH."""
+    timeout_s = request.app.get(LIMITS, WebLimits()).body_timeout_s
     try:
-        return json.loads(raw) if raw.strip() else {}
-    except (ValueError, UnicodeDecodeError) as exc:
+        async with asyncio.timeout(timeout_s):
+            raw = await request.read() if request.can_read_body else b""
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(text="the request body did not arrive within %gs" % timeout_s) from None
+    if not raw.strip():
+        return {}
+    try:
+        return json_limits.decode(raw)
+    except json_limits.BadJson as exc:
         raise InvalidArgument("body", "not valid JSON: %s" % exc) from None
 
 
@@ -65,8 +76,9 @@ def parse_query(request: web.Request, model: type[BaseModel]) -> Any:
         raise PayloadError("query", [_field_error(e) for e in exc.errors()]) from None
 
 
-def _field_error(err: Any) -> dict[str, Any]:
-    return {"loc": ".".join(str(p) for p in err["loc"]), "msg": err["msg"], "type": err["type"]}
+def _field_error(err: Any, under: str = "") -> dict[str, Any]:
+    loc = ".".join(str(p) for p in (under, *err["loc"]) if p != "")
+    return {"loc": loc, "msg": err["msg"], "type": err["type"]}
 
 
 def job_out(record: Any, deduplicated: bool | None = None) -> m.Job:
@@ -93,18 +105,39 @@ async def enqueue(request: web.Request) -> web.Response:
                 problems.extend(_field_error(e) for e in payload_exc.errors())
         raise PayloadError(job.name, problems) from None
     record, created = await blocking(
-        runtime.enqueue, request.match_info["name"], body.payload,
-        delay=body.delay, priority=body.priority, job_id=body.job_id,
+        runtime.enqueue,
+        request.match_info["name"],
+        body.payload,
+        delay=body.delay,
+        priority=body.priority,
+        job_id=body.job_id,
     )
     return respond(job_out(record, deduplicated=not created), 202 if created else 200)
 
 
 async def enqueue_bulk(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
-    name = runtime.manifest.job(request.match_info["name"]).name
-    body = await parse_body(request, m.BulkBody)
+    job = runtime.manifest.job(request.match_info["name"])
+    data = await read_json(request)
+    try:
+        body = m.BulkBody.model_validate(data)
+    except ValidationError as exc:
+        # As for one job: every item's payload problems come with the envelopes', not a round trip later.
+        problems = [_field_error(e) for e in exc.errors()]
+        items = data.get("jobs") if isinstance(data, dict) else None
+        for n, item in enumerate(items if isinstance(items, list) else []):
+            payload = item.get("payload") if isinstance(item, dict) else None
+            if isinstance(payload, dict):
+                try:
+                    job.payload_model.model_validate(payload)
+                except ValidationError as payload_exc:
+                    problems.extend(_field_error(e, "jobs.%d.payload" % n) for e in payload_exc.errors())
+        raise PayloadError(job.name, problems) from None
     items = [EnqueueItem(j.payload, delay=j.delay, priority=j.priority, job_id=j.job_id) for j in body.jobs]
-    results = await blocking(runtime.enqueue_many, name, items)
+    try:
+        results = await blocking(runtime.enqueue_many, job.name, items)
+    except PayloadError as exc:  # `3.payload.user_id` → `jobs.3.payload.user_id`: where it is in the body
+        raise PayloadError(exc.job, [{**e, "loc": "jobs." + e["loc"]} for e in exc.errors]) from None
     jobs = [m.BulkJob(id=r.id, state=r.state, deduplicated=not created) for r, created in results]
     created = sum(1 for _, c in results if c)
     return respond(m.BulkResult(created=created, jobs=jobs), 202 if created else 200)
@@ -139,10 +172,14 @@ async def remove_job(request: web.Request) -> web.Response:
 async def queues(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     counts, paused = await asyncio.gather(blocking(runtime.counts), blocking(runtime.paused))
-    return respond(m.Queues(queues=[
-        m.Queue(name=name, paused=name in paused, counts=m.Counts.model_validate(by_state))
-        for name, by_state in counts.items()
-    ]))
+    return respond(
+        m.Queues(
+            queues=[
+                m.Queue(name=name, paused=name in paused, counts=m.Counts.model_validate(by_state))
+                for name, by_state in counts.items()
+            ]
+        )
+    )
 
 
 async def pause(request: web.Request) -> web.Response:
@@ -189,40 +226,109 @@ async def healthz(request: web.Request) -> web.Response:
         await blocking(runtime.paused)
         store = "ok"
     except Exception as exc:  # the point of a health check: report, do not raise
-        store = "unreachable: %s" % exc
+        store = "unreachable: %s: %s" % (type(exc).__name__, redact_text(str(exc)))
     bus = runtime.events.label
-    status = "ok" if store == "ok" else "degraded"
-    return respond(m.Health(status=status, backend=runtime.settings.backend, bus=bus, store=store), 200 if status == "ok" else 503)
+    status: Literal["ok", "degraded"] = "ok" if store == "ok" else "degraded"
+    return respond(
+        m.Health(status=status, backend=runtime.settings.backend, bus=bus, store=store), 200 if status == "ok" else 503
+    )
 
 
 E = m.Error
 ROUTES = [
-    Route("POST", "/api/v1/jobs/{name}", enqueue, "Enqueue a job", body=m.EnqueueBody,
-          responses={202: m.Job, 200: m.Job, 400: E, 404: E, 413: E, 422: E}),
-    Route("POST", "/api/v1/jobs/{name}/bulk", enqueue_bulk,
-          "Enqueue many jobs of one name: all validated first, then created in one store call", body=m.BulkBody,
-          responses={202: m.BulkResult, 200: m.BulkResult, 400: E, 404: E, 413: E, 422: E}),
-    Route("GET", "/api/v1/jobs", list_jobs, "List jobs by state and name, newest first", query=m.JobsQuery,
-          responses={200: m.JobPage, 404: E, 422: E}),
+    Route(
+        "POST",
+        "/api/v1/jobs/{name}",
+        enqueue,
+        "Enqueue a job",
+        body=m.EnqueueBody,
+        responses={202: m.Job, 200: m.Job, 400: E, 404: E, 413: E, 422: E},
+    ),
+    Route(
+        "POST",
+        "/api/v1/jobs/{name}/bulk",
+        enqueue_bulk,
+        "Enqueue many jobs of one name: all validated first, then created in one store call",
+        body=m.BulkBody,
+        responses={202: m.BulkResult, 200: m.BulkResult, 400: E, 404: E, 413: E, 422: E},
+    ),
+    Route(
+        "GET",
+        "/api/v1/jobs",
+        list_jobs,
+        "List jobs by state and name, newest first",
+        query=m.JobsQuery,
+        responses={200: m.JobPage, 404: E, 422: E},
+    ),
     Route("GET", "/api/v1/jobs/{id}", get_job, "Get a job", responses={200: m.Job, 404: E}),
-    Route("DELETE", "/api/v1/jobs/{id}", remove_job, "Remove a job that is not active",
-          responses={200: m.Removed, 404: E, 409: E}),
+    Route(
+        "DELETE",
+        "/api/v1/jobs/{id}",
+        remove_job,
+        "Remove a job that is not active",
+        responses={200: m.Removed, 404: E, 409: E},
+    ),
     Route("POST", "/api/v1/jobs/{id}/retry", retry_job, "Retry a failed job", responses={200: m.Job, 404: E, 409: E}),
-    Route("POST", "/api/v1/jobs/{id}/promote", promote_job, "Run a delayed job now",
-          responses={200: m.Job, 404: E, 409: E}),
-    Route("GET", "/api/v1/queues", queues, "Counts per state, and paused, for every job name", responses={200: m.Queues}),
-    Route("POST", "/api/v1/queues/{name}/pause", pause, "Pause a job name across all consumers",
-          responses={200: m.PauseResult, 404: E}),
-    Route("POST", "/api/v1/queues/{name}/resume", resume, "Resume a paused job name",
-          responses={200: m.PauseResult, 404: E}),
-    Route("POST", "/api/v1/queues/{name}/clean", clean, "Delete old records of one state", body=m.CleanBody,
-          responses={200: m.Cleaned, 400: E, 404: E, 422: E}),
-    Route("POST", "/api/v1/queues/{name}/retry", retry_all, "Retry every failed job of a name",
-          responses={200: m.RetryAllResult, 404: E}),
-    Route("POST", "/api/v1/queues/{name}/drain", drain, "Remove every waiting job of a name",
-          responses={200: m.Drained, 404: E}),
-    Route("DELETE", "/api/v1/queues/{name}", obliterate, "Obliterate a name's queue, records and totals",
-          query=m.ObliterateQuery, responses={200: m.Drained, 400: E, 404: E, 409: E, 422: E}),
-    Route("GET", "/healthz", healthz, "Liveness and store reachability", responses={200: m.Health, 503: m.Health},
-          auth=False),
+    Route(
+        "POST",
+        "/api/v1/jobs/{id}/promote",
+        promote_job,
+        "Run a delayed job now",
+        responses={200: m.Job, 404: E, 409: E},
+    ),
+    Route(
+        "GET", "/api/v1/queues", queues, "Counts per state, and paused, for every job name", responses={200: m.Queues}
+    ),
+    Route(
+        "POST",
+        "/api/v1/queues/{name}/pause",
+        pause,
+        "Pause a job name across all consumers",
+        responses={200: m.PauseResult, 404: E},
+    ),
+    Route(
+        "POST",
+        "/api/v1/queues/{name}/resume",
+        resume,
+        "Resume a paused job name",
+        responses={200: m.PauseResult, 404: E},
+    ),
+    Route(
+        "POST",
+        "/api/v1/queues/{name}/clean",
+        clean,
+        "Delete old records of one state",
+        body=m.CleanBody,
+        responses={200: m.Cleaned, 400: E, 404: E, 422: E},
+    ),
+    Route(
+        "POST",
+        "/api/v1/queues/{name}/retry",
+        retry_all,
+        "Retry every failed job of a name",
+        responses={200: m.RetryAllResult, 404: E},
+    ),
+    Route(
+        "POST",
+        "/api/v1/queues/{name}/drain",
+        drain,
+        "Remove every waiting job of a name",
+        responses={200: m.Drained, 404: E},
+    ),
+    Route(
+        "DELETE",
+        "/api/v1/queues/{name}",
+        obliterate,
+        "Obliterate a name's queue, records and totals",
+        query=m.ObliterateQuery,
+        responses={200: m.Drained, 400: E, 404: E, 409: E, 422: E},
+    ),
+    Route(
+        "GET",
+        "/healthz",
+        healthz,
+        "Liveness and store reachability",
+        responses={200: m.Health, 503: m.Health},
+        auth=False,
+    ),
 ]

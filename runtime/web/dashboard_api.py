@@ -11,20 +11,22 @@ from __future__ import annotations
 import datetime as dt
 import re
 import time
-from typing import Any, Callable, Iterator, Literal
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, Field
 
+from runtime.core.cron import cron_job_id
+from runtime.core.records import FAILED, JobRecord, State
+from runtime.engine import Runtime
+from runtime.store.base import METRICS as TOTALS
 from runtime.web import models as m
 from runtime.web.api import RUNTIME, Route, blocking, job_out, parse_body, parse_query, respond
-from runtime.core.cron import cron_job_id
-from runtime.engine import Runtime
 from runtime.web.metrics import METRICS, Activity, publisher_counts, take_snapshot
-from runtime.core.records import FAILED, JobRecord, State
-from runtime.store.base import METRICS as TOTALS
 
 SCAN_PAGE = 500
+MAX_SCAN_OFFSET = 1_000_000  # search resumes at most this deep (each page reads the ids before it)
 MAX_CHILDREN_SHOWN = 200
 RATE_WINDOW_MINUTES = 5
 
@@ -101,9 +103,11 @@ class Overview(BaseModel):
 
 class SearchQuery(m.Strict):
     q: str = Field(min_length=1, max_length=200, description="an id (or part), field=value (e.g. user=42), or words")
-    name: str | None = None
+    name: str | None = m.JobName
     state: State | None = None
-    offset: int = Field(default=0, ge=0, description="where to resume scanning: a previous answer's next_offset")
+    offset: int = Field(
+        default=0, ge=0, le=MAX_SCAN_OFFSET, description="where to resume scanning: a previous answer's next_offset"
+    )
     limit: int = Field(default=50, ge=1, le=200, description="matches to return")
     scan: int = Field(default=20_000, ge=1, le=100_000, description="records to examine at most in this call")
 
@@ -119,7 +123,7 @@ class SearchResults(BaseModel):
 
 
 class FailuresQuery(m.Strict):
-    name: str | None = None
+    name: str | None = m.JobName
     scan: int = Field(default=20_000, ge=1, le=200_000, description="failed records to examine at most")
 
 
@@ -141,9 +145,9 @@ class FailureGroups(BaseModel):
     truncated: bool
 
 
-class RetryGroupBody(m.Strict):
-    name: str
-    reason: str
+class RetryGroupBody(m.StrictBody):
+    name: str = Field(min_length=1, max_length=m.MAX_NAME_CHARS)
+    reason: str = Field(max_length=300, description="a group's `reason`, as /failures gives it")
 
 
 class RetryGroupResult(BaseModel):
@@ -167,7 +171,7 @@ class JobDetail(m.Job):
     max_stalls: int
     worker: str | None = None
     parent: JobBrief | None = None
-    children_shown: list[JobBrief] = []
+    children_shown: list[JobBrief] = []  # noqa: RUF012 (a pydantic model copies its defaults)
     children_total: int = 0
 
 
@@ -184,8 +188,11 @@ def throughput(activity: Activity, name: str, now: float) -> Throughput:
     window_s = max(60.0, min(window_s, now - activity.since))
     done = completed + failed
     return Throughput(
-        window_s=round(window_s, 1), completed=completed, failed=failed,
-        per_minute=round(done * 60 / window_s, 2), failure_rate=round(failed / done, 4) if done else None,
+        window_s=round(window_s, 1),
+        completed=completed,
+        failed=failed,
+        per_minute=round(done * 60 / window_s, 2),
+        failure_rate=round(failed / done, 4) if done else None,
         series=series,
     )
 
@@ -194,7 +201,7 @@ def cron_schedule(runtime: Runtime, name: str, now: float) -> CronSchedule | Non
     job = runtime.manifest.jobs.get(name)
     if job is None or job.cron is None:
         return None
-    next_run = job.cron.next_after(dt.datetime.fromtimestamp(now, dt.timezone.utc), job.tz).timestamp()
+    next_run = job.cron.next_after(dt.datetime.fromtimestamp(now, dt.UTC), job.tz).timestamp()
     last = runtime.store.last_tick(name)
     last_id = last_state = None
     if last is not None:
@@ -202,8 +209,14 @@ def cron_schedule(runtime: Runtime, name: str, now: float) -> CronSchedule | Non
         record = runtime.store.get(last_id)
         last_state = record.state if record is not None else None
     return CronSchedule(
-        expression=job.spec.cron or "", timezone=job.spec.timezone, enabled=job.spec.enabled, misfire=job.spec.misfire,
-        next_run=next_run if job.spec.enabled else None, last_run=last, last_run_id=last_id, last_run_state=last_state,
+        expression=job.spec.cron or "",
+        timezone=job.spec.timezone,
+        enabled=job.spec.enabled,
+        misfire=job.spec.misfire,
+        next_run=next_run if job.spec.enabled else None,
+        last_run=last,
+        last_run_id=last_id,
+        last_run_state=last_state,
     )
 
 
@@ -215,20 +228,25 @@ def build_overview(runtime: Runtime, activity: Activity, live: bool) -> Overview
     jobs = []
     for name, by_state in snap.counts.items():
         job = runtime.manifest.jobs.get(name)
-        jobs.append(JobSummary(
-            name=name,
-            description=job.spec.description if job else "",
-            declared=job is not None,
-            paused=name in paused,
-            counts=m.Counts.model_validate(by_state),
-            totals=Totals(**totals.get(name, dict.fromkeys(TOTALS, 0))),
-            throughput=throughput(activity, name, now),
-            cron=cron_schedule(runtime, name, now),
-            retries=job.spec.retries if job else None,
-            timeout=job.spec.timeout if job else None,
-        ))
+        jobs.append(
+            JobSummary(
+                name=name,
+                description=job.spec.description if job else "",
+                declared=job is not None,
+                paused=name in paused,
+                counts=m.Counts.model_validate(by_state),
+                totals=Totals(**totals.get(name, dict.fromkeys(TOTALS, 0))),
+                throughput=throughput(activity, name, now),
+                cron=cron_schedule(runtime, name, now),
+                retries=job.spec.retries if job else None,
+                timeout=job.spec.timeout if job else None,
+            )
+        )
     return Overview(
-        generated_at=now, backend=runtime.settings.backend, live=live, activity_since=activity.since,
+        generated_at=now,
+        backend=runtime.settings.backend,
+        live=live,
+        activity_since=activity.since,
         consumers=[ConsumerSeen(id=owner, seen_at=seen) for owner, seen in sorted(consumers.items())],
         events=EventCounters(published=events[0], dropped=events[1]) if events else None,
         jobs=jobs,
@@ -273,19 +291,25 @@ def compile_query(q: str) -> Callable[[JobRecord], bool]:
     tests: list[Callable[[JobRecord], bool]] = []
     for term in q.split():
         key, eq, value = term.partition("=")
-        if eq and key:
-            tests.append(lambda r, k=key, v=_norm(value): _equals(_field(r.payload, k), v))
-        else:
-            word = _norm(term)
-            tests.append(lambda r, w=word: (
-                w in r.id.lower()
-                or (r.error is not None and w in r.error.lower())
-                or any(_equals(v, w) for v in r.payload.values())
-            ))
+        tests.append(_field_equals(key, _norm(value)) if eq and key else _mentions(_norm(term)))
     return lambda record: all(test(record) for test in tests)
 
 
-def scan(runtime: Runtime, state: str | None, name: str | None, offset: int, most: int) -> Iterator[tuple[int, JobRecord]]:
+def _field_equals(key: str, wanted: str) -> Callable[[JobRecord], bool]:
+    return lambda r: _equals(_field(r.payload, key), wanted)
+
+
+def _mentions(word: str) -> Callable[[JobRecord], bool]:
+    return lambda r: (
+        word in r.id.lower()
+        or (r.error is not None and word in r.error.lower())
+        or any(_equals(v, word) for v in r.payload.values())
+    )
+
+
+def scan(
+    runtime: Runtime, state: str | None, name: str | None, offset: int, most: int
+) -> Iterator[tuple[int, JobRecord]]:
     """(position, record) newest first from `offset`, reading pages of SCAN_PAGE, at most `most` records."""
     position, end = offset, offset + most
     while position < end:
@@ -319,7 +343,9 @@ def search(runtime: Runtime, q: SearchQuery) -> SearchResults:
     else:
         # The loop ran out: either every record was examined, or the scan budget was spent.
         next_offset = q.offset + scanned if scanned == q.scan else None
-    return SearchResults(jobs=[job_out(r) for r in found], q=q.q, offset=q.offset, scanned=scanned, next_offset=next_offset)
+    return SearchResults(
+        jobs=[job_out(r) for r in found], q=q.q, offset=q.offset, scanned=scanned, next_offset=next_offset
+    )
 
 
 async def search_jobs(request: web.Request) -> web.Response:
@@ -354,8 +380,15 @@ def failure_groups(runtime: Runtime, name: str | None, budget: int) -> FailureGr
             key = (job_name, reason_of(record.error))
             group = groups.get(key)
             if group is None:
-                groups[key] = FailureGroup(name=job_name, reason=key[1], example=(record.error or "")[:2000],
-                                           count=1, first_at=ts, last_at=ts, job_ids=[record.id])
+                groups[key] = FailureGroup(
+                    name=job_name,
+                    reason=key[1],
+                    example=(record.error or "")[:2000],
+                    count=1,
+                    first_at=ts,
+                    last_at=ts,
+                    job_ids=[record.id],
+                )
                 continue
             group.count += 1
             group.first_at, group.last_at = min(group.first_at, ts), max(group.last_at, ts)
@@ -375,7 +408,9 @@ async def failures(request: web.Request) -> web.Response:
 
 def retry_group(runtime: Runtime, name: str, reason: str) -> int:
     runtime.manifest.job(name)
-    return runtime.retry_many([r.id for _, r in scan(runtime, FAILED, name, 0, 1_000_000) if reason_of(r.error) == reason])
+    return runtime.retry_many(
+        [r.id for _, r in scan(runtime, FAILED, name, 0, 1_000_000) if reason_of(r.error) == reason]
+    )
 
 
 async def retry_failures(request: web.Request) -> web.Response:
@@ -409,15 +444,42 @@ async def get_job_detail(request: web.Request) -> web.Response:
 
 E = m.Error
 DASHBOARD_ROUTES = [
-    Route("GET", "/api/v1/dashboard/overview", overview,
-          "Every job name: counts, paused, totals, throughput, cron; consumers alive", responses={200: Overview}),
-    Route("GET", "/api/v1/dashboard/search", search_jobs,
-          "Search jobs by id, payload field (user=42) or words, newest first, resumable", query=SearchQuery,
-          responses={200: SearchResults, 404: E, 422: E}),
-    Route("GET", "/api/v1/dashboard/failures", failures, "Failed jobs grouped by job name and reason",
-          query=FailuresQuery, responses={200: FailureGroups, 404: E, 422: E}),
-    Route("POST", "/api/v1/dashboard/failures/retry", retry_failures, "Retry the failed jobs of one reason group",
-          body=RetryGroupBody, responses={200: RetryGroupResult, 404: E, 422: E}),
-    Route("GET", "/api/v1/dashboard/jobs/{id}", get_job_detail,
-          "A job with its stalls, worker, parent and children", responses={200: JobDetail, 404: E}),
+    Route(
+        "GET",
+        "/api/v1/dashboard/overview",
+        overview,
+        "Every job name: counts, paused, totals, throughput, cron; consumers alive",
+        responses={200: Overview},
+    ),
+    Route(
+        "GET",
+        "/api/v1/dashboard/search",
+        search_jobs,
+        "Search jobs by id, payload field (user=42) or words, newest first, resumable",
+        query=SearchQuery,
+        responses={200: SearchResults, 404: E, 422: E},
+    ),
+    Route(
+        "GET",
+        "/api/v1/dashboard/failures",
+        failures,
+        "Failed jobs grouped by job name and reason",
+        query=FailuresQuery,
+        responses={200: FailureGroups, 404: E, 422: E},
+    ),
+    Route(
+        "POST",
+        "/api/v1/dashboard/failures/retry",
+        retry_failures,
+        "Retry the failed jobs of one reason group",
+        body=RetryGroupBody,
+        responses={200: RetryGroupResult, 404: E, 422: E},
+    ),
+    Route(
+        "GET",
+        "/api/v1/dashboard/jobs/{id}",
+        get_job_detail,
+        "A job with its stalls, worker, parent and children",
+        responses={200: JobDetail, 404: E},
+    ),
 ]

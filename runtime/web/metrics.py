@@ -20,22 +20,22 @@ import math
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
-import msgspec
 import redis
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from bus.envelope import Envelope
-from runtime.web.api import RUNTIME, blocking
-from runtime.engine import Runtime
 from runtime.core.events import EventSink
 from runtime.core.records import STATES
+from runtime.engine import Runtime
 from runtime.store.base import METRICS as TOTALS
 from runtime.store.outage import STORE_ERRORS
+from runtime.web.api import RUNTIME, blocking
 
 logger = logging.getLogger("b3jobs.metrics")
 
@@ -77,16 +77,24 @@ class BusMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.run_time = Histogram(
-            "b3jobs_job_run_seconds", "Run time of completed jobs (job:completed duration_s)",
-            [LABEL], buckets=DURATION_BUCKETS_S, registry=registry,
+            "b3jobs_job_run_seconds",
+            "Run time of completed jobs (job:completed duration_s)",
+            [LABEL],
+            buckets=DURATION_BUCKETS_S,
+            registry=registry,
         )
         self.queue_wait = Histogram(
-            "b3jobs_job_wait_seconds", "Time from a job's job:waiting to its job:active",
-            [LABEL], buckets=DURATION_BUCKETS_S, registry=registry,
+            "b3jobs_job_wait_seconds",
+            "Time from a job's job:waiting to its job:active",
+            [LABEL],
+            buckets=DURATION_BUCKETS_S,
+            registry=registry,
         )
         self.received = Counter(
-            "b3jobs_bus_events_received", "Events this web process received from the bus, by event name",
-            ["event"], registry=registry,
+            "b3jobs_bus_events_received",
+            "Events this web process received from the bus, by event name",
+            ["event"],
+            registry=registry,
         )
         self.activity = Activity()
         self.fed = False  # whether a bus feeds this app at all (build_web) or not (create_app alone)
@@ -186,10 +194,13 @@ class StoreCollector:
             published = CounterMetricFamily("b3jobs_events_published", "Events this web process published to the bus")
             published.add_metric([], events[0])
             dropped = CounterMetricFamily(
-                "b3jobs_events_dropped", "Events this web process dropped (its outage buffer full, or unencodable)")
+                "b3jobs_events_dropped", "Events this web process dropped (its outage buffer full, or unencodable)"
+            )
             dropped.add_metric([], events[1])
             buffered = GaugeMetricFamily(
-                "b3jobs_events_buffered", "Events this web process emitted and has not published yet (kept through an outage)")
+                "b3jobs_events_buffered",
+                "Events this web process emitted and has not published yet (kept through an outage)",
+            )
             buffered.add_metric([], events[2])
             yield published
             yield dropped
@@ -226,7 +237,9 @@ class StoreCollector:
             for name, values in snap.totals.items():
                 family.add_metric([name], values.get(total, 0))
             yield family
-        alive = GaugeMetricFamily("b3jobs_consumers_alive", "Consumer processes with a lease heartbeat in the last 3 leases")
+        alive = GaugeMetricFamily(
+            "b3jobs_consumers_alive", "Consumer processes with a lease heartbeat in the last 3 leases"
+        )
         alive.add_metric([], len(snap.consumers))
         yield alive
         took = GaugeMetricFamily("b3jobs_scrape_store_seconds", "Time this scrape spent reading the job store")
@@ -241,9 +254,8 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.bus = BusMetrics(self.registry)
         self.store = StoreCollector(runtime, relay)
-        self.registry.register(self.store)  # type: ignore[arg-type]
+        self.registry.register(self.store)
         self._render_lock = threading.Lock()
-
 
     def render(self, snapshot: Snapshot | None) -> bytes:
         with self._render_lock:
@@ -255,6 +267,7 @@ class Metrics:
 
 
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
+SCRAPE_ERRORS: tuple[type[BaseException], ...] = (*STORE_ERRORS, redis.RedisError, sqlite3.Error)
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
@@ -262,7 +275,7 @@ async def metrics_handler(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     try:
         snapshot: Snapshot | None = await blocking(take_snapshot, runtime)
-    except (*STORE_ERRORS, redis.RedisError, sqlite3.Error) as exc:  # any store failure: store_up 0
+    except SCRAPE_ERRORS as exc:  # any store failure: store_up 0
         logger.warning("metrics: job store unreachable: %s", exc)
         snapshot = None
     body = request.app[METRICS].render(snapshot)

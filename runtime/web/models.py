@@ -6,19 +6,40 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from runtime.core.enqueue import CALLER_JOB_ID, MAX_DELAY_S
 from runtime.core.manifest import MAX_PRIORITY
 from runtime.core.records import State
 
+MAX_OFFSET = 100_000  # how deep a listing may page: the stores read up to offset + limit ids per state
+MAX_NAME_CHARS = 128
+
 
 class Strict(BaseModel):
+    """Query parameters: unknown ones are errors; values arrive as text and are converted."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class EnqueueBody(Strict):
+class StrictBody(Strict):
+    """A JSON body: unknown fields are errors, and so is a value of the wrong JSON type ("1" for 1)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+JobName = Field(default=None, min_length=1, max_length=MAX_NAME_CHARS, description="a job name")
+
+
+class EnqueueBody(StrictBody):
     payload: dict[str, Any] = Field(default_factory=dict, description="the job's payload, validated against its model")
-    delay: float | None = Field(default=None, ge=0, description="seconds to wait before it may run")
+    delay: float | None = Field(default=None, ge=0, le=MAX_DELAY_S, description="seconds to wait before it may run")
     priority: int | None = Field(default=None, ge=1, le=MAX_PRIORITY, description="1 = most urgent")
-    job_id: str | None = Field(default=None, description="your own id; an existing one returns that job")
+    job_id: str | None = Field(
+        default=None,
+        pattern=CALLER_JOB_ID.pattern,
+        description="your own id: 1-128 of A-Z a-z 0-9 _ . : - starting alphanumeric, not ending in `.<digits>` "
+        "(reserved for cron ticks and flow children); an existing id of the same job returns that job, "
+        "of another job is a 409",
+    )
 
 
 # Fields of runtime.core.records.JobRecord that the API's Job leaves out (the dashboard's JobDetail
@@ -29,8 +50,10 @@ RECORD_ONLY = frozenset({"stalls", "max_stalls", "worker", "delay_reason"})
 MAX_BULK = 10_000
 
 
-class BulkBody(Strict):
-    jobs: list[EnqueueBody] = Field(min_length=1, max_length=MAX_BULK, description="the jobs, each as a single enqueue's body")
+class BulkBody(StrictBody):
+    jobs: list[EnqueueBody] = Field(
+        min_length=1, max_length=MAX_BULK, description="the jobs, each as a single enqueue's body"
+    )
 
 
 class BulkJob(BaseModel):
@@ -77,8 +100,8 @@ class JobPage(BaseModel):
 
 class JobsQuery(Strict):
     state: State | None = None
-    name: str | None = None
-    offset: int = Field(default=0, ge=0)
+    name: str | None = JobName
+    offset: int = Field(default=0, ge=0, le=MAX_OFFSET)
     limit: int = Field(default=50, ge=1, le=500)
 
 
@@ -101,7 +124,7 @@ class Queues(BaseModel):
     queues: list[Queue]
 
 
-class CleanBody(Strict):
+class CleanBody(StrictBody):
     state: Literal["waiting", "delayed", "completed", "failed"] = "completed"
     age: float = Field(default=0, ge=0, description="only records older than this many seconds")
     limit: int = Field(default=1000, ge=1, le=100_000)

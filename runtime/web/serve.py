@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import signal
 import threading
 
 from aiohttp import web
 
+from bus.urls import redact
 from runtime.core.errors import InvalidArgument
 from runtime.core.settings import Settings, bus_url
 from runtime.web.app import build_web
+from runtime.web.limits import GatedRunner
 
 logger = logging.getLogger("b3jobs.web")
 
@@ -43,11 +46,35 @@ def serve(settings: Settings) -> None:
     tune_gc()
     url = bus_url(settings)
     if url.startswith("memory://"):
-        logger.warning("BUS_URL is memory:// in a separate web process: it will only see events published by itself. "
-                       "Set BUS_URL (or REDIS_URL) to share events with consumers.")
+        logger.warning(
+            "BUS_URL is memory:// in a separate web process: it will only see events published by itself. "
+            "Set BUS_URL (or REDIS_URL) to share events with consumers."
+        )
     app = build_web(settings, url=url)
-    web.run_app(app, host=settings.host, port=settings.port, print=lambda text: logger.info(text.strip()))
+    asyncio.run(_serve_until_signalled(app, settings, url))
 
+
+async def _serve_until_signalled(app: web.Application, settings: Settings, url: str) -> None:
+    """Serve `app` through a GatedRunner (connection cap) until SIGINT or SIGTERM, then shut down cleanly."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    runner = GatedRunner(app)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, settings.host, settings.port).start()
+        logger.info(
+            "b3-jobs web on http://%s:%d (bus %s, store %s, at most %d connections)",
+            settings.host,
+            settings.port,
+            redact(url),
+            settings.backend,
+            runner.cap,
+        )
+        await stop.wait()
+    finally:
+        await runner.cleanup()
 
 
 class WebThread:
@@ -60,7 +87,7 @@ class WebThread:
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="web", daemon=True)
 
-    def start(self, timeout: float = 10.0) -> "WebThread":
+    def start(self, timeout: float = 10.0) -> WebThread:
         self._thread.start()
         if not self._ready.wait(timeout):
             raise RuntimeError("web server did not start within %ss" % timeout)
@@ -70,7 +97,7 @@ class WebThread:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
-        self.runner = web.AppRunner(self.app, handle_signals=False)
+        self.runner = GatedRunner(self.app, handle_signals=False)
         try:
             self.loop.run_until_complete(self.runner.setup())
             site = web.TCPSite(self.runner, self.host, self.port)

@@ -19,6 +19,8 @@ from runtime.core.manifest import Job, Manifest
 from runtime.web import models as m
 from runtime.web.api import RUNTIME, Route, _field_error, blocking, read_json, respond
 
+QueuedStatus = Literal["queued"]  # the status field of every 202 answer
+
 
 def trigger_routes(manifest: Manifest) -> list[Route]:
     """One route per job with an `http` trigger, in manifest order."""
@@ -46,7 +48,7 @@ def _queued_model(job: Job, model: type[BaseModel]) -> type[BaseModel]:
         __doc__="The %s job, queued." % job.name,
         __config__=ConfigDict(populate_by_name=True),
         job_id=(str, Field(alias="jobId")),
-        status=(Literal["queued"], "queued"),
+        status=(QueuedStatus, "queued"),
         **echo,
     )
 

@@ -18,7 +18,7 @@ logger = logging.getLogger("b3jobs.consumer")
 SCHEDULE_POLL_S = 0.2  # how late a delayed job or a retry may start; Huey's own minimum is 1 s
 
 
-class B3Scheduler(Scheduler):
+class B3Scheduler(Scheduler):  # type: ignore[misc]  # Huey is untyped
     def __init__(self, huey: Any, stop_flag: Any, housekeeper: Housekeeper):
         super().__init__(huey, stop_flag, 1, periodic=False)
         self.housekeeper = housekeeper
@@ -29,9 +29,16 @@ class B3Scheduler(Scheduler):
         self.sleep_for_interval(started, SCHEDULE_POLL_S)
 
 
-class B3Consumer(Consumer):
+class B3Consumer(Consumer):  # type: ignore[misc]  # Huey is untyped
     def __init__(
-        self, runtime: "Runtime", *, workers: int, worker_type: str, cron: bool = True, signals: bool = True, **kwargs: Any
+        self,
+        runtime: Runtime,
+        *,
+        workers: int,
+        worker_type: str,
+        cron: bool = True,
+        signals: bool = True,
+        **kwargs: Any,
     ):
         self.runtime = runtime
         self.signals = signals

@@ -61,8 +61,12 @@ class CronRunner:
                 continue  # nothing missed: ticks from here on are the normal tick's
             if self.store.claim_tick(job.name, missed):
                 record, _ = self.enqueue(job.name, job.spec.input or {}, job_id=cron_job_id(job.name, missed))
-                logger.warning("cron %s: ticks missed since %s; running once now (%s)", job.name,
-                               dt.datetime.fromtimestamp(last, job.tz).isoformat(), record.id)
+                logger.warning(
+                    "cron %s: ticks missed since %s; running once now (%s)",
+                    job.name,
+                    dt.datetime.fromtimestamp(last, job.tz).isoformat(),
+                    record.id,
+                )
                 fired += 1
         return fired
 
@@ -90,4 +94,4 @@ class CronRunner:
 
 
 def _utc(ts: float) -> dt.datetime:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc)
+    return dt.datetime.fromtimestamp(ts, dt.UTC)

@@ -13,23 +13,25 @@ import signal
 import threading
 import time
 import traceback
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import msgspec
 from pydantic import ValidationError
 
-from runtime.worker.retries import next_delay
 from runtime.core.context import ChildResult, JobContext
 from runtime.core.errors import JobTimeout, Retry, UnrecoverableError
 from runtime.core.events import EventSink
 from runtime.core.manifest import Job, Keep, Manifest
-from runtime.core.records import encode_json
 from runtime.core.messages import naive_utc
+from runtime.core.records import encode_json
 from runtime.store.base import Dequeued, JobStore, Lease, NewJob
 from runtime.store.outage import STORE_ERRORS, Outage
 from runtime.worker.leases import HeldLeases, ProcessLeases
+from runtime.worker.retries import next_delay
 
 logger = logging.getLogger("b3jobs.executor")
+
 
 class Executor:
     """Takes leased jobs for Huey's workers and runs them; one per process (forked workers get their own leases)."""
@@ -116,9 +118,19 @@ class Executor:
             reason = "unknown job %r: this consumer's manifest does not declare it (a newer producer?)" % got.name
         else:
             try:
-                return self.huey.deserialize_task(got.message)
+                task = self.huey.deserialize_task(got.message)
             except Exception as exc:  # any decode failure is the same thing to the operator
                 reason = "undecodable message: %s: %s" % (type(exc).__name__, exc)
+            else:
+                # The record says what runs; a message naming another job or id was not written by enqueue.
+                if (task.name, task.id) == (got.name, got.job_id):
+                    return task
+                reason = "message names %.100s[%.100s], its record %s[%s]: not run" % (
+                    task.name,
+                    task.id,
+                    got.name,
+                    got.job_id,
+                )
         keep = self.manifest.jobs[got.name].spec.keep_failed if got.name in self.manifest.jobs else Keep(count=1000)
         if self.store.fail(got.job_id, got.lease, reason, "", time.time(), keep):
             logger.error("! %s[%s] %s", got.name, got.job_id, reason)
@@ -188,12 +200,16 @@ class Executor:
                 self.events.emit("job:" + state, ref, {"children": ctx.spawned})
             return
         if not self._complete(task.id, lease, result_json, job.spec.keep_completed):
-            logger.warning("%s[%s] attempt %d finished after its lease moved on; result dropped", job.name, task.id, attempt)
+            logger.warning(
+                "%s[%s] attempt %d finished after its lease moved on; result dropped", job.name, task.id, attempt
+            )
             return
         duration = time.monotonic() - started
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("%6.3fs ● %s[%s] attempt %d", duration, job.name, task.id, attempt)
-        self.events.emit("job:completed", ref, {"result": msgspec.Raw(result_json), "attempts": attempt, "duration_s": duration})
+        self.events.emit(
+            "job:completed", ref, {"result": msgspec.Raw(result_json), "attempts": attempt, "duration_s": duration}
+        )
 
     def _complete(self, job_id: str, lease: Lease, result_json: bytes, keep: Keep) -> bool:
         """Complete the job and, in the same store call, take this worker's next one (see `_taken`)."""
@@ -201,7 +217,9 @@ class Executor:
         if held.closing:
             return self.store.complete(job_id, lease, result_json, time.time(), keep)
         with held.dequeuing():
-            done, got = self.store.complete_and_take(job_id, lease, result_json, time.time(), keep, held.owner, self.lease_s)
+            done, got = self.store.complete_and_take(
+                job_id, lease, result_json, time.time(), keep, held.owner, self.lease_s
+            )
             if got is not None:
                 held.hold(got.job_id, got.lease)
                 self._taken.next = got
@@ -238,7 +256,15 @@ class Executor:
         delay = exc.delay if isinstance(exc, Retry) and exc.delay is not None else next_delay(job, attempt)
         run_at = time.time() + delay
         if self.store.retry_later(task.id, lease, reason, tb, run_at):
-            logger.warning("↻ %s[%s] attempt %d/%d failed (%s); next in %.2fs", job.name, task.id, attempt, job.max_attempts, reason, delay)
+            logger.warning(
+                "↻ %s[%s] attempt %d/%d failed (%s); next in %.2fs",
+                job.name,
+                task.id,
+                attempt,
+                job.max_attempts,
+                reason,
+                delay,
+            )
             ref = (task.id, job.name)
             self.events.emit("job:retrying", ref, {"attempt": attempt, "error": reason, "delay_s": delay})
             self.events.emit("job:delayed", ref, {"run_at": run_at, "reason": "backoff"})
@@ -271,7 +297,7 @@ def call_handler(job: Job, payload: Any, ctx: JobContext) -> Any:
 async def _call_async(job: Job, payload: Any, ctx: JobContext, timeout: float | None) -> Any:
     try:
         return await asyncio.wait_for(job.handler(payload, ctx), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise JobTimeout("%s timed out after %ss" % (job.name, timeout)) from None
 
 

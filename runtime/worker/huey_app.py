@@ -15,9 +15,9 @@ from huey.registry import Registry
 from huey.storage import RedisStorage
 from redis import ConnectionPool
 
-from runtime.worker.serializer import MsgspecSerializer
 from runtime.core.settings import Settings
 from runtime.store.sqlite import B3SqliteStorage
+from runtime.worker.serializer import MsgspecSerializer
 
 if TYPE_CHECKING:
     from runtime.worker.executor import Executor
@@ -28,7 +28,7 @@ logger = logging.getLogger("b3jobs.huey")
 LEGACY_PREFIX = "runtime.engine."  # messages written before the registry keyed tasks by job name
 
 
-class JobRegistry(Registry):
+class JobRegistry(Registry):  # type: ignore[misc]  # Huey is untyped
     """Huey's task registry keyed by the job's name, so a message names its job and nothing else."""
 
     def task_to_string(self, task_class: Any) -> str:
@@ -43,8 +43,8 @@ def _dispatched_by_executor(*args: Any) -> None:
     raise RuntimeError("b3-jobs tasks are run by runtime.worker.executor.Executor")
 
 
-class B3Huey(Huey):
-    executor: "Executor"
+class B3Huey(Huey):  # type: ignore[misc]  # Huey is untyped
+    executor: Executor
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterator
 
 from runtime.store.base import JobStore, Lease
@@ -99,19 +100,31 @@ class ProcessLeases:
         self.store = store
         self.lease_s = lease_s
         self._held: HeldLeases | None = None
-        self._pid = 0
+        self._lock = threading.Lock()
+        # A forked worker starts with none (its parent's heartbeat thread did not come along). This
+        # is cheaper than comparing os.getpid() on every call: a system call, several per job.
+        ref = weakref.ref(self)
+
+        def forget_in_child() -> None:
+            me = ref()
+            if me is not None:
+                me._forget()
+
+        os.register_at_fork(after_in_child=forget_in_child)
+
+    def _forget(self) -> None:
+        self._held = None
         self._lock = threading.Lock()
 
     def here(self) -> HeldLeases:
-        if self._pid != os.getpid() or self._held is None:
+        held = self._held
+        if held is None:
             with self._lock:
-                if self._pid != os.getpid() or self._held is None:
+                if self._held is None:
                     self._held = HeldLeases(self.store, self.lease_s)
-                    self._pid = os.getpid()
-        return self._held
+                held = self._held
+        return held
 
     def hand_back_all(self) -> int:
         """Hand back this process's running jobs; 0 when it never took one."""
-        if self._pid != os.getpid() or self._held is None:
-            return 0
-        return self._held.hand_back_all()
+        return self._held.hand_back_all() if self._held is not None else 0

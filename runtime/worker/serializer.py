@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any
 
 import msgspec
 from huey.registry import Message
@@ -17,10 +17,10 @@ class WireValue(msgspec.Struct, array_like=True, tag="v"):
     value: Any
 
 
-_decoder = msgspec.json.Decoder(Union[WireMessage, WireValue])
+_decoder = msgspec.json.Decoder(WireMessage | WireValue)
 
 
-class MsgspecSerializer(Serializer):
+class MsgspecSerializer(Serializer):  # type: ignore[misc]  # Huey is untyped
     """Huey serializer over msgspec JSON; refuses what it cannot encode instead of pickling it."""
 
     def _serialize(self, data: Any) -> bytes:

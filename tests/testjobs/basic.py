@@ -119,6 +119,8 @@ def fails_while_file(payload: Switch, ctx: JobContext) -> str:
     if os.path.exists(payload.path):
         raise RuntimeError("switched off: %s exists" % payload.path)
     return "fixed"
+
+
 class Ticker(BaseModel):
     ticker: str
 
@@ -142,8 +144,10 @@ class FlowChild(BaseModel):
 def flow_parent(payload: FlowPlan, ctx: JobContext) -> dict[str, object] | None:
     """Fans out `children` children (some failing), then sums up their results."""
     if ctx.children is None:
-        ctx.spawn("flow-child", [{"i": i, "fail": i in payload.failing, "seconds": payload.child_seconds}
-                                 for i in range(payload.children)])
+        ctx.spawn(
+            "flow-child",
+            [{"i": i, "fail": i in payload.failing, "seconds": payload.child_seconds} for i in range(payload.children)],
+        )
         return None
     results = [c.result for c in ctx.children if c.state == "completed"]
     failures = {c.id: c.error for c in ctx.children if c.state == "failed"}
@@ -155,3 +159,19 @@ def flow_child(payload: FlowChild, ctx: JobContext) -> int:
     if payload.fail:
         raise UnrecoverableError("child %d fails on purpose" % payload.i)
     return payload.i * payload.i
+
+
+class Chatter(BaseModel):
+    events: int = Field(ge=0, le=100_000)
+    keys: int = Field(default=1, ge=1)
+
+
+def chatty(payload: Chatter, ctx: JobContext) -> int:
+    """Emits `events` events as fast as it can, over `keys` routing keys, then returns.
+
+    Events of distinct keys go out as distinct bus messages: with many keys its publisher is left
+    with a backlog that takes a while to send.
+    """
+    for i in range(payload.events):
+        ctx.emit("test:chatter", {"i": i, "ticker": "K%d" % (i % payload.keys)})
+    return payload.events
