@@ -107,8 +107,11 @@ def bridge_context(url: str, relay: Any, namespace: str, taps: tuple[Callable[[E
         bridge = BusBridge(url, on_events, namespace=namespace)
         bridge.start()
         if not await loop.run_in_executor(None, bridge.ready.wait, READY_TIMEOUT_S):
-            logger.warning("bus %s: not receiving events after %.0fs; serving anyway, resumes will report gaps",
-                           redact(url), READY_TIMEOUT_S)
+            logger.warning(
+                "bus %s: not receiving events after %.0fs; serving anyway, resumes will report gaps",
+                redact(url),
+                READY_TIMEOUT_S,
+            )
         yield
         await loop.run_in_executor(None, bridge.stop)
 

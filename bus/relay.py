@@ -177,7 +177,10 @@ class Subscribe(msgspec.Struct, forbid_unknown_fields=True):
     where: dict[str, Scalar | list[Scalar]] | None = None
     since: Annotated[int, msgspec.Meta(ge=0)] | None = None
     after: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS)] | None = None
-    seen: Annotated[list[Annotated[str, msgspec.Meta(max_length=MAX_ID_CHARS)]], msgspec.Meta(max_length=MAX_SEEN_IDS)] | None = None
+    seen: (
+        Annotated[list[Annotated[str, msgspec.Meta(max_length=MAX_ID_CHARS)]], msgspec.Meta(max_length=MAX_SEEN_IDS)]
+        | None
+    ) = None
 
 
 class Unsubscribe(msgspec.Struct, forbid_unknown_fields=True):
@@ -479,7 +482,9 @@ class Client:
             items = tuple(i for i in chunk.items if i.progress_key is None or newest[i.progress_key] == i.seq)
             dropped += len(chunk.items) - len(items)
             if items:
-                kept.append(chunk if len(items) == len(chunk.items) else Chunk(self.codec.events(items), items, live=True))
+                kept.append(
+                    chunk if len(items) == len(chunk.items) else Chunk(self.codec.events(items), items, live=True)
+                )
         self._pending = kept
         self._pending_live -= dropped
         return dropped
@@ -851,8 +856,12 @@ class Relay:
             if start is not None:
                 replay = self._replay_for(client, new, start)
         reply = {
-            "op": "subscribed", "events": message.events, "seq": live, "last_id": self._id_at(live),
-            "oldest": oldest, "replay": len(replay),
+            "op": "subscribed",
+            "events": message.events,
+            "seq": live,
+            "last_id": self._id_at(live),
+            "oldest": oldest,
+            "replay": len(replay),
         }
         gap = None
         if start is None and message.after is not None:

@@ -6,7 +6,8 @@
 Processes, not containers: `python -m runtime consumer` ×N, `python -m runtime web` ×M (on
 --port+1 … --port+M) and `deploy/proxy.py` on --port, each started with this environment
 (REDIS_URL is required: the store every process shares; BUS_URL defaults to REDIS_URL; set
-B3JOBS_TOKEN to serve beyond loopback). Logs go to --logs (one file per process). It waits until
+B3JOBS_TOKEN to serve beyond loopback; the proxy's address is added to B3JOBS_ALLOWED_HOSTS, as
+browsers name it in Host and Origin). Logs go to --logs (one file per process). It waits until
 every web node answers /healthz, prints the URL, and on Ctrl-C or SIGTERM stops what it started
 (SIGINT to consumers: running jobs finish). `Fleet` is the same thing for tests and scripts:
 `kill_web(i)` (SIGKILL), `start_web(i)`, `stop()`.
@@ -44,6 +45,10 @@ class Fleet:
         if not env.get("REDIS_URL"):
             raise SystemExit("REDIS_URL is required: the fleet's processes share one Redis store")
         self.env = {**os.environ, **env}
+        # Browsers and the proxy name the proxy's address in Host and Origin: the web nodes answer to it.
+        proxy_hosts = "127.0.0.1:%d,localhost:%d" % (port, port)
+        allowed = self.env.get("B3JOBS_ALLOWED_HOSTS", "")
+        self.env["B3JOBS_ALLOWED_HOSTS"] = "%s,%s" % (allowed, proxy_hosts) if allowed else proxy_hosts
         self.port = port
         self.logs = logs
         self.python = python

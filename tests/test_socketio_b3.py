@@ -7,6 +7,7 @@ The handlers are those of the frontend's hook, in Python: each looks at the even
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -57,6 +58,19 @@ class Page:
         if data["ticker"] == self.ticker:
             self.progress = 100
             self._status(data, "completed")
+
+
+async def close(page: socketio.AsyncClient) -> None:
+    """Disconnect; on long-polling without waiting for the pending poll (python-engineio's clean close does, up to 45 s)."""
+    if page.transport() != "polling":
+        await page.disconnect()
+        return
+    await page.eio.disconnect(abort=True)
+    for task in (page.eio.read_loop_task, page.eio.write_loop_task):
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
 
 
 async def until(predicate: Callable[[], bool], timeout_s: float = 15.0) -> None:
@@ -112,3 +126,25 @@ async def test_with_a_token_only_a_page_that_sends_it_connects(
     await admitted.connect(url, wait_timeout=5, auth={"token": TOKEN})
     assert admitted.connected
     await admitted.disconnect()
+
+
+async def test_without_a_token_the_apps_own_pages_connect_on_either_transport_and_others_do_not(
+    b3_runtime: Callable[..., Runtime],
+    aiohttp_client: Callable[..., Any],
+) -> None:
+    # Given b3-jobs without a token, behind its Host and Origin checks (runtime.web.origin)
+    runtime = b3_runtime()
+    client = await aiohttp_client(create_app(runtime, Relay()))
+    url = str(client.make_url("/"))
+    own = {"Origin": url.rstrip("/")}
+    # Then a page of its own connects, by long-polling (text/plain POSTs) and by websocket
+    for transports in (["polling"], ["websocket"]):
+        page = socketio.AsyncClient(reconnection=False)
+        await page.connect(url, wait_timeout=5, transports=transports, headers=own)
+        assert page.connected and page.transport() == transports[0]
+        await close(page)
+    # and a page of another site does not
+    for transports in (["polling"], ["websocket"]):
+        other = socketio.AsyncClient(reconnection=False)
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            await other.connect(url, wait_timeout=5, transports=transports, headers={"Origin": "http://evil.example"})

@@ -10,6 +10,8 @@ A browser on the operator's machine reaches loopback too, on behalf of any page 
   Requests without them come from scripts, not pages, and pass.
 - Content-Type: a state-changing request with a body must say `application/json`; a form or
   `text/plain` body (what a page on another site can send without asking first) is refused.
+  Engine.IO's long-polling POSTs to `/socket.io/` are text/plain by protocol and are let through
+  this one check; their Origin is checked as above.
 
 With a token the token is the guard (a page on another site cannot send the header); the Host is
 then checked only when B3JOBS_ALLOWED_HOSTS is set.
@@ -25,6 +27,8 @@ from aiohttp import web
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# Engine.IO's long-polling POSTs (bus.socketio) carry text/plain by protocol; Origin still applies.
+ENGINEIO_PATH = "/socket.io/"
 
 
 class Refused(Exception):
@@ -89,7 +93,7 @@ class OriginPolicy:
         if request.method not in STATE_CHANGING and not upgrade:
             return
         self._check_origin(request, own_port)
-        if request.method in STATE_CHANGING and request.body_exists:
+        if request.method in STATE_CHANGING and request.body_exists and not request.path.startswith(ENGINEIO_PATH):
             mime = request.content_type
             if not (mime == "application/json" or mime.endswith("+json")):
                 raise Refused(
