@@ -20,7 +20,8 @@ Handshake (`auth`, all optional but the token when one is set):
 Events the relay cannot replay are announced with `relay:gap` (`{after, oldest, latest}`): reload.
 After connecting, `socket.emit("subscribe", {events, where}, ack)` narrows (the first one replaces
 the default `*`), `socket.emit("unsubscribe", {events}, ack)` removes patterns; the ack is the
-`/ws` reply (`{op: "subscribed", ...}` or `{op: "error", code, message}`).
+`/ws` reply (`{op: "subscribed", ...}` or `{op: "error", code, message}`); the `/ws` limits
+apply (filters held, `where` sizes, 20 messages at once then 2 per second).
 
 Delivery shares the relay's path: each connection is a relay `Client` with a `SocketIOWire`. Per
 flush the relay builds one byte string per distinct subscription, here the websocket frames of
@@ -51,7 +52,18 @@ from engineio import packet as eio_packet
 from socketio.exceptions import ConnectionRefusedError as Refused
 
 from bus.envelope import decode
-from bus.relay import MAX_INBOUND_BYTES, BadMessage, Client, Codec, Held, Relay, Subscribe, Unsubscribe
+from bus.relay import (
+    MAX_INBOUND_BYTES,
+    MESSAGE_BURST,
+    MESSAGES_PER_S,
+    BadMessage,
+    Client,
+    Codec,
+    Held,
+    Relay,
+    Subscribe,
+    Unsubscribe,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +72,12 @@ DEFAULT_EVENTS = ["*"]
 # python-engineio's own client refuses an answer of more than 16.
 ENGINEIO_QUEUE_MAX = 12
 CACHE_SIZE = 20_000  # encoded packets kept (by seq); the relay holds 10,000 events
+RATE_LIMITED = {
+    "op": "error",
+    "code": "rate_limited",
+    "message": "more than %d messages at once or %g per second; this one was not acted on"
+    % (MESSAGE_BURST, MESSAGES_PER_S),
+}
 
 
 # ---------------------------------------------------------------- websocket frames
@@ -303,6 +321,8 @@ class SocketIO:
         client = self.clients.get(sid)
         if client is None:
             return {"op": "error", "code": "not_connected", "message": "connect first"}
+        if not client.may_send_message():
+            return RATE_LIMITED
         try:
             message = subscription(data if isinstance(data, dict) else {"events": data}, required=True)
             if sid in self._default:
@@ -321,6 +341,8 @@ class SocketIO:
         client = self.clients.get(sid)
         if client is None:
             return {"op": "error", "code": "not_connected", "message": "connect first"}
+        if not client.may_send_message():
+            return RATE_LIMITED
         events = data.get("events") if isinstance(data, dict) else data
         if not isinstance(events, list) or not all(isinstance(e, str) for e in events):
             return {"op": "error", "code": "bad_message", "message": "unsubscribe takes {events: [patterns]}"}

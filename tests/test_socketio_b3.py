@@ -148,3 +148,5 @@ async def test_without_a_token_the_apps_own_pages_connect_on_either_transport_an
         other = socketio.AsyncClient(reconnection=False)
         with pytest.raises(socketio.exceptions.ConnectionError):
             await other.connect(url, wait_timeout=5, transports=transports, headers={"Origin": "http://evil.example"})
+        if other.eio.http is not None:  # python-engineio keeps its session after a refused handshake
+            await other.eio.http.close()
