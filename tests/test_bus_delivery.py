@@ -417,10 +417,11 @@ def test_events_of_jobs_run_while_the_broker_is_down_all_arrive_once_it_is_back(
     worker = Runtime(settings, manifest, events=publishers[-1])
     try:
         with Listener(broker.url, "job.#", settings.namespace) as listener, running_consumer(worker, workers=4):
-            # When the broker goes down and 250 jobs are enqueued and run meanwhile
+            # When the broker goes down for at least 3 s and 1,000 jobs are enqueued and run meanwhile
             broker.stop()
+            stopped_at = time.monotonic()
             job_ids = [api.enqueue("noop", {})[0].id for _ in range(50)]
-            job_ids += [r.id for r, _ in api.enqueue_many("noop", [{}] * 200)]
+            job_ids += [r.id for r, _ in api.enqueue_many("noop", [{}] * 950)]
             # Then they all complete
             wait_for(
                 lambda: api.counts()["noop"]["completed"] == len(job_ids),
@@ -432,6 +433,7 @@ def test_events_of_jobs_run_while_the_broker_is_down_all_arrive_once_it_is_back(
             wait_for(lambda: sum(p.buffered for p in publishers) == 3 * len(job_ids), 5, what="every event kept")
             assert [p.dropped for p in publishers] == [0] * processes
             # And once the broker is back every event of every one of them arrives, once
+            time.sleep(max(0.0, 3.0 - (time.monotonic() - stopped_at)))
             broker.start()
             wait_for(
                 lambda: (

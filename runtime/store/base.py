@@ -109,6 +109,10 @@ class JobStore(ABC):
         change nothing and return (that job, False).
         """
 
+    def pin_connection(self) -> None:
+        """The calling thread is a long-lived worker: give it a connection of its own, if the backend has any."""
+        return None  # SQLite: each thread has its own connection already
+
     def complete_and_take(
         self, job_id: str, lease: Lease, result_json: bytes, now: float, keep: Keep, owner: str, lease_s: float
     ) -> tuple[bool, Dequeued | None]:

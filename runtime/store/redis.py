@@ -240,6 +240,9 @@ class RedisJobStore(JobStore):
             )
         return _dequeued(owner, token, got)
 
+    def pin_connection(self) -> None:
+        self.lua.clients.pin()
+
     def complete_and_take(
         self, job_id: str, lease: Lease, result_json: bytes, now: float, keep: Keep, owner: str, lease_s: float
     ) -> tuple[bool, Dequeued | None]:

@@ -56,11 +56,13 @@ def declared_args(name: str, text: str) -> tuple[list[str], str | None]:
 
 
 class ThreadClients:
-    """A dedicated connection per thread for the store's scripts: no pool checkout on every call.
+    """Dedicated connections for the threads that asked for one (`pin`): no pool checkout per call.
 
     redis-py's pool takes a lock and compares os.getpid() twice per command; on the hot path (a
-    worker's one script call per job) that was a tenth of the consumer's CPU. A forked process
-    starts with none of its parent's connections.
+    worker's one script call per job) that was a tenth of the consumer's CPU. Only long-lived
+    threads pin one (a consumer's workers): a connection stays with its thread until the thread
+    ends, so pinning from many short-lived threads would exhaust the pool. Other threads share
+    the pool. A forked process starts with none of its parent's connections.
     """
 
     def __init__(self, client: Any) -> None:
@@ -78,13 +80,16 @@ class ThreadClients:
     def _forget(self) -> None:
         self._local = threading.local()
 
-    def get(self) -> Any:
-        client = getattr(self._local, "client", None)
-        if client is None:
-            client = self._local.client = type(self._base)(
+    def pin(self) -> None:
+        """Give the calling thread its own connection (once)."""
+        if getattr(self._local, "client", None) is None:
+            self._local.client = type(self._base)(
                 connection_pool=self._base.connection_pool, single_connection_client=True
             )
-        return client
+
+    def get(self) -> Any:
+        """The calling thread's own client, or None to use the pool."""
+        return getattr(self._local, "client", None)
 
 
 class Script:
@@ -122,7 +127,8 @@ class Scripts:
     """Every script of `lua/`, registered for one namespace: `scripts.finish(job_id=..., ...)`."""
 
     def __init__(self, client: Any, ns: str) -> None:
-        script = partial(Script, client, ns, clients=ThreadClients(client))
+        self.clients = ThreadClients(client)
+        script = partial(Script, client, ns, clients=self.clients)
         self.create = script("create")
         self.create_many = script("create_many")
         self.release_staged = script("release_staged")

@@ -92,6 +92,7 @@ class Executor:
         got: Dequeued | None = getattr(self._taken, "next", None)
         self._taken.next = None
         if got is None:
+            self.store.pin_connection()  # once per worker thread: its own connection from then on
             try:
                 got = self.store.dequeue(held.owner, time.time(), self.lease_s, wait_s=1.0)
             except STORE_ERRORS as exc:
