@@ -34,7 +34,8 @@ def lua(client: redis.Redis, body: str, *args: str) -> object:
 def test_every_script_compiles_with_common_in_front_and_the_store_registers_each(client: redis.Redis) -> None:
     for name in SCRIPTS:
         client.script_load(source("common") + "\n" + source(name))
-    assert sorted(vars(Scripts(client, "t-lua-unused"))) == SCRIPTS
+    registered = {name for name, value in vars(Scripts(client, "t-lua-unused")).items() if isinstance(value, Script)}
+    assert sorted(registered) == SCRIPTS
 
 
 @pytest.mark.redis
