@@ -3,8 +3,8 @@
 - `emit` never raises into a job. It appends the envelope to an in-process buffer and returns.
   When the thread is behind and the buffer holds `max_buffer` events, `emit` waits for room
   (back-pressure, at most `block_s`) instead of dropping: while the broker is up nothing is dropped.
-- The thread takes everything buffered at once, at most every `linger_s` (10 ms) under load, while a
-  lone event after a quiet spell goes out at once; it encodes each envelope once, groups them by routing key in an order that
+- The thread takes everything buffered at once: under load (rounds of 16 events or more) at most
+  every `linger_s` (10 ms), at a low rate at once; it encodes each envelope once, groups them by routing key in an order that
   keeps each job's events in the order they were emitted (`plan`), and publishes one message per
   group: a JSON array of envelopes that share the message's routing key.
 - Broker down: events stay in the buffer, in order, up to `max_outage` events; past that, new
@@ -42,6 +42,7 @@ MAX_OUTAGE = 200_000  # events kept while the broker is down; past it, new event
 BLOCK_S = 2.0  # the longest one emit waits for room before it drops (the broker is up but very slow)
 MAX_EVENTS_PER_MESSAGE = 1_000
 LINGER_S = 0.010  # under load, rounds of messages at most this often (a lone event is not held)
+LOADED_ROUND = 16  # a round of at least this many events means load: the next one lingers
 CLOSE_S = 5.0
 CONFIRM_S = 5.0  # the longest an AMQP broker may take to confirm a message before it counts as down
 
@@ -195,6 +196,7 @@ class KombuPublisher:
         self._drop_logged = False
         self._closing = False
         self._last_send = 0.0
+        self._last_round = 0  # events in the last round sent
         self._thread = threading.Thread(target=self._run, name="bus-publisher", daemon=True)
         self._thread.start()
 
@@ -314,9 +316,10 @@ class KombuPublisher:
             with self._has_items:
                 while not self._buffer and not self._closing:
                     self._has_items.wait()
-                # Under load, at most one round of messages per `linger_s`: what is emitted meanwhile
-                # goes together. After a quiet spell the first event goes out at once.
-                due = self._last_send + self._linger_s
+                # Under load (the last round was a big one), at most one round per `linger_s`: what
+                # is emitted meanwhile goes together. At a low rate an event goes out at once: a new
+                # job waits for its job:waiting, so holding events would delay every job's start.
+                due = self._last_send + self._linger_s if self._last_round >= LOADED_ROUND else 0.0
                 while (
                     not self._closing and self._count < MAX_EVENTS_PER_MESSAGE and (left := due - time.monotonic()) > 0
                 ):
@@ -331,6 +334,7 @@ class KombuPublisher:
             callbacks = [item for item in items if not isinstance(item, env.Envelope)]
             self._publish(producer, ex, events, callbacks)
             self._last_send = time.monotonic()
+            self._last_round = len(events)
             _run_callbacks(callbacks)
 
     def _publish(self, producer: Any, ex: Exchange, events: list[env.Envelope], rest: list[Any]) -> None:
