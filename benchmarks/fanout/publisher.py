@@ -47,7 +47,7 @@ def main() -> None:
     time.sleep(0.5)  # let the publisher thread connect before the clock starts
     started = time.monotonic()
     emitted = emit_for(publisher, args.rate, args.duration)
-    publisher.close(timeout=30)
+    publisher.close(30)
     seconds = time.monotonic() - started
     result = {"emitted": emitted, "published": publisher.published, "dropped": publisher.dropped, "seconds": seconds}
     print(json.dumps(result))
