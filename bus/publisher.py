@@ -3,8 +3,9 @@
 - `emit` never raises into a job. It appends the envelope to an in-process buffer and returns.
   When the thread is behind and the buffer holds `max_buffer` events, `emit` waits for room
   (back-pressure, at most `block_s`) instead of dropping: while the broker is up nothing is dropped.
-- The thread takes everything buffered at once: under load (rounds of 16 events or more) at most
-  every `linger_s` (10 ms), at a low rate at once; it encodes each envelope once, groups them by routing key in an order that
+- The thread takes everything buffered at once, waiting after each round in proportion to its size
+  (a round of 16 events or more: `linger_s`, 10 ms), so under load rounds go out every 10 ms and
+  at a low rate an event goes out at once; it encodes each envelope once, groups them by routing key in an order that
   keeps each job's events in the order they were emitted (`plan`), and publishes one message per
   group: a JSON array of envelopes that share the message's routing key.
 - Broker down: events stay in the buffer, in order, up to `max_outage` events; past that, new
@@ -42,7 +43,7 @@ MAX_OUTAGE = 200_000  # events kept while the broker is down; past it, new event
 BLOCK_S = 2.0  # the longest one emit waits for room before it drops (the broker is up but very slow)
 MAX_EVENTS_PER_MESSAGE = 1_000
 LINGER_S = 0.010  # under load, rounds of messages at most this often (a lone event is not held)
-LOADED_ROUND = 16  # a round of at least this many events means load: the next one lingers
+LOADED_ROUND = 16  # a round of this many events or more is load: the next one waits the whole linger_s
 CLOSE_S = 5.0
 CONFIRM_S = 5.0  # the longest an AMQP broker may take to confirm a message before it counts as down
 
@@ -316,10 +317,12 @@ class KombuPublisher:
             with self._has_items:
                 while not self._buffer and not self._closing:
                     self._has_items.wait()
-                # Under load (the last round was a big one), at most one round per `linger_s`: what
-                # is emitted meanwhile goes together. At a low rate an event goes out at once: a new
-                # job waits for its job:waiting, so holding events would delay every job's start.
-                due = self._last_send + self._linger_s if self._last_round >= LOADED_ROUND else 0.0
+                # The next round waits after the last one in proportion to its size, up to `linger_s`
+                # from LOADED_ROUND events on: under load rounds grow and go out every `linger_s`;
+                # at a low rate an event goes out at once (a new job waits for its job:waiting, so
+                # holding events would delay every job's start).
+                hold_s = self._linger_s * min(1.0, self._last_round / LOADED_ROUND)
+                due = self._last_send + hold_s
                 while (
                     not self._closing and self._count < MAX_EVENTS_PER_MESSAGE and (left := due - time.monotonic()) > 0
                 ):
