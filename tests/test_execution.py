@@ -228,7 +228,7 @@ def test_a_worker_stopping_gives_back_the_job_its_last_completion_took(
     runtime: Runtime, consumer: Callable[..., Any]
 ) -> None:
     # Given a backlog, and workers that take their next job in the call that completes the last one
-    ids = [r.id for r, _ in runtime.enqueue_many("noop", [{}] * 300)]
+    ids = [r.id for r, _ in runtime.enqueue_many("noop", [{}] * 3000)]
     with consumer(runtime, workers=2):
         wait_for(lambda: sum(runtime.get(i).state == "completed" for i in ids[:20]) >= 5, what="some jobs done")
     # When the consumer has stopped (gracefully), no job is left active under its lease:
