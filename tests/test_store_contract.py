@@ -544,3 +544,12 @@ def test_complete_and_take_frees_a_concurrency_slot_before_taking(runtime: Runti
     assert got is not None and take(store, owner="other") is None  # at its concurrency
     done, nxt = store.complete_and_take(got.job_id, got.lease, b"1", time.time(), Keep(count=10), OWNER, 30.0)
     assert done and nxt is not None and nxt.job_id == "c2"
+
+
+def test_get_many_returns_each_record_in_the_order_asked_and_none_for_an_unknown_id(runtime: Runtime) -> None:
+    store = runtime.store
+    store.create(new_record("g1"), b"m1")
+    store.create(new_record("g2", name="echo"), b"m2")
+    got = store.get_many(["g2", "nope", "g1"])
+    assert [r.id if r else None for r in got] == ["g2", None, "g1"]
+    assert got[0] == store.get("g2") and store.get_many([]) == []

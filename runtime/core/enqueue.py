@@ -135,8 +135,8 @@ class Enqueuer:
                 problems.extend({**e, "loc": _item_loc(n, e)} for e in exc.errors)
         if problems:
             raise PayloadError(name, problems)
-        for item in items:
-            existing = self.store.get(item.job_id) if item.job_id is not None else None
+        # Ids given by the caller that exist under another name refuse the whole bulk: one lookup for all.
+        for existing in self.store.get_many([item.job_id for item in items if item.job_id is not None]):
             if existing is not None:
                 _same_job(existing, name)
         results = [

@@ -109,6 +109,10 @@ class JobStore(ABC):
         change nothing and return (that job, False).
         """
 
+    def get_many(self, job_ids: builtins.list[str]) -> builtins.list[JobRecord | None]:
+        """`get` for many ids in one round trip where the backend allows it; None for an unknown id."""
+        return [self.get(job_id) for job_id in job_ids]
+
     def pin_connection(self) -> None:
         """The calling thread is a long-lived worker: give it a connection of its own, if the backend has any."""
         return None  # SQLite: each thread has its own connection already

@@ -403,6 +403,13 @@ class RedisJobStore(JobStore):
         h = self.r.hgetall(self.keys.job(job_id))
         return _record_from_hash(job_id, h) if h else None
 
+    def get_many(self, job_ids: builtins.list[str]) -> builtins.list[JobRecord | None]:
+        with self.r.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hgetall(self.keys.job(job_id))
+            hashes = pipe.execute()
+        return [_record_from_hash(i, h) if h else None for i, h in zip(job_ids, hashes)]
+
     def _get_many(self, ids: list[str], found_in: list[tuple[str, str, float]]) -> list[JobRecord]:
         with self.r.pipeline(transaction=False) as pipe:
             for job_id in ids:

@@ -740,6 +740,13 @@ class SqliteJobStore(JobStore):
     def get(self, job_id: str) -> JobRecord | None:
         return next(self._select("where id = ?", (job_id,)), None)
 
+    def get_many(self, job_ids: builtins.list[str]) -> builtins.list[JobRecord | None]:
+        found: dict[str, JobRecord] = {}
+        for start in range(0, len(job_ids), 500):
+            part = job_ids[start : start + 500]
+            found.update((r.id, r) for r in self._select("where id in (%s)" % ", ".join("?" * len(part)), tuple(part)))
+        return [found.get(job_id) for job_id in job_ids]
+
     def list(self, state: str | None, name: str | None, offset: int, limit: int) -> list[JobRecord]:
         clauses, params = [], []
         if state:
